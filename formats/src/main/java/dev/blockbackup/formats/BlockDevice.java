@@ -1,0 +1,70 @@
+package dev.blockbackup.formats;
+
+import java.io.Closeable;
+import java.nio.ByteBuffer;
+import java.util.List;
+
+/**
+ * A virtual disk: a fixed number of bytes that can be read, written, zeroed, discarded and asked
+ * which of its ranges hold data. Drivers (raw, qcow2, NBD client) implement it, and so do filters
+ * (copy-before-write, dirty tracking, rate limit, error injection, snapshot view), which wrap another
+ * device the way QEMU stacks filter nodes over a BlockDriverState.
+ *
+ * <p>Every call blocks until done and may be made from any thread, concurrently with any other call
+ * on any range. What two overlapping requests in flight at once leave behind is unspecified, as it
+ * is for a disk; the engine orders overlapping requests where it needs an order.
+ *
+ * <p>Offsets and lengths are in bytes. A request must lie inside {@code [0, size())}; otherwise it
+ * fails with {@link BlockError#EINVAL} and changes nothing. A write to a read-only device fails with
+ * {@link BlockError#EPERM}. A closed device fails every call with {@link BlockError#ESHUTDOWN}.
+ */
+public interface BlockDevice extends Closeable {
+
+  /** The virtual size in bytes. */
+  long size();
+
+  /**
+   * The unit this device allocates in, in bytes (a power of two): the cluster size of a qcow2
+   * image, the page size for raw files. Requests need not be aligned to it; aligned ones are the
+   * cheapest. A backup job picks its own cluster size from its target's alignment.
+   */
+  int alignment();
+
+  boolean isReadOnly();
+
+  /** Fills {@code dst} from its position to its limit with the bytes at {@code offset}. */
+  void read(long offset, ByteBuffer dst) throws BlockIOException;
+
+  /**
+   * Writes the bytes of {@code src} from its position to its limit at {@code offset}. With {@link
+   * WriteFlag#FUA} the data is durable when the call returns.
+   */
+  void write(long offset, ByteBuffer src, WriteFlag... flags) throws BlockIOException;
+
+  /**
+   * Makes {@code [offset, offset+length)} read as zeros. With {@link WriteFlag#MAY_UNMAP} the
+   * device may deallocate the range; with {@link WriteFlag#NO_FALLBACK} it fails with {@link
+   * BlockError#ENOTSUP} rather than write buffers of zeros (NBD_CMD_FLAG_FAST_ZERO).
+   */
+  void writeZeroes(long offset, long length, WriteFlag... flags) throws BlockIOException;
+
+  /**
+   * Tells the device the range is no longer needed. Afterwards each byte of it reads either as
+   * before or as zero; each driver documents which. Never exposes data of a backing file.
+   */
+  void discard(long offset, long length) throws BlockIOException;
+
+  /** Makes every completed write durable. */
+  void flush() throws BlockIOException;
+
+  /**
+   * Describes {@code [offset, offset+length)} as contiguous extents, in order, starting at {@code
+   * offset}. They cover at least a non-empty prefix of the range and never reach past it; callers
+   * that need the whole range ask again from where the answer ended.
+   */
+  List<Extent> blockStatus(long offset, long length) throws BlockIOException;
+
+  /** Flushes and releases the device. Closing twice is harmless. */
+  @Override
+  void close() throws BlockIOException;
+}
