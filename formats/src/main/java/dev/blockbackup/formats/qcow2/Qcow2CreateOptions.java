@@ -1,0 +1,47 @@
+package dev.blockbackup.formats.qcow2;
+
+/**
+ * What {@code qemu-img create -f qcow2} takes: the virtual size, {@code -o cluster_size}, and
+ * {@code -b backing -F backing_fmt}. Images are always v3 (compat=1.1) with 16-bit refcounts.
+ *
+ * @param size virtual size in bytes; a multiple of 512 (QEMU counts it in sectors)
+ * @param clusterSize a power of two from 512 B to 2 MiB
+ * @param backingFile the backing file's name as stored in the header (relative names are resolved
+ *     against the overlay's directory), or null for none
+ * @param backingFormat "raw" or "qcow2"; required with a backing file (as qemu-img 7.2 requires -F)
+ */
+public record Qcow2CreateOptions(long size, int clusterSize, String backingFile, String backingFormat) {
+
+  public static final int DEFAULT_CLUSTER_SIZE = 64 * 1024;
+  public static final int MIN_CLUSTER_SIZE = 512;
+  public static final int MAX_CLUSTER_SIZE = 2 * 1024 * 1024;
+
+  public Qcow2CreateOptions {
+    if (size < 0 || size % 512 != 0) {
+      throw new IllegalArgumentException("image size (" + size + ") must be a non-negative multiple of 512");
+    }
+    if (clusterSize < MIN_CLUSTER_SIZE || clusterSize > MAX_CLUSTER_SIZE || Integer.bitCount(clusterSize) != 1) {
+      throw new IllegalArgumentException(
+          "cluster size (" + clusterSize + ") must be a power of two from 512 to 2097152 bytes");
+    }
+    if ((backingFile == null) != (backingFormat == null)) {
+      throw new IllegalArgumentException("a backing file needs its format (-F raw|qcow2), and a format needs a file");
+    }
+    if (backingFormat != null && !backingFormat.equals("raw") && !backingFormat.equals("qcow2")) {
+      throw new IllegalArgumentException("backing format '" + backingFormat + "' is not raw or qcow2");
+    }
+  }
+
+  /** A plain image of {@code size} bytes with 64 KiB clusters and no backing file. */
+  public static Qcow2CreateOptions of(long size) {
+    return new Qcow2CreateOptions(size, DEFAULT_CLUSTER_SIZE, null, null);
+  }
+
+  public Qcow2CreateOptions withClusterSize(int clusterSize) {
+    return new Qcow2CreateOptions(size, clusterSize, backingFile, backingFormat);
+  }
+
+  public Qcow2CreateOptions withBacking(String file, String format) {
+    return new Qcow2CreateOptions(size, clusterSize, file, format);
+  }
+}
