@@ -237,7 +237,9 @@ public final class Qcow2Image implements BlockDevice {
       }
       return format == ImageFormat.QCOW2 ? open(p, true, chain, depth + 1) : RawImage.open(p, true);
     } catch (ImageFormatException e) {
-      throw new ImageFormatException(where + ": backing file " + p + ": " + e.getMessage(), e);
+      // no cause: the inner message names the inner image already, and a deep chain would print
+      // every level's message once per level
+      throw new ImageFormatException(where + ": in its backing chain: " + e.getMessage());
     } catch (BlockIOException e) {
       throw new BlockIOException(e.error(), where + ": cannot open backing file " + p + ": " + e.getMessage(), e);
     }
