@@ -1070,7 +1070,12 @@ public final class Qcow2Image implements BlockDevice {
     try {
       List<long[]> pieces = new ArrayList<>(2);
       if (fw >= ew) {
-        pieces.add(new long[] {offset, end});
+        // no whole cluster: at most two partial ones, judged one by one
+        long split = Math.min(end, ((offset >>> clusterBits) + 1) << clusterBits);
+        pieces.add(new long[] {offset, split});
+        if (split < end) {
+          pieces.add(new long[] {split, end});
+        }
       } else {
         if (offset < fw << clusterBits) {
           pieces.add(new long[] {offset, fw << clusterBits});
