@@ -299,6 +299,26 @@ class Qcow2ImageTest {
     }
   }
 
+  @Test
+  void refcountTableGrowsWhenTheHostFileOutgrowsIt() throws Exception {
+    Path p = dir.resolve("g.qcow2");
+    Path r = dir.resolve("g.raw");
+    // 512-byte clusters: one reftable cluster of 64 entries covers only 8 MiB of host file
+    QemuImg.img("create", "-f", "qcow2", "-o", "cluster_size=512", p, "40M").assertExit(0);
+    try (Qcow2Image img = Qcow2Image.open(p, false); RawImage raw = RawImage.create(r, 40 << 20)) {
+      byte[] d = random(8, 1 << 20);
+      for (int i = 0; i < 30; i++) {
+        img.write((long) i << 20, ByteBuffer.wrap(d));
+        raw.write((long) i << 20, ByteBuffer.wrap(d));
+      }
+      assertSameBytes(read(img, 0, 30 << 20), java.nio.file.Files.readAllBytes(r).length == (40 << 20)
+          ? java.util.Arrays.copyOf(java.nio.file.Files.readAllBytes(r), 30 << 20) : null);
+    }
+    QemuImg.assertCheckClean(p);
+    QemuImg.assertIdentical(p, "qcow2", r, "raw");
+    assertThat(QemuImg.img("info", "--output=json", p).json().get("virtual-size").asLong()).isEqualTo(40 << 20);
+  }
+
   /** Equal arrays; a failure names the first differing byte instead of printing megabytes. */
   static void assertSameBytes(byte[] actual, byte[] expected) {
     assertThat(actual.length).isEqualTo(expected.length);
