@@ -244,6 +244,51 @@ final class RefcountTable {
     }
   }
 
+  /**
+   * Overwrites every refcount with {@code ref[ci]} (0 past its end), for the refcount rebuild of a
+   * dirty image. Returns the first cluster that needs a count but has no refcount block, or -1.
+   */
+  long overwriteAll(int[] ref) throws IOException {
+    for (int bi = 0; bi < reftable.length; bi++) {
+      if ((reftable[bi] & REFT_OFFSET_MASK) == 0) {
+        long first = (long) bi * entries;
+        for (long c = first; c < Math.min(ref.length, first + entries); c++) {
+          if (ref[(int) c] != 0) {
+            return c;
+          }
+        }
+        continue;
+      }
+      Block b = block((long) bi * entries, true);
+      for (int i = 0; i < entries; i++) {
+        long ci = (long) bi * entries + i;
+        long v = ci < ref.length ? ref[(int) ci] : 0;
+        if (v > maxRefcount) {
+          throw new ImageFormatException(where + ": host cluster " + ci + " has " + v + " references, more than "
+              + maxRefcount + " that refcount_bits allows");
+        }
+        setEntry(b.data, i, v);
+      }
+      b.dirty = true;
+    }
+    for (long c = (long) reftable.length * entries; c < ref.length; c++) {
+      if (ref[(int) c] != 0) {
+        return c;
+      }
+    }
+    freeHint = 0;
+    return -1;
+  }
+
+  long reftableOffset() {
+    return reftableOffset;
+  }
+
+  /** The refcount block offsets (reftable entries), for the rebuild to count. */
+  long[] reftable() {
+    return reftable;
+  }
+
   /** How many clusters the last {@link #allocate} gave. */
   int lastCount;
 

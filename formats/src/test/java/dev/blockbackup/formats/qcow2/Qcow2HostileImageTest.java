@@ -246,13 +246,15 @@ class Qcow2HostileImageTest {
   }
 
   @Test
-  void dirtyBitOpensReadOnlyOnly() throws Exception {
+  void dirtyImageWhoseRefcountsCannotBeRebuiltIsRefusedReadWrite() throws Exception {
     Path p = qemuImageWithData("a.qcow2");
     patchLong(p, 72, 1L);
+    patchLong(p, 0x40000, Qcow2Image.COPIED | (1L << 40));
     assertTimeoutPreemptively(HANG_GUARD, () -> {
       assertThatThrownBy(() -> Qcow2Image.open(p, false))
           .isInstanceOf(ImageFormatException.class)
-          .hasMessageContaining("dirty bit");
+          .hasMessageContaining("dirty bit")
+          .hasMessageContaining("past the end of the file");
       try (Qcow2Image img = Qcow2Image.open(p, true)) {
         assertThat(img.info().dirty()).isTrue();
       }

@@ -319,6 +319,34 @@ class Qcow2ImageTest {
     assertThat(QemuImg.img("info", "--output=json", p).json().get("virtual-size").asLong()).isEqualTo(40 << 20);
   }
 
+  @Test
+  void dirtyLazyRefcountImageIsRepairedOnReadWriteOpen() throws Exception {
+    Path p = dir.resolve("lazy.qcow2");
+    Path r = dir.resolve("lazy.raw");
+    QemuImg.img("create", "-f", "qcow2", "-o", "lazy_refcounts=on", p, "8M").assertExit(0);
+    QemuImg.io("-f", "qcow2", "-c", "write -P 0x10 0 1M", p).assertExit(0);
+    QemuImg.img("snapshot", "-c", "s1", p).assertExit(0);
+    // abort leaves the dirty bit and refcounts that were never written
+    QemuImg.io("-f", "qcow2", "-c", "write -P 0x20 512k 2M", "-c", "write -c -P 0x30 4M 64k", "-c", "abort", p);
+    assertThat(QemuImg.img("check", p).exit()).isEqualTo(2);
+    // what survived the abort, as QEMU reads it (reading needs no refcounts)
+    QemuImg.img("convert", "-f", "qcow2", "-O", "raw", p, r).assertExit(0);
+    try (Qcow2Image img = Qcow2Image.open(p, true)) {
+      assertThat(img.info().dirty()).isTrue();
+    }
+    try (Qcow2Image img = Qcow2Image.open(p, false)) {
+      assertThat(img.info().dirty()).isFalse();
+      img.write(6 << 20, ByteBuffer.wrap(filled(0x40, 100_000)));
+      img.write(600 * 1024, ByteBuffer.wrap(filled(0x50, 10)));
+    }
+    QemuImg.assertCheckClean(p);
+    try (RawImage raw = RawImage.open(r, false)) {
+      raw.write(6 << 20, ByteBuffer.wrap(filled(0x40, 100_000)));
+      raw.write(600 * 1024, ByteBuffer.wrap(filled(0x50, 10)));
+    }
+    QemuImg.assertIdentical(p, "qcow2", r, "raw");
+  }
+
   /** Equal arrays; a failure names the first differing byte instead of printing megabytes. */
   static void assertSameBytes(byte[] actual, byte[] expected) {
     assertThat(actual.length).isEqualTo(expected.length);
