@@ -262,7 +262,8 @@ public final class Qcow2Image implements BlockDevice {
       throw new BlockIOException(BlockError.EINVAL, "image size " + size + " needs an L1 table of " + l1Size * 8
           + " bytes with " + cs + "-byte clusters, above QEMU's limit of 32 MiB");
     }
-    long l1Clusters = Math.max(1, Qcow2Header.ceilDiv(l1Size * 8, cs));
+    // an empty image has no L1 cluster to count (QEMU's layout: the offset points past the file)
+    long l1Clusters = Qcow2Header.ceilDiv(l1Size * 8, cs);
     long perBlock = (long) cs * 8 / 16;
     // Size the refcount table for the fully allocated image, so it never has to grow.
     long rtc = 1;
@@ -279,7 +280,7 @@ public final class Qcow2Image implements BlockDevice {
     }
     long reftableOff = (long) cs;
     long refblocksOff = (1 + rtc) * cs;
-    long l1Off = (1 + rtc + nrb) * cs;
+    long l1Off = l1Size == 0 ? 0 : (1 + rtc + nrb) * cs;
     long used = 1 + rtc + nrb + l1Clusters;
     ByteBuffer c0;
     try {
@@ -301,7 +302,9 @@ public final class Qcow2Image implements BlockDevice {
         rbs.putShort(i * 2, (short) 1);
       }
       hf.write(rbs, refblocksOff);
-      hf.write(ByteBuffer.allocate((int) (l1Clusters * cs)), l1Off);
+      if (l1Clusters > 0) {
+        hf.write(ByteBuffer.allocate((int) (l1Clusters * cs)), l1Off);
+      }
       hf.sync();
     } catch (IOException e) {
       throw BlockIOException.fromHost("cannot create " + path, e);

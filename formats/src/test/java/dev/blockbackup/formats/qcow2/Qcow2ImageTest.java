@@ -347,6 +347,79 @@ class Qcow2ImageTest {
     QemuImg.assertIdentical(p, "qcow2", r, "raw");
   }
 
+  @Test
+  void edgeSizesAndArgumentsAreHandled() throws Exception {
+    Path empty = dir.resolve("empty.qcow2");
+    try (Qcow2Image img = Qcow2Image.create(empty, Qcow2CreateOptions.of(0))) {
+      img.read(0, ByteBuffer.allocate(0));
+      assertThat(img.blockStatus(0, 0)).isEmpty();
+      assertThatThrownBy(() -> img.read(0, ByteBuffer.allocate(1)))
+          .isInstanceOfSatisfying(BlockIOException.class, e -> assertThat(e.error()).isEqualTo(BlockError.EINVAL));
+    }
+    QemuImg.assertCheckClean(empty);
+    Path big = dir.resolve("big.qcow2");
+    long size = (1L << 40) + 512;
+    try (Qcow2Image img = Qcow2Image.create(big, Qcow2CreateOptions.of(size).withClusterSize(2 << 20))) {
+      byte[] d = random(2, 5000);
+      img.write((1L << 40) - 5000, ByteBuffer.wrap(d));
+      assertThat(read(img, (1L << 40) - 5000, 5000)).isEqualTo(d);
+      // the last cluster is 512 bytes long; compressed, it is zero-padded to a whole cluster
+      byte[] tail = filled(7, 512);
+      img.writeCompressed(1L << 40, ByteBuffer.wrap(tail));
+      assertThat(read(img, 1L << 40, 512)).isEqualTo(tail);
+    }
+    QemuImg.assertCheckClean(big);
+    assertThat(QemuImg.info(big).get("virtual-size").asLong()).isEqualTo(size);
+    Path tooLong = dir.resolve("long.qcow2");
+    String name = "x".repeat(1024);
+    assertThatThrownBy(() -> Qcow2Image.create(tooLong, Qcow2CreateOptions.of(1 << 20).withBacking(name, "raw")))
+        .isInstanceOfSatisfying(BlockIOException.class, e -> assertThat(e.error()).isEqualTo(BlockError.EINVAL))
+        .hasMessageContaining("1024 bytes");
+  }
+
+  @Test
+  void lastPartialClusterCompressesZeroPadded() throws Exception {
+    Path p = dir.resolve("tail.qcow2");
+    Path r = dir.resolve("tail.raw");
+    long size = 65536 + 1024;
+    byte[] d = filled(0x61, 1024);
+    try (Qcow2Image img = Qcow2Image.create(p, Qcow2CreateOptions.of(size))) {
+      assertThatThrownBy(() -> img.writeCompressed(65536, ByteBuffer.allocate(65536)))
+          .isInstanceOfSatisfying(BlockIOException.class, e -> assertThat(e.error()).isEqualTo(BlockError.EINVAL));
+      img.writeCompressed(65536, ByteBuffer.wrap(d));
+      assertThat(read(img, 65536, 1024)).isEqualTo(d);
+    }
+    try (RawImage raw = RawImage.create(r, size)) {
+      raw.write(65536, ByteBuffer.wrap(d));
+    }
+    QemuImg.assertCheckClean(p);
+    QemuImg.assertIdentical(p, "qcow2", r, "raw");
+    assertThat(QemuImg.img("check", "--output=json", p).json().get("compressed-clusters").asLong()).isEqualTo(1);
+  }
+
+  @Test
+  void unknownAutoclearBitsAreClearedBeforeWriting() throws Exception {
+    Path p = dir.resolve("ac.qcow2");
+    QemuImg.img("create", "-f", "qcow2", p, "1M").assertExit(0);
+    try (java.io.RandomAccessFile f = new java.io.RandomAccessFile(p.toFile(), "rw")) {
+      f.seek(88);
+      f.writeLong(0x8000000000000002L);
+    }
+    Qcow2Image.open(p, true).close();
+    try (java.io.RandomAccessFile f = new java.io.RandomAccessFile(p.toFile(), "r")) {
+      f.seek(88);
+      assertThat(f.readLong()).isEqualTo(0x8000000000000002L);
+    }
+    try (Qcow2Image img = Qcow2Image.open(p, false)) {
+      img.write(0, ByteBuffer.wrap(filled(1, 512)));
+    }
+    try (java.io.RandomAccessFile f = new java.io.RandomAccessFile(p.toFile(), "r")) {
+      f.seek(88);
+      assertThat(f.readLong()).isZero();
+    }
+    QemuImg.assertCheckClean(p);
+  }
+
   /** Equal arrays; a failure names the first differing byte instead of printing megabytes. */
   static void assertSameBytes(byte[] actual, byte[] expected) {
     assertThat(actual.length).isEqualTo(expected.length);
