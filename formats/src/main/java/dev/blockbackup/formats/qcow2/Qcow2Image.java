@@ -753,6 +753,7 @@ public final class Qcow2Image implements BlockDevice {
     try {
       checkOpen(); // close may have run while we waited for the lock
       writeInternal(offset, src);
+      src.position(src.limit()); // consumed, as a channel write (and RawImage) leaves it
       if (WriteFlag.isSet(flags, WriteFlag.FUA)) {
         flushMetadata();
       }
