@@ -793,6 +793,7 @@ public final class Qcow2Image implements BlockDevice {
       long host;
       int n;
       boolean inPlace;
+      boolean reuse = false;
       long[] old = null;
       meta.lock();
       try {
@@ -814,6 +815,18 @@ public final class Qcow2Image implements BlockDevice {
           if (inflightOverlaps(gci, gci + 1)) {
             allocDone.awaitUninterruptibly();
             continue;
+          }
+          if ((e & (COPIED | COMPRESSED | ZERO_FLAG)) == (COPIED | ZERO_FLAG) && (e & OFFSET_MASK) != 0) {
+            // ZERO_ALLOC: the cluster is ours already; write it in place (zeros around the data),
+            // then clear the zero flag, as QEMU does
+            ensureWritableL2(gci / l2Entries);
+            host = e & OFFSET_MASK;
+            n = 1;
+            old = new long[] {ZERO_FLAG};
+            reuse = true;
+            inflight.add(new long[] {gci, gci + 1});
+            inPlace = false;
+            break;
           }
           n = 1;
           while (n < maxN && n < Integer.MAX_VALUE / 2) {
@@ -852,7 +865,7 @@ public final class Qcow2Image implements BlockDevice {
           meta.lock();
           try {
             // nothing points to the new clusters yet: give them back at once
-            for (int k = 0; k < n; k++) {
+            for (int k = 0; k < n && !reuse; k++) {
               refcounts.add((host >>> clusterBits) + k, -1);
             }
           } catch (IOException suppressed) {

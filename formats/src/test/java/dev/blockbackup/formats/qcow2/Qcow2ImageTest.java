@@ -448,6 +448,22 @@ class Qcow2ImageTest {
     QemuImg.assertCheckClean(top);
   }
 
+  @Test
+  void writeIntoPreallocatedZeroClusterReusesItInPlace() throws Exception {
+    Path p = dir.resolve("za.qcow2");
+    try (Qcow2Image img = Qcow2Image.create(p, Qcow2CreateOptions.of(1 << 20))) {
+      img.write(0, ByteBuffer.wrap(random(1, 65536)));
+      img.writeZeroes(0, 65536);
+      img.write(1000, ByteBuffer.wrap(filled(9, 100)));
+      byte[] expect = new byte[65536];
+      System.arraycopy(filled(9, 100), 0, expect, 1000, 100);
+      assertThat(read(img, 0, 65536)).isEqualTo(expect);
+    }
+    QemuImg.assertCheckClean(p);
+    List<QemuImg.MapEntry> map = QemuImg.map(p, "qcow2");
+    assertThat(map.get(0)).isEqualTo(new QemuImg.MapEntry(0, 65536, 0, true, false, true, 0x50000L));
+  }
+
   /** Equal arrays; a failure names the first differing byte instead of printing megabytes. */
   static void assertSameBytes(byte[] actual, byte[] expected) {
     assertThat(actual.length).isEqualTo(expected.length);
