@@ -56,8 +56,14 @@ import java.util.zip.Inflater;
  * </ul>
  *
  * <p>Refused at open (ImageFormatException): what QEMU refuses, plus zstd compression, extended L2
- * entries, external data files and encryption. Images with the corrupt bit, or with the dirty bit
- * (lazy refcounts left unclean), open read-only only.
+ * entries, external data files and encryption. Images with the corrupt bit open read-only only. An
+ * image with the dirty bit (lazy refcounts left unwritten by a crash) opens read-only as it is; a
+ * read-write open first rebuilds its refcounts, as QEMU does. A read-write open clears every
+ * autoclear bit (we maintain no bitmaps), so QEMU drops the bitmaps of an image we wrote.
+ *
+ * <p>Overlapping requests in flight at once leave unspecified results, as the BlockDevice contract
+ * says; a read racing an overwrite of a compressed or snapshot-shared cluster may even fail with EIO
+ * if the old cluster is freed and reused under it.
  */
 public final class Qcow2Image implements BlockDevice {
 

@@ -306,4 +306,49 @@ class Qcow2RandomOpsTest {
     }
     QemuImg.assertIdentical(p, "qcow2", flat, "raw");
   }
+
+  @Test
+  void concurrentOverlappingChaosLeavesACleanImage() throws Exception {
+    for (int cs : new int[] {512, 65536}) {
+      Path p = dir.resolve("chaos" + cs + ".qcow2");
+      long size = 4L << 20;
+      try (Qcow2Image img = Qcow2Image.create(p, Qcow2CreateOptions.of(size).withClusterSize(cs))) {
+        ExecutorService pool = Executors.newFixedThreadPool(8);
+        List<Future<?>> fs = new ArrayList<>();
+        for (int w = 0; w < 8; w++) {
+          int me = w;
+          fs.add(pool.submit(() -> {
+            SplittableRandom r = new SplittableRandom(me * 31L + cs);
+            for (int i = 0; i < 300; i++) {
+              long off = r.nextLong(size - 1);
+              int len = (int) Math.min(size - off, r.nextInt(1, 200_000));
+              switch (r.nextInt(8)) {
+                case 0 -> img.writeZeroes(off, len, r.nextBoolean() ? WriteFlag.MAY_UNMAP : WriteFlag.FUA);
+                case 1 -> img.discard(off, len);
+                case 2 -> img.read(off, ByteBuffer.allocate(len));
+                case 3 -> img.blockStatus(off, len);
+                case 4 -> {
+                  long c = off / cs * cs;
+                  try {
+                    img.writeCompressed(c, ByteBuffer.wrap(data(r.nextLong() & ~1L, (int) Math.min(cs, size - c))));
+                  } catch (dev.blockbackup.formats.BlockIOException e) {
+                    assertThat(e.error()).isEqualTo(dev.blockbackup.formats.BlockError.EIO);
+                  }
+                }
+                case 5 -> img.flush();
+                default -> img.write(off, ByteBuffer.wrap(data(r.nextLong(), len)));
+              }
+            }
+            return null;
+          }));
+        }
+        for (Future<?> f : fs) {
+          f.get();
+        }
+        pool.shutdown();
+        img.read(0, ByteBuffer.allocate((int) size));
+      }
+      QemuImg.assertCheckClean(p);
+    }
+  }
 }
