@@ -464,6 +464,26 @@ class Qcow2ImageTest {
     assertThat(map.get(0)).isEqualTo(new QemuImg.MapEntry(0, 65536, 0, true, false, true, 0x50000L));
   }
 
+  @Test
+  void preallocatedImagesReadAndWrite() throws Exception {
+    for (String mode : new String[] {"metadata", "falloc", "full"}) {
+      Path p = dir.resolve("pre-" + mode + ".qcow2");
+      Path r = dir.resolve("pre-" + mode + ".raw");
+      QemuImg.img("create", "-f", "qcow2", "-o", "preallocation=" + mode, p, "4M").assertExit(0);
+      try (Qcow2Image img = Qcow2Image.open(p, false); RawImage raw = RawImage.create(r, 4 << 20)) {
+        assertThat(read(img, 0, 4 << 20)).isEqualTo(new byte[4 << 20]);
+        byte[] d = random(12, 300_000);
+        img.write(70_000, ByteBuffer.wrap(d));
+        raw.write(70_000, ByteBuffer.wrap(d));
+        img.writeZeroes(1 << 20, 1 << 20);
+        img.discard(3 << 20, 1 << 20);
+        assertThat(img.info().hostClustersInUse()).isGreaterThan(4);
+      }
+      QemuImg.assertCheckClean(p);
+      QemuImg.assertIdentical(p, "qcow2", r, "raw");
+    }
+  }
+
   /** Equal arrays; a failure names the first differing byte instead of printing megabytes. */
   static void assertSameBytes(byte[] actual, byte[] expected) {
     assertThat(actual.length).isEqualTo(expected.length);
