@@ -127,7 +127,7 @@ public final class Qcow2Image implements BlockDevice {
   /** The dirty bit as it is on disk now (a read-write open rebuilds the refcounts and clears it). */
   private boolean dirty;
 
-  private Qcow2Image(Path path, RandomAccessFile raf, boolean readOnly, Set<Path> chain, int depth)
+  private Qcow2Image(Path path, RandomAccessFile raf, boolean readOnly, Set<Path> chain, int depth, int l2Tables)
       throws IOException {
     this.path = path;
     this.where = path.toString();
@@ -192,6 +192,9 @@ public final class Qcow2Image implements BlockDevice {
     // QEMU's default: the L2 cache maps the whole disk, but holds at most 32 MiB.
     long wholeDisk = Qcow2Header.ceilDiv(Qcow2Header.ceilDiv(size, clusterSize) * 8, clusterSize) * clusterSize;
     int capacity = (int) Math.max(2, Math.min(MAX_L2_CACHE_BYTES, wholeDisk) / clusterSize);
+    if (l2Tables > 0) {
+      capacity = Math.min(capacity, l2Tables);
+    }
     this.l2 = new L2Cache(file, clusterSize, capacity, () -> {
       refcounts.flush();
       file.sync();
@@ -244,7 +247,7 @@ public final class Qcow2Image implements BlockDevice {
       } else {
         throw new ImageFormatException(where + ": backing format '" + fmt + "' is not supported (raw, qcow2)");
       }
-      return format == ImageFormat.QCOW2 ? open(p, true, chain, depth + 1) : RawImage.open(p, true);
+      return format == ImageFormat.QCOW2 ? open(p, true, chain, depth + 1, 0) : RawImage.open(p, true);
     } catch (ImageFormatException e) {
       // no cause: the inner message names the inner image already, and a deep chain would print
       // every level's message once per level
@@ -324,10 +327,16 @@ public final class Qcow2Image implements BlockDevice {
    * with the corrupt bit opens read-only only.
    */
   public static Qcow2Image open(Path path, boolean readOnly) throws BlockIOException {
-    return open(path, readOnly, new HashSet<>(), 0);
+    return open(path, readOnly, new HashSet<>(), 0, 0);
   }
 
-  private static Qcow2Image open(Path path, boolean readOnly, Set<Path> chain, int depth) throws BlockIOException {
+  /** Opens with an L2 cache of at most {@code l2Tables} tables, so tests can exercise eviction. */
+  static Qcow2Image openWithSmallCache(Path path, boolean readOnly, int l2Tables) throws BlockIOException {
+    return open(path, readOnly, new HashSet<>(), 0, l2Tables);
+  }
+
+  private static Qcow2Image open(Path path, boolean readOnly, Set<Path> chain, int depth, int l2Tables)
+      throws BlockIOException {
     if (!Files.exists(path)) {
       throw new BlockIOException(BlockError.EINVAL, "cannot open " + path + ": no such file");
     }
@@ -341,7 +350,7 @@ public final class Qcow2Image implements BlockDevice {
         throw new ImageFormatException("backing file loop: " + real + " is already in the backing chain " + chain);
       }
       raf = new RandomAccessFile(path.toFile(), readOnly ? "r" : "rw");
-      return new Qcow2Image(path, raf, readOnly, chain, depth);
+      return new Qcow2Image(path, raf, readOnly, chain, depth, l2Tables);
     } catch (IOException | RuntimeException e) {
       if (raf != null) {
         try {
