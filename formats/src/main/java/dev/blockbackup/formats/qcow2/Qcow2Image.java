@@ -200,17 +200,29 @@ public final class Qcow2Image implements BlockDevice {
       file.sync();
     });
 
-    if (!readOnly && (header.incompatible & Qcow2Header.INCOMPAT_DIRTY) != 0) {
-      // QEMU repairs a dirty image (lazy refcounts left unwritten) on a read-write open
-      new RefcountRebuild(file, where, header, l1, refcounts).run();
+    // the backing chain first: an image whose chain cannot be opened is not touched
+    this.backing = header.backingFile == null ? null : openBacking(chain, depth);
+    try {
+      if (!readOnly && (header.incompatible & Qcow2Header.INCOMPAT_DIRTY) != 0) {
+        // QEMU repairs a dirty image (lazy refcounts left unwritten) on a read-write open
+        new RefcountRebuild(file, where, header, l1, refcounts).run();
+      }
+      if (!readOnly && header.autoclear != 0) {
+        // We maintain no bitmaps and know no other autoclear feature: clear them before the first write.
+        file.write(ByteBuffer.allocate(8), Qcow2Header.OFF_AUTOCLEAR);
+        file.sync();
+      }
+    } catch (IOException | RuntimeException e) {
+      if (backing != null) {
+        try {
+          backing.close();
+        } catch (BlockIOException suppressed) {
+          e.addSuppressed(suppressed);
+        }
+      }
+      throw e;
     }
     this.dirty = readOnly && (header.incompatible & Qcow2Header.INCOMPAT_DIRTY) != 0;
-    if (!readOnly && header.autoclear != 0) {
-      // We maintain no bitmaps and know no other autoclear feature: clear them before the first write.
-      file.write(ByteBuffer.allocate(8), Qcow2Header.OFF_AUTOCLEAR);
-      file.sync();
-    }
-    this.backing = header.backingFile == null ? null : openBacking(chain, depth);
   }
 
   private void checkNoOverlap(String a, long aOff, long aLen, String b, long bOff, long bLen) throws ImageFormatException {
