@@ -448,6 +448,7 @@ public final class Qcow2Image implements BlockDevice {
       }
       if (!fits) {
         writeInternal(offset, cluster.duplicate());
+        cluster.position(cluster.limit());
         return;
       }
       try {
@@ -471,6 +472,7 @@ public final class Qcow2Image implements BlockDevice {
       } finally {
         meta.unlock();
       }
+      cluster.position(cluster.limit()); // consumed, like write
     } catch (IOException e) {
       throw failure("compressed write", offset, e);
     } finally {
