@@ -24,9 +24,6 @@ import java.util.Set;
 import java.util.concurrent.locks.Condition;
 import java.util.concurrent.locks.ReentrantLock;
 import java.util.concurrent.locks.ReentrantReadWriteLock;
-import java.util.zip.DataFormatException;
-import java.util.zip.Deflater;
-import java.util.zip.Inflater;
 
 /**
  * A qcow2 image (v2 and v3), read and written the way QEMU 7.2 does, so that qemu-img check finds
@@ -103,9 +100,6 @@ public final class Qcow2Image implements BlockDevice {
   private final RefcountTable refcounts;
   private final L2Cache l2;
   private final BlockDevice backing;
-  /** Bits of a compressed descriptor: offset below {@code csizeShift}, extra sectors above. */
-  private final int csizeShift;
-  private final long csizeMask;
 
   /** Guards all metadata: L1, L2 cache, refcounts, the in-flight table, the pending frees. */
   private final ReentrantLock meta = new ReentrantLock();
@@ -146,8 +140,6 @@ public final class Qcow2Image implements BlockDevice {
     file.read(c0, 0);
     header.parseExtensions(c0, where);
     this.size = header.size & ~511L;
-    this.csizeShift = 62 - (clusterBits - 8);
-    this.csizeMask = (1L << (clusterBits - 8)) - 1;
 
     long reftableBytes = header.refcountTableClusters * clusterSize;
     long l1Bytes = header.l1Size * 8;
@@ -399,19 +391,8 @@ public final class Qcow2Image implements BlockDevice {
     byte[] in = new byte[clusterSize];
     cluster.duplicate().get(in, 0, expect);
     byte[] out = new byte[clusterSize];
-    int clen = 0;
-    Deflater d = new Deflater(Deflater.DEFAULT_COMPRESSION, true);
-    boolean fits;
-    try {
-      d.setInput(in);
-      d.finish();
-      while (!d.finished() && clen < clusterSize) {
-        clen += d.deflate(out, clen, clusterSize - clen);
-      }
-      fits = d.finished() && clen <= clusterSize - 1;
-    } finally {
-      d.end();
-    }
+    int clen = CompressedCluster.deflate(in, out);
+    boolean fits = clen >= 0;
     long gci = offset >>> clusterBits;
     io.readLock().lock();
     try {
@@ -437,8 +418,7 @@ public final class Qcow2Image implements BlockDevice {
             endInflight(gci);
             throw ex;
           }
-          long extra = (coff + clen - 1) / 512 - coff / 512;
-          descriptor = COMPRESSED | coff | (extra << csizeShift);
+          descriptor = CompressedCluster.descriptor(coff, clen, clusterBits);
         } else {
           coff = 0;
           descriptor = 0;
@@ -589,7 +569,7 @@ public final class Qcow2Image implements BlockDevice {
         case NORMAL -> file.read(part, run[1] + inCluster);
         default -> {
           ByteBuffer c = ByteBuffer.allocate(clusterSize);
-          decompress(run[1], c);
+          CompressedCluster.inflate(file, where, run[1], clusterBits, c);
           part.put(c.array(), inCluster, len);
         }
       }
@@ -708,7 +688,7 @@ public final class Qcow2Image implements BlockDevice {
   /** Refuses an L2 entry QEMU would call corrupt; returns it. */
   private long checkL2(long e, long gci) throws ImageFormatException {
     if ((e & COMPRESSED) != 0) {
-      long coff = e & ((1L << csizeShift) - 1);
+      long coff = CompressedCluster.hostOffset(e, clusterBits);
       if (coff >= file.size()) {
         throw new ImageFormatException(where + ": compressed L2 entry for guest offset " + (gci << clusterBits)
             + " points to 0x" + Long.toHexString(coff) + ", past the end of the file (" + file.size() + " bytes)");
@@ -749,40 +729,6 @@ public final class Qcow2Image implements BlockDevice {
       return 0;
     }
     return checkL2(l2.get(l2off).e[(int) (gci % l2Entries)], gci);
-  }
-
-  private void decompress(long descriptor, ByteBuffer out) throws IOException {
-    long coff = descriptor & ((1L << csizeShift) - 1);
-    long sectors = ((descriptor >>> csizeShift) & csizeMask) + 1;
-    long csize = sectors * 512 - (coff & 511);
-    csize = Math.min(csize, file.size() - coff);
-    if (csize <= 0) {
-      throw new ImageFormatException(where + ": compressed cluster at 0x" + Long.toHexString(coff) + " lies past the end of the file");
-    }
-    byte[] in = new byte[(int) csize];
-    file.read(ByteBuffer.wrap(in), coff);
-    Inflater inf = new Inflater(true);
-    try {
-      inf.setInput(in);
-      byte[] o = out.array();
-      int n = 0;
-      while (n < clusterSize) {
-        int r = inf.inflate(o, n, clusterSize - n);
-        if (r == 0 && (inf.finished() || inf.needsInput() || inf.needsDictionary())) {
-          break;
-        }
-        n += r;
-      }
-      if (n < clusterSize) {
-        throw new ImageFormatException(where + ": compressed cluster at 0x" + Long.toHexString(coff)
-            + " decompresses to " + n + " bytes instead of " + clusterSize);
-      }
-    } catch (DataFormatException e) {
-      throw new ImageFormatException(where + ": compressed cluster at 0x" + Long.toHexString(coff) + " is not valid deflate data: "
-          + e.getMessage(), e);
-    } finally {
-      inf.end();
-    }
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -987,7 +933,7 @@ public final class Qcow2Image implements BlockDevice {
         // a fresh heap buffer is zero already
       }
       case NORMAL -> file.read(c.duplicate(), e & OFFSET_MASK);
-      default -> decompress(e, c);
+      default -> CompressedCluster.inflate(file, where, e, clusterBits, c);
     }
   }
 
@@ -1073,11 +1019,8 @@ public final class Qcow2Image implements BlockDevice {
   /** Drops the references that L2 entry {@code e} held. */
   private void release(long e) throws IOException {
     if ((e & COMPRESSED) != 0) {
-      long coff = e & ((1L << csizeShift) - 1);
-      long sectors = ((e >>> csizeShift) & csizeMask) + 1;
-      long first = coff >>> clusterBits;
-      long last = ((coff & ~511L) + sectors * 512 - 1) >>> clusterBits;
-      for (long c = first; c <= last; c++) {
+      long last = CompressedCluster.lastCluster(e, clusterBits);
+      for (long c = CompressedCluster.firstCluster(e, clusterBits); c <= last; c++) {
         decrease(c);
       }
     } else if ((e & OFFSET_MASK) != 0) {
