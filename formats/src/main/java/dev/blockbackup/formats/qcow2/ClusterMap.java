@@ -186,6 +186,7 @@ final class ClusterMap {
     return checkL2(l2.get(l2off).e[(int) (gci % l2Entries)], gci);
   }
 
+  /** Sets the L2 entry of guest cluster {@code gci}, whose table {@link #ensureWritableL2} made writable. */
   void setEntry(long gci, long value) throws IOException {
     long l2off = l1[(int) (gci / l2Entries)] & OFFSET_MASK;
     l2.get(l2off).set((int) (gci % l2Entries), value);
