@@ -1,0 +1,282 @@
+package dev.blockbackup.formats.qcow2;
+
+import static org.assertj.core.api.Assertions.assertThat;
+
+import dev.blockbackup.formats.BlockDevice;
+import dev.blockbackup.formats.Extent;
+import dev.blockbackup.formats.WriteFlag;
+import dev.blockbackup.formats.qcow2.ModelOps.Discard;
+import dev.blockbackup.formats.qcow2.ModelOps.Flush;
+import dev.blockbackup.formats.qcow2.ModelOps.Op;
+import dev.blockbackup.formats.qcow2.ModelOps.Read;
+import dev.blockbackup.formats.qcow2.ModelOps.Reopen;
+import dev.blockbackup.formats.qcow2.ModelOps.Write;
+import dev.blockbackup.formats.qcow2.ModelOps.Zero;
+import dev.blockbackup.testkit.QemuImg;
+import java.io.IOException;
+import java.io.RandomAccessFile;
+import java.nio.ByteBuffer;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.BitSet;
+import java.util.HexFormat;
+import java.util.List;
+
+/**
+ * Runs {@link ModelOps} against an open {@link Qcow2Image} and a byte-array model that follows the
+ * API contract of {@link Qcow2Image}: writes and writeZeroes change exactly their range; discard
+ * zeroes exactly the clusters lying wholly inside its range (the last cluster counts as whole when
+ * the range reaches the end of the image) and keeps every other byte.
+ */
+final class ModelRunner implements AutoCloseable {
+
+  final Path path;
+  final long size;
+  final int cluster;
+  /** What the guest must read. */
+  final byte[] model;
+  /** What the backing chain reads, zero-extended to {@link #size}; null without a backing file. */
+  final byte[] backing;
+  /** Clusters written by {@link Write} and not touched by a zero or discard since: they must be allocated data. */
+  final BitSet mustBeData = new BitSet();
+  Qcow2Image img;
+
+  ModelRunner(Qcow2Image img, byte[] initial, byte[] backing) {
+    this.img = img;
+    this.path = img.path();
+    this.size = img.size();
+    this.cluster = img.alignment();
+    assertThat(initial.length).as("initial model length").isEqualTo(size);
+    this.model = initial;
+    this.backing = backing;
+  }
+
+  /** Fits {@code content} to {@code size} bytes: cut, or zero-extended. */
+  static byte[] fit(byte[] content, long size) {
+    return content.length == size ? content : Arrays.copyOf(content, Math.toIntExact(size));
+  }
+
+  void applyAll(List<Op> ops) throws IOException {
+    for (int i = 0; i < ops.size(); i++) {
+      try {
+        apply(ops.get(i));
+      } catch (AssertionError | IOException | RuntimeException e) {
+        throw new AssertionError("op #" + i + " " + ops.get(i) + ": " + e, e);
+      }
+    }
+  }
+
+  void apply(Op op) throws IOException {
+    if (op instanceof Write w) {
+      byte[] data = w.data();
+      img.write(w.offset(), ByteBuffer.wrap(data), w.fua() ? new WriteFlag[] {WriteFlag.FUA} : new WriteFlag[0]);
+      System.arraycopy(data, 0, model, (int) w.offset(), data.length);
+      mustBeData.set(clusterOf(w.offset()), clusterOf(w.offset() + w.length() - 1) + 1);
+    } else if (op instanceof Zero z) {
+      List<WriteFlag> flags = new ArrayList<>();
+      if (z.mayUnmap()) {
+        flags.add(WriteFlag.MAY_UNMAP);
+      }
+      if (z.fua()) {
+        flags.add(WriteFlag.FUA);
+      }
+      img.writeZeroes(z.offset(), z.length(), flags.toArray(WriteFlag[]::new));
+      Arrays.fill(model, (int) z.offset(), (int) (z.offset() + z.length()), (byte) 0);
+      mustBeData.clear(clusterOf(z.offset()), clusterOf(z.offset() + z.length() - 1) + 1);
+    } else if (op instanceof Discard d) {
+      img.discard(d.offset(), d.length());
+      long end = d.offset() + d.length();
+      long zeroFrom = roundUp(d.offset());
+      long zeroTo = end == size ? size : end / cluster * cluster;
+      if (zeroFrom < zeroTo) {
+        Arrays.fill(model, (int) zeroFrom, (int) zeroTo, (byte) 0);
+      }
+      mustBeData.clear(clusterOf(d.offset()), clusterOf(end - 1) + 1);
+    } else if (op instanceof Flush) {
+      img.flush();
+    } else if (op instanceof Read r) {
+      ByteBuffer got = ByteBuffer.allocate(r.length());
+      img.read(r.offset(), got);
+      assertSameBytes(got.array(), 0, model, r.offset(), r.length(), "read " + r);
+    } else if (op instanceof Reopen) {
+      img.close();
+      img = Qcow2Image.open(path, false);
+      assertThat(img.size()).as("size after reopening").isEqualTo(size);
+    } else {
+      throw new IllegalArgumentException("unknown op " + op);
+    }
+  }
+
+  private long roundUp(long off) {
+    return (off + cluster - 1) / cluster * cluster;
+  }
+
+  private int clusterOf(long off) {
+    return (int) (off / cluster);
+  }
+
+  /** Reads the whole image in one request and again in odd-sized pieces, and compares both with the model. */
+  void verifyContent(String when) throws IOException {
+    verifyContent(img, model, when);
+  }
+
+  static void verifyContent(BlockDevice dev, byte[] expected, String when) throws IOException {
+    ByteBuffer all = ByteBuffer.allocate(expected.length);
+    dev.read(0, all);
+    assertSameBytes(all.array(), 0, expected, 0, expected.length, when + ", one read of the whole image");
+    int piece = 65_536 + 4_097;
+    ByteBuffer buf = ByteBuffer.allocate(piece);
+    for (long off = 0; off < expected.length; off += piece) {
+      int len = (int) Math.min(piece, expected.length - off);
+      buf.clear().limit(len);
+      dev.read(off, buf);
+      assertSameBytes(buf.array(), 0, expected, off, len, when + ", reads of " + piece + " bytes");
+    }
+  }
+
+  /**
+   * Walks blockStatus over the whole image and checks it against the contract: contiguous
+   * extents; zero extents read as zero; unallocated extents read as the backing file (or zero, and
+   * say so, without one); allocated extents are either data or zero; clusters written since their
+   * last zero/discard are allocated data.
+   */
+  void verifyBlockStatus(String when) throws IOException {
+    long pos = 0;
+    while (pos < size) {
+      List<Extent> extents = img.blockStatus(pos, size - pos);
+      assertThat(extents).as("%s: blockStatus(%d, %d) is empty", when, pos, size - pos).isNotEmpty();
+      for (Extent e : extents) {
+        assertThat(e.offset()).as("%s: extent %s does not start where the previous ended", when, e).isEqualTo(pos);
+        assertThat(e.end()).as("%s: extent %s reaches past the image", when, e).isLessThanOrEqualTo(size);
+        int from = (int) e.offset();
+        int to = (int) e.end();
+        if (e.zero()) {
+          int nz = firstNonZero(model, from, to);
+          assertThat(nz).as("%s: extent %s says zero but the model has data at %d", when, e, nz).isEqualTo(-1);
+        }
+        if (e.allocated()) {
+          assertThat(e.data() != e.zero()).as("%s: allocated extent %s must be exactly one of data or zero", when, e)
+              .isTrue();
+        } else {
+          if (backing == null) {
+            assertThat(e.zero()).as("%s: unallocated extent %s without backing file must be zero", when, e).isTrue();
+          } else {
+            assertSameBytes(backing, from, model, from, to - from,
+                when + ": unallocated extent " + e + " must read as the backing file");
+          }
+        }
+        int firstCluster = clusterOf(e.offset());
+        int lastCluster = clusterOf(e.end() - 1);
+        if (!(e.allocated() && e.data())) {
+          int written = mustBeData.nextSetBit(firstCluster);
+          assertThat(written != -1 && written <= lastCluster)
+              .as("%s: extent %s covers cluster %d, which was written and must be allocated data", when, e, written)
+              .isFalse();
+        }
+        pos = e.end();
+      }
+    }
+  }
+
+  /**
+   * Closes the image, lets qemu-img check and compare judge it against the model, then reopens it
+   * read-only with our driver and compares again.
+   */
+  void closeAndJudge(Path scratchDir) throws IOException {
+    img.close();
+    QemuImg.assertCheckClean(path);
+    Path raw = Files.createTempFile(scratchDir, "model", ".raw");
+    try {
+      writeRaw(raw, model);
+      QemuImg.assertIdentical(path, "qcow2", raw, "raw");
+    } finally {
+      Files.deleteIfExists(raw);
+    }
+    try (Qcow2Image again = Qcow2Image.open(path, true)) {
+      verifyContent(again, model, "after closing and reopening read-only");
+    }
+  }
+
+  @Override
+  public void close() throws IOException {
+    img.close();
+  }
+
+  /** Writes {@code content} to a sparse raw file (only its non-zero 64 KiB pieces). */
+  static void writeRaw(Path raw, byte[] content) throws IOException {
+    try (RandomAccessFile f = new RandomAccessFile(raw.toFile(), "rw")) {
+      f.setLength(0);
+      f.setLength(content.length);
+      int chunk = 65536;
+      for (int off = 0; off < content.length; off += chunk) {
+        int len = Math.min(chunk, content.length - off);
+        if (firstNonZero(content, off, off + len) != -1) {
+          f.seek(off);
+          f.write(content, off, len);
+        }
+      }
+    }
+  }
+
+  static int firstNonZero(byte[] a, int from, int to) {
+    for (int i = from; i < to; i++) {
+      if (a[i] != 0) {
+        return i;
+      }
+    }
+    return -1;
+  }
+
+  /**
+   * Compares {@code actual[aOff..]} with {@code expected[eOff..]} over {@code len} bytes; on a
+   * mismatch fails with the first differing guest offset, how many bytes differ, and both sides'
+   * bytes around it (instead of printing megabytes).
+   */
+  static void assertSameBytes(byte[] actual, int aOff, byte[] expected, long eOff, int len, String what) {
+    int e0 = (int) eOff;
+    int mismatch = Arrays.mismatch(actual, aOff, aOff + len, expected, e0, e0 + len);
+    if (mismatch < 0) {
+      return;
+    }
+    int differing = 0;
+    int lastDiff = mismatch;
+    for (int i = mismatch; i < len; i++) {
+      if (actual[aOff + i] != expected[e0 + i]) {
+        differing++;
+        lastDiff = i;
+      }
+    }
+    int from = Math.max(0, mismatch - 8);
+    int to = Math.min(len, mismatch + 24);
+    HexFormat hex = HexFormat.of();
+    throw new AssertionError(String.format(
+        "%s: %d bytes differ, first at guest offset %d (0x%x), last at %d%n  actual   @%d: %s%n  expected @%d: %s",
+        what, differing, eOff + mismatch, eOff + mismatch, eOff + lastDiff, eOff + from,
+        hex.formatHex(actual, aOff + from, aOff + to), eOff + from, hex.formatHex(expected, e0 + from, e0 + to)));
+  }
+
+  /** The image's guest content as {@code qemu-img convert -O raw} produces it. */
+  static byte[] qemuContent(Path image, String format, Path scratchDir) throws IOException {
+    Path raw = Files.createTempFile(scratchDir, "convert", ".raw");
+    try {
+      QemuImg.img("convert", "-f", format, "-O", "raw", image, raw).assertExit(0);
+      return Files.readAllBytes(raw);
+    } finally {
+      Files.deleteIfExists(raw);
+    }
+  }
+
+  /** Deletes a directory tree (scratch directories of property tries). */
+  static void deleteTree(Path dir) throws IOException {
+    if (!Files.exists(dir)) {
+      return;
+    }
+    try (var s = Files.walk(dir)) {
+      for (Path p : s.sorted(java.util.Comparator.reverseOrder()).toList()) {
+        Files.deleteIfExists(p);
+      }
+    }
+  }
+}

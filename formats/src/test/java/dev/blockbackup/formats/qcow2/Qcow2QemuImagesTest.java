@@ -1,0 +1,365 @@
+package dev.blockbackup.formats.qcow2;
+
+import static org.assertj.core.api.Assertions.assertThat;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import dev.blockbackup.formats.Extent;
+import dev.blockbackup.testkit.Property;
+import dev.blockbackup.testkit.QemuImg;
+import java.io.IOException;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.SplittableRandom;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.MethodSource;
+
+/**
+ * Acceptance 2: images that qemu-img and qemu-io made (patterns, zero clusters, discards,
+ * compression, a three-deep backing chain, v2, 4K/64K/2M clusters, an internal snapshot) read
+ * through our driver exactly as {@code qemu-img convert -O raw} reads them; our blockStatus agrees
+ * with {@code qemu-img map} and our info() with {@code qemu-img info}; and our writes into them
+ * leave images that qemu-img check finds clean and compare finds equal to the model.
+ */
+@Tag("interop")
+class Qcow2QemuImagesTest {
+
+  private static final int K = 1024;
+  private static final int M = 1024 * 1024;
+
+  @TempDir Path dir;
+
+  /** What a scenario built: the image to open, its backing file if any, and a snapshot's content if it took one. */
+  record Built(Path top, Path backing, String backingFormat, String snapshotName, byte[] snapshotContent) {
+    Built(Path top) {
+      this(top, null, null, null, null);
+    }
+  }
+
+  interface Builder {
+    Built build(Path dir) throws IOException;
+  }
+
+  record Scenario(String name, Builder builder) {
+    @Override
+    public String toString() {
+      return name;
+    }
+  }
+
+  static Stream<Scenario> scenarios() {
+    return Stream.of(
+        new Scenario("patterns, zero clusters, discards, 4K clusters", d -> patterns(d, 4 * K)),
+        new Scenario("patterns, zero clusters, discards, 64K clusters", d -> patterns(d, 64 * K)),
+        new Scenario("patterns, zero clusters, discards, 2M clusters", d -> patterns(d, 2 * M)),
+        new Scenario("convert -c, 64K clusters", d -> compressed(d, 64 * K)),
+        new Scenario("convert -c, 4K clusters", d -> compressed(d, 4 * K)),
+        new Scenario("raw <- qcow2 64K <- qcow2 4K chain", Qcow2QemuImagesTest::chain),
+        new Scenario("compat=0.10", Qcow2QemuImagesTest::v2),
+        new Scenario("compat=0.10 over raw", Qcow2QemuImagesTest::v2OverRaw),
+        new Scenario("internal snapshot then more writes", Qcow2QemuImagesTest::snapshot));
+  }
+
+  // ---- the images ------------------------------------------------------------------------------
+
+  static void io(Path image, String format, String... commands) {
+    List<Object> args = new ArrayList<>(List.of("-f", format));
+    for (String c : commands) {
+      args.add("-c");
+      args.add(c);
+    }
+    args.add(image);
+    QemuImg.io(args.toArray()).assertExit(0);
+  }
+
+  /** Patterns, zero clusters with and without unmap, discards, sub-cluster and end-reaching writes. */
+  static Built patterns(Path d, int c) {
+    long size = Math.max(16L * c, 3L * M) + 1536;
+    Path img = d.resolve("patterns.qcow2");
+    QemuImg.img("create", "-q", "-f", "qcow2", "-o", "cluster_size=" + c, img, size).assertExit(0);
+    io(img, "qcow2",
+        "write -P 0x11 0 " + c,
+        "write -P 0x22 " + c / 2 + " " + c,
+        "write -P 0x33 " + (3L * c + 512) + " 1000",
+        "write -P 0x44 " + 5L * c + " " + 3L * c,
+        "write -z " + 6L * c + " " + c,
+        "write -z -u " + 7L * c + " " + c,
+        "write -z " + 9L * c + " " + c,
+        "write -P 0x55 " + 10L * c + " " + 2L * c,
+        "discard " + 10L * c + " " + c,
+        "discard " + (11L * c + 512) + " " + c / 2,
+        "write -z " + (12L * c + 100) + " 300",
+        "write -z " + (5L * c + 1000) + " 2000",
+        "write -P 0x66 " + (size - c - 700) + " " + (c + 700));
+    return new Built(img);
+  }
+
+  /** convert -c of compressible, incompressible and zero clusters, then a partial overwrite of a compressed one. */
+  static Built compressed(Path d, int c) throws IOException {
+    long size = 40L * c + 3584;
+    byte[] content = new byte[(int) size];
+    SplittableRandom r = new SplittableRandom(c);
+    for (int k = 0; k * (long) c < size; k++) {
+      int off = k * c;
+      int len = (int) Math.min(c, size - off);
+      switch (k % 5) {
+        case 0, 1, 3 -> {
+          byte[] text = ("cluster " + k + " of a compressible image; ").repeat(len / 30 + 1).getBytes(StandardCharsets.US_ASCII);
+          System.arraycopy(text, 0, content, off, len);
+        }
+        case 2 -> {
+          byte[] rnd = new byte[len];
+          r.nextBytes(rnd);
+          System.arraycopy(rnd, 0, content, off, len);
+        }
+        default -> { } // zeros: left unallocated by convert
+      }
+    }
+    Path src = d.resolve("src.raw");
+    Files.write(src, content);
+    Path img = d.resolve("compressed.qcow2");
+    QemuImg.img("convert", "-c", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=" + c, src, img).assertExit(0);
+    io(img, "qcow2", "write -P 0x77 " + (c + 100) + " 200", "discard " + 3L * c + " " + c);
+    return new Built(img);
+  }
+
+  /** raw base (smaller) <- qcow2 64K <- qcow2 4K, with -F at each level. */
+  static Built chain(Path d) {
+    long baseSize = 3L * M - 1536;
+    Path base = d.resolve("base.raw");
+    QemuImg.img("create", "-q", "-f", "raw", base, baseSize).assertExit(0);
+    io(base, "raw", "write -P 0x11 0 " + baseSize, "write -P 0x12 " + 700 * K + " " + 300 * K);
+    Path mid = d.resolve("mid.qcow2");
+    QemuImg.img("create", "-q", "-f", "qcow2", "-o", "cluster_size=65536", "-b", "base.raw", "-F", "raw", mid, 4 * M)
+        .assertExit(0);
+    io(mid, "qcow2",
+        "write -P 0x22 " + 64 * K + " " + 128 * K,
+        "write -P 0x23 " + (M + 4000) + " 5000",
+        "write -z " + 2 * M + " " + 64 * K,
+        "write -z -u " + (2 * M + 128 * K) + " " + 64 * K,
+        "discard " + (2 * M + 256 * K) + " " + 64 * K,
+        "write -P 0x24 " + (3 * M - 3000) + " 6000");
+    Path top = d.resolve("top.qcow2");
+    QemuImg.img("create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", "-b", "mid.qcow2", "-F", "qcow2", top, 4 * M)
+        .assertExit(0);
+    io(top, "qcow2",
+        "write -P 0x33 0 4096",
+        "write -P 0x34 " + (100 * K + 17) + " 3000",
+        "write -z " + (64 * K + 4 * K) + " " + 8 * K,
+        "discard " + M + " " + 8 * K,
+        "write -z -u " + (2 * M + 64 * K) + " " + 4 * K,
+        "write -P 0x35 " + (4 * M - 2000) + " 2000");
+    return new Built(top, mid, "qcow2", null, null);
+  }
+
+  /** compat=0.10: no zero flag, so qemu writes zeros; discards deallocate. */
+  static Built v2(Path d) {
+    Path img = d.resolve("v2.qcow2");
+    QemuImg.img("create", "-q", "-f", "qcow2", "-o", "compat=0.10,cluster_size=65536", img, 5 * M + 512).assertExit(0);
+    io(img, "qcow2",
+        "write -P 0x41 0 " + 256 * K,
+        "write -P 0x42 " + (300 * K + 5) + " 70000",
+        "write -z " + 64 * K + " " + 64 * K,
+        "write -z -u " + 128 * K + " " + 64 * K,
+        "discard " + 192 * K + " " + 64 * K,
+        "write -P 0x43 " + (5 * M - 1000) + " 1512");
+    return new Built(img);
+  }
+
+  /** compat=0.10 over a raw base (qemu refuses discards there, so only writes). */
+  static Built v2OverRaw(Path d) {
+    Path base = d.resolve("base.raw");
+    QemuImg.img("create", "-q", "-f", "raw", base, 2 * M).assertExit(0);
+    io(base, "raw", "write -P 0x51 0 " + 2 * M);
+    Path img = d.resolve("v2.qcow2");
+    QemuImg.img("create", "-q", "-f", "qcow2", "-o", "compat=0.10,cluster_size=65536", "-b", "base.raw", "-F", "raw",
+        img, 3 * M).assertExit(0);
+    io(img, "qcow2",
+        "write -P 0x52 " + (64 * K + 1000) + " 3000",
+        "write -P 0x53 " + 512 * K + " " + 128 * K,
+        "write -P 0x54 " + (2 * M - 700) + " 1400");
+    return new Built(img, base, "raw", null, null);
+  }
+
+  /** Writes, snapshot -c, then writes that must COW shared clusters and L2 tables. */
+  static Built snapshot(Path d) throws IOException {
+    Path img = d.resolve("snap.qcow2");
+    QemuImg.img("create", "-q", "-f", "qcow2", img, 4 * M).assertExit(0);
+    io(img, "qcow2",
+        "write -P 0x11 0 " + M,
+        "write -P 0x12 " + 2 * M + " " + 256 * K,
+        "write -z " + M + " " + 64 * K);
+    byte[] atSnapshot = ModelRunner.qemuContent(img, "qcow2", d);
+    QemuImg.img("snapshot", "-c", "s1", img).assertExit(0);
+    io(img, "qcow2",
+        "write -P 0x21 " + 32 * K + " " + 64 * K,
+        "write -P 0x22 " + 3 * M + " " + 64 * K,
+        "write -z -u " + 2 * M + " " + 64 * K,
+        "discard " + 128 * K + " " + 128 * K,
+        "write -z " + 256 * K + " " + 64 * K);
+    return new Built(img, null, null, "s1", atSnapshot);
+  }
+
+  // ---- the tests -------------------------------------------------------------------------------
+
+  @ParameterizedTest(name = "{0}")
+  @MethodSource("scenarios")
+  void readsAsQemuImgConvertDoes(Scenario s) throws Exception {
+    Built b = s.builder().build(dir);
+    byte[] expected = ModelRunner.qemuContent(b.top(), "qcow2", dir);
+    try (Qcow2Image img = Qcow2Image.open(b.top(), true)) {
+      assertThat(img.size()).isEqualTo(expected.length);
+      ModelRunner.verifyContent(img, expected, s.name());
+    }
+  }
+
+  @ParameterizedTest(name = "{0}")
+  @MethodSource("scenarios")
+  void blockStatusAgreesWithQemuImgMap(Scenario s) throws Exception {
+    Built b = s.builder().build(dir);
+    List<Seg> qemu = new ArrayList<>();
+    for (QemuImg.MapEntry e : QemuImg.map(b.top(), "qcow2")) {
+      qemu.add(new Seg(e.start(), e.start() + e.length(), e.present() && e.depth() == 0, e.data(), e.zero()));
+    }
+    List<Seg> ours = new ArrayList<>();
+    try (Qcow2Image img = Qcow2Image.open(b.top(), true)) {
+      long pos = 0;
+      while (pos < img.size()) {
+        List<Extent> extents = img.blockStatus(pos, img.size() - pos);
+        assertThat(extents).as("blockStatus(%d, ...)", pos).isNotEmpty();
+        for (Extent e : extents) {
+          assertThat(e.offset()).as("extents must be contiguous").isEqualTo(pos);
+          ours.add(new Seg(e.offset(), e.end(), e.allocated(), e.data(), e.zero()));
+          pos = e.end();
+        }
+      }
+      assertThat(pos).isEqualTo(img.size());
+    }
+    assertSameStatus(ours, qemu);
+  }
+
+  @ParameterizedTest(name = "{0}")
+  @MethodSource("scenarios")
+  void infoAgreesWithQemuImgInfo(Scenario s) throws Exception {
+    Built b = s.builder().build(dir);
+    JsonNode q = QemuImg.info(b.top());
+    JsonNode spec = q.path("format-specific").path("data");
+    Qcow2Info info;
+    try (Qcow2Image img = Qcow2Image.open(b.top(), true)) {
+      info = img.info();
+    }
+    assertThat(info.virtualSize()).as("virtual-size").isEqualTo(q.get("virtual-size").asLong());
+    assertThat(info.clusterSize()).as("cluster-size").isEqualTo(q.get("cluster-size").asInt());
+    assertThat(info.version()).as("compat %s", spec.path("compat").asText())
+        .isEqualTo(spec.path("compat").asText().equals("0.10") ? 2 : 3);
+    assertThat(info.backingFile()).as("backing-filename").isEqualTo(textOrNull(q, "backing-filename"));
+    assertThat(info.backingFormat()).as("backing-filename-format").isEqualTo(textOrNull(q, "backing-filename-format"));
+    assertThat(info.dirty()).as("dirty-flag").isEqualTo(q.path("dirty-flag").asBoolean(false));
+    assertThat(info.corrupt()).as("corrupt").isEqualTo(spec.path("corrupt").asBoolean(false));
+    assertThat(info.lazyRefcounts()).as("lazy-refcounts").isEqualTo(spec.path("lazy-refcounts").asBoolean(false));
+    assertThat(info.refcountBits()).as("refcount-bits").isEqualTo(spec.path("refcount-bits").asInt());
+    assertThat(info.compressionType()).as("compression-type")
+        .isEqualTo(spec.path("compression-type").asText("zlib"));
+    assertThat(info.extendedL2()).as("extended-l2").isEqualTo(spec.path("extended-l2").asBoolean(false));
+    // the header, the refcount table and block and L1 are in use in every image QEMU makes
+    assertThat(info.hostClustersInUse()).as("hostClustersInUse").isGreaterThanOrEqualTo(4);
+    JsonNode check = QemuImg.img("check", "--output=json", "-f", "qcow2", b.top()).assertExit(0).json();
+    if (check.path("compressed-clusters").asLong(0) == 0) {
+      assertThat(info.hostClustersInUse()).as("hostClustersInUse vs qemu-img check allocated-clusters %s", check)
+          .isGreaterThanOrEqualTo(4 + check.path("allocated-clusters").asLong());
+    }
+  }
+
+  @ParameterizedTest(name = "{0}")
+  @MethodSource("scenarios")
+  void ourWritesKeepItCleanAndEqualToTheModel(Scenario s) throws Exception {
+    Geometry g = geometryOf(s);
+    Property.check(
+        "our writes into a qemu-made image: " + s,
+        3,
+        r -> ModelOps.generate(r, g.size(), g.cluster(), 40, 30),
+        ops -> {
+          Path d = Files.createTempDirectory(dir, "try");
+          try {
+            Built b = s.builder().build(d);
+            byte[] initial = ModelRunner.qemuContent(b.top(), "qcow2", d);
+            byte[] backing = b.backing() == null
+                ? null
+                : ModelRunner.fit(ModelRunner.qemuContent(b.backing(), b.backingFormat(), d), initial.length);
+            try (ModelRunner m = new ModelRunner(Qcow2Image.open(b.top(), false), initial, backing)) {
+              m.verifyBlockStatus("as qemu made it");
+              m.applyAll(ops);
+              m.verifyContent("after our ops");
+              m.verifyBlockStatus("after our ops");
+              m.closeAndJudge(d);
+            }
+            if (b.snapshotName() != null) {
+              assertThat(QemuImg.img("snapshot", "-l", b.top()).assertExit(0).out()).contains(b.snapshotName());
+              Path snap = d.resolve("snapshot.raw");
+              QemuImg.img("convert", "-f", "qcow2", "-O", "raw", "-l", "snapshot.name=" + b.snapshotName(), b.top(),
+                  snap).assertExit(0);
+              ModelRunner.assertSameBytes(Files.readAllBytes(snap), 0, b.snapshotContent(), 0,
+                  b.snapshotContent().length, "internal snapshot " + b.snapshotName() + " after our writes");
+            }
+          } finally {
+            ModelRunner.deleteTree(d);
+          }
+        });
+  }
+
+  // ---- helpers ---------------------------------------------------------------------------------
+
+  record Geometry(long size, int cluster) {}
+
+  /** The virtual size and cluster size of a scenario's image, from building it once. */
+  private Geometry geometryOf(Scenario s) throws IOException {
+    Path d = Files.createTempDirectory(dir, "probe");
+    try {
+      JsonNode q = QemuImg.info(s.builder().build(d).top());
+      return new Geometry(q.get("virtual-size").asLong(), q.get("cluster-size").asInt());
+    } finally {
+      ModelRunner.deleteTree(d);
+    }
+  }
+
+  private static String textOrNull(JsonNode n, String field) {
+    return n.hasNonNull(field) ? n.get(field).asText() : null;
+  }
+
+  /** A run of bytes with one status: allocated in the top layer, data, zero. */
+  record Seg(long start, long end, boolean allocated, boolean data, boolean zero) {}
+
+  /** Compares two segmentations byte range by byte range and fails at the first range where the flags differ. */
+  static void assertSameStatus(List<Seg> ours, List<Seg> qemu) {
+    assertThat(ours).isNotEmpty();
+    assertThat(qemu).isNotEmpty();
+    assertThat(ours.get(ours.size() - 1).end()).as("our blockStatus ends where qemu-img map ends")
+        .isEqualTo(qemu.get(qemu.size() - 1).end());
+    int i = 0;
+    int j = 0;
+    long pos = 0;
+    while (i < ours.size() && j < qemu.size()) {
+      Seg a = ours.get(i);
+      Seg b = qemu.get(j);
+      long end = Math.min(a.end(), b.end());
+      if (a.allocated() != b.allocated() || a.data() != b.data() || a.zero() != b.zero()) {
+        throw new AssertionError(String.format(
+            "blockStatus differs from qemu-img map over [%d, %d): ours allocated=%s data=%s zero=%s (extent %s), "
+                + "qemu present-at-depth-0=%s data=%s zero=%s (entry %s)",
+            pos, end, a.allocated(), a.data(), a.zero(), a, b.allocated(), b.data(), b.zero(), b));
+      }
+      pos = end;
+      if (a.end() == end) {
+        i++;
+      }
+      if (b.end() == end) {
+        j++;
+      }
+    }
+  }
+}
