@@ -70,9 +70,7 @@ final class ModelRunner implements AutoCloseable {
 
   void apply(Op op) throws IOException {
     if (op instanceof Write w) {
-      byte[] data = w.data();
-      img.write(w.offset(), ByteBuffer.wrap(data), w.fua() ? new WriteFlag[] {WriteFlag.FUA} : new WriteFlag[0]);
-      System.arraycopy(data, 0, model, (int) w.offset(), data.length);
+      img.write(w.offset(), ByteBuffer.wrap(w.data()), w.fua() ? new WriteFlag[] {WriteFlag.FUA} : new WriteFlag[0]);
       mustBeData.set(clusterOf(w.offset()), clusterOf(w.offset() + w.length() - 1) + 1);
     } else if (op instanceof Zero z) {
       List<WriteFlag> flags = new ArrayList<>();
@@ -83,17 +81,10 @@ final class ModelRunner implements AutoCloseable {
         flags.add(WriteFlag.FUA);
       }
       img.writeZeroes(z.offset(), z.length(), flags.toArray(WriteFlag[]::new));
-      Arrays.fill(model, (int) z.offset(), (int) (z.offset() + z.length()), (byte) 0);
       mustBeData.clear(clusterOf(z.offset()), clusterOf(z.offset() + z.length() - 1) + 1);
     } else if (op instanceof Discard d) {
       img.discard(d.offset(), d.length());
-      long end = d.offset() + d.length();
-      long zeroFrom = roundUp(d.offset());
-      long zeroTo = end == size ? size : end / cluster * cluster;
-      if (zeroFrom < zeroTo) {
-        Arrays.fill(model, (int) zeroFrom, (int) zeroTo, (byte) 0);
-      }
-      mustBeData.clear(clusterOf(d.offset()), clusterOf(end - 1) + 1);
+      mustBeData.clear(clusterOf(d.offset()), clusterOf(d.offset() + d.length() - 1) + 1);
     } else if (op instanceof Flush) {
       img.flush();
     } else if (op instanceof Read r) {
@@ -107,10 +98,27 @@ final class ModelRunner implements AutoCloseable {
     } else {
       throw new IllegalArgumentException("unknown op " + op);
     }
+    applyToModel(op, model, size, cluster);
   }
 
-  private long roundUp(long off) {
-    return (off + cluster - 1) / cluster * cluster;
+  /**
+   * What {@code op} does to the guest's bytes under the contract: writes and zeroes change exactly
+   * their range; a discard zeroes the clusters lying wholly inside it (the last one counts as whole
+   * when the range reaches the end of the image) and keeps every other byte.
+   */
+  static void applyToModel(Op op, byte[] model, long size, int cluster) {
+    if (op instanceof Write w) {
+      System.arraycopy(w.data(), 0, model, (int) w.offset(), w.length());
+    } else if (op instanceof Zero z) {
+      Arrays.fill(model, (int) z.offset(), (int) (z.offset() + z.length()), (byte) 0);
+    } else if (op instanceof Discard d) {
+      long end = d.offset() + d.length();
+      long zeroFrom = (d.offset() + cluster - 1) / cluster * cluster;
+      long zeroTo = end == size ? size : end / cluster * cluster;
+      if (zeroFrom < zeroTo) {
+        Arrays.fill(model, (int) zeroFrom, (int) zeroTo, (byte) 0);
+      }
+    }
   }
 
   private int clusterOf(long off) {
