@@ -71,7 +71,8 @@ final class ModelRunner implements AutoCloseable {
   void apply(Op op) throws IOException {
     if (op instanceof Write w) {
       img.write(w.offset(), ByteBuffer.wrap(w.data()), w.fua() ? new WriteFlag[] {WriteFlag.FUA} : new WriteFlag[0]);
-      mustBeData.set(clusterOf(w.offset()), clusterOf(w.offset() + w.length() - 1) + 1);
+      // a write of zeros may legitimately become a zero cluster; any other write leaves data
+      mustBeData.set(clusterOf(w.offset()), clusterOf(w.offset() + w.length() - 1) + 1, w.fill() != 0);
     } else if (op instanceof Zero z) {
       List<WriteFlag> flags = new ArrayList<>();
       if (z.mayUnmap()) {
