@@ -1,0 +1,142 @@
+package dev.blockbackup.formats.qcow2;
+
+import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
+
+import dev.blockbackup.formats.BlockError;
+import dev.blockbackup.formats.BlockIOException;
+import dev.blockbackup.formats.Extent;
+import dev.blockbackup.formats.ImageFormatException;
+import dev.blockbackup.formats.WriteFlag;
+import dev.blockbackup.testkit.QemuImg;
+import java.io.RandomAccessFile;
+import java.nio.ByteBuffer;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.List;
+import org.assertj.core.api.ThrowableAssert.ThrowingCallable;
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/** The BlockDevice contract's error cases and the open-time refusals, on qcow2 images. */
+@Tag("interop")
+class Qcow2ContractTest {
+
+  private static final int C = 65536;
+  private static final long SIZE = 1 << 20;
+
+  @TempDir Path dir;
+
+  private static void assertFailsWith(BlockError error, ThrowingCallable call) {
+    assertThatThrownBy(call).isInstanceOfSatisfying(BlockIOException.class, e -> assertThat(e.error()).isEqualTo(error));
+  }
+
+  private static byte[] readAll(Qcow2Image img) throws BlockIOException {
+    ByteBuffer b = ByteBuffer.allocate((int) img.size());
+    img.read(0, b);
+    return b.array();
+  }
+
+  @Test
+  void requestsOutsideTheImageFailWithEinvalAndChangeNothing() throws Exception {
+    Path p = dir.resolve("a.qcow2");
+    try (Qcow2Image img = Qcow2Image.create(p, Qcow2CreateOptions.of(SIZE))) {
+      img.write(SIZE - C, ByteBuffer.wrap(new byte[C]).put(0, (byte) 7));
+      byte[] before = readAll(img);
+      assertFailsWith(BlockError.EINVAL, () -> img.write(SIZE - 100, ByteBuffer.allocate(200)));
+      assertFailsWith(BlockError.EINVAL, () -> img.write(-1, ByteBuffer.allocate(1)));
+      assertFailsWith(BlockError.EINVAL, () -> img.read(SIZE, ByteBuffer.allocate(1)));
+      assertFailsWith(BlockError.EINVAL, () -> img.writeZeroes(SIZE - C, C + 512));
+      assertFailsWith(BlockError.EINVAL, () -> img.discard(SIZE - C, 2L * C));
+      assertFailsWith(BlockError.EINVAL, () -> img.blockStatus(SIZE - 1, 2));
+      assertThat(readAll(img)).as("content after the refused requests").isEqualTo(before);
+    }
+    QemuImg.assertCheckClean(p);
+  }
+
+  @Test
+  void writesToAReadOnlyImageFailWithEperm() throws Exception {
+    Path p = dir.resolve("b.qcow2");
+    Qcow2Image.create(p, Qcow2CreateOptions.of(SIZE)).close();
+    try (Qcow2Image img = Qcow2Image.open(p, true)) {
+      assertThat(img.isReadOnly()).isTrue();
+      assertFailsWith(BlockError.EPERM, () -> img.write(0, ByteBuffer.allocate(512)));
+      assertFailsWith(BlockError.EPERM, () -> img.writeZeroes(0, C));
+      assertFailsWith(BlockError.EPERM, () -> img.discard(0, C));
+      assertFailsWith(BlockError.EPERM, () -> img.writeCompressed(0, ByteBuffer.allocate(C)));
+    }
+    QemuImg.assertCheckClean(p);
+  }
+
+  @Test
+  void aClosedImageFailsEveryCallWithEshutdownAndClosesTwiceHarmlessly() throws Exception {
+    Qcow2Image img = Qcow2Image.create(dir.resolve("c.qcow2"), Qcow2CreateOptions.of(SIZE));
+    img.close();
+    img.close();
+    assertFailsWith(BlockError.ESHUTDOWN, () -> img.read(0, ByteBuffer.allocate(1)));
+    assertFailsWith(BlockError.ESHUTDOWN, () -> img.write(0, ByteBuffer.allocate(1)));
+    assertFailsWith(BlockError.ESHUTDOWN, () -> img.writeZeroes(0, 1));
+    assertFailsWith(BlockError.ESHUTDOWN, () -> img.discard(0, C));
+    assertFailsWith(BlockError.ESHUTDOWN, img::flush);
+    assertFailsWith(BlockError.ESHUTDOWN, () -> img.blockStatus(0, 1));
+  }
+
+  @Test
+  void fastZeroOfWholeClustersSucceedsWithTheZeroFlag() throws Exception {
+    Path p = dir.resolve("d.qcow2");
+    try (Qcow2Image img = Qcow2Image.create(p, Qcow2CreateOptions.of(SIZE))) {
+      byte[] ones = new byte[3 * C];
+      java.util.Arrays.fill(ones, (byte) 1);
+      img.write(0, ByteBuffer.wrap(ones));
+      img.writeZeroes(C, C, WriteFlag.NO_FALLBACK);
+      img.writeZeroes(2L * C, C, WriteFlag.NO_FALLBACK, WriteFlag.MAY_UNMAP);
+      byte[] back = readAll(img);
+      assertThat(ModelRunner.firstNonZero(back, C, 3 * C)).isEqualTo(-1);
+      assertThat(ModelRunner.firstNonZero(back, 0, C)).isZero();
+      List<Extent> st = img.blockStatus(C, 2L * C);
+      assertThat(st).allSatisfy(e -> assertThat(e.zero()).as("%s", e).isTrue());
+    }
+    QemuImg.assertCheckClean(p);
+  }
+
+  @Test
+  void anUnknownIncompatibleFeatureIsRefusedAtOpen() throws Exception {
+    Path p = dir.resolve("e.qcow2");
+    QemuImg.img("create", "-q", "-f", "qcow2", p, SIZE).assertExit(0);
+    setIncompatibleBits(p, 1L << 20);
+    assertThatThrownBy(() -> Qcow2Image.open(p, true).close()).isInstanceOf(ImageFormatException.class);
+  }
+
+  @Test
+  void anImageWithTheCorruptBitOpensReadOnlyOnly() throws Exception {
+    Path p = dir.resolve("f.qcow2");
+    QemuImg.img("create", "-q", "-f", "qcow2", p, SIZE).assertExit(0);
+    QemuImg.io("-f", "qcow2", "-c", "write -P 0x5a 0 4096", p).assertExit(0);
+    setIncompatibleBits(p, 1L << 1);
+    assertThatThrownBy(() -> Qcow2Image.open(p, false).close()).isInstanceOf(BlockIOException.class);
+    try (Qcow2Image img = Qcow2Image.open(p, true)) {
+      assertThat(img.info().corrupt()).isTrue();
+      ByteBuffer b = ByteBuffer.allocate(4096);
+      img.read(0, b);
+      assertThat(b.get(0)).isEqualTo((byte) 0x5a);
+    }
+  }
+
+  @Test
+  void aFileThatIsNotQcow2IsRefusedAtOpen() throws Exception {
+    Path p = dir.resolve("g.raw");
+    Files.write(p, new byte[65536]);
+    assertThatThrownBy(() -> Qcow2Image.open(p, true).close()).isInstanceOf(ImageFormatException.class);
+  }
+
+  /** ORs {@code bits} into the v3 header's incompatible_features (bytes 72-79, big-endian). */
+  private static void setIncompatibleBits(Path p, long bits) throws Exception {
+    try (RandomAccessFile f = new RandomAccessFile(p.toFile(), "rw")) {
+      f.seek(72);
+      long v = f.readLong();
+      f.seek(72);
+      f.writeLong(v | bits);
+    }
+  }
+}
