@@ -82,7 +82,7 @@ final class ModelOps {
       }
       case 5 -> { // a cluster minus a little at either end (partial discards and zeroes)
         long k = r.nextLong(clusters);
-        long off = k * cluster + r.nextInt(2) * (1 + r.nextInt(Math.min(cluster - 1, 511)));
+        long off = Math.min(size - 1, k * cluster + r.nextInt(2) * (1 + r.nextInt(Math.min(cluster - 1, 511))));
         long end = Math.min(size, (k + 1 + r.nextInt(2)) * cluster - r.nextInt(2) * (1 + r.nextInt(511)));
         if (end <= off) {
           end = Math.min(size, off + 1);

@@ -68,11 +68,10 @@ final class ModelRunner implements AutoCloseable {
     }
   }
 
+  /** Runs {@code op} on the image, then {@link #record records} it in the model. */
   void apply(Op op) throws IOException {
     if (op instanceof Write w) {
       img.write(w.offset(), ByteBuffer.wrap(w.data()), w.fua() ? new WriteFlag[] {WriteFlag.FUA} : new WriteFlag[0]);
-      // a write of zeros may legitimately become a zero cluster; any other write leaves data
-      mustBeData.set(clusterOf(w.offset()), clusterOf(w.offset() + w.length() - 1) + 1, w.fill() != 0);
     } else if (op instanceof Zero z) {
       List<WriteFlag> flags = new ArrayList<>();
       if (z.mayUnmap()) {
@@ -82,10 +81,8 @@ final class ModelRunner implements AutoCloseable {
         flags.add(WriteFlag.FUA);
       }
       img.writeZeroes(z.offset(), z.length(), flags.toArray(WriteFlag[]::new));
-      mustBeData.clear(clusterOf(z.offset()), clusterOf(z.offset() + z.length() - 1) + 1);
     } else if (op instanceof Discard d) {
       img.discard(d.offset(), d.length());
-      mustBeData.clear(clusterOf(d.offset()), clusterOf(d.offset() + d.length() - 1) + 1);
     } else if (op instanceof Flush) {
       img.flush();
     } else if (op instanceof Read r) {
@@ -98,6 +95,19 @@ final class ModelRunner implements AutoCloseable {
       assertThat(img.size()).as("size after reopening").isEqualTo(size);
     } else {
       throw new IllegalArgumentException("unknown op " + op);
+    }
+    record(op);
+  }
+
+  /** Applies {@code op} to the model only (for requests the test already ran on the image, e.g. from other threads). */
+  void record(Op op) {
+    if (op instanceof Write w) {
+      // a write of zeros may legitimately become a zero cluster; any other write leaves data
+      mustBeData.set(clusterOf(w.offset()), clusterOf(w.offset() + w.length() - 1) + 1, w.fill() != 0);
+    } else if (op instanceof Zero z) {
+      mustBeData.clear(clusterOf(z.offset()), clusterOf(z.offset() + z.length() - 1) + 1);
+    } else if (op instanceof Discard d) {
+      mustBeData.clear(clusterOf(d.offset()), clusterOf(d.offset() + d.length() - 1) + 1);
     }
     applyToModel(op, model, size, cluster);
   }
