@@ -278,33 +278,40 @@ class Qcow2QemuImagesTest {
   @ParameterizedTest(name = "{0}")
   @MethodSource("scenarios")
   void ourWritesKeepItCleanAndEqualToTheModel(Scenario s) throws Exception {
-    Geometry g = geometryOf(s);
+    Path pristine = Files.createDirectory(dir.resolve("pristine"));
+    Built built = s.builder().build(pristine);
+    byte[] initial = ModelRunner.qemuContent(built.top(), "qcow2", dir);
+    byte[] backing = built.backing() == null
+        ? null
+        : ModelRunner.fit(ModelRunner.qemuContent(built.backing(), built.backingFormat(), dir), initial.length);
+    int cluster = QemuImg.info(built.top()).get("cluster-size").asInt();
     Property.check(
         "our writes into a qemu-made image: " + s,
         3,
-        r -> ModelOps.generate(r, g.size(), g.cluster(), 40, 30),
+        r -> ModelOps.generate(r, initial.length, cluster, 40, 30),
         ops -> {
           Path d = Files.createTempDirectory(dir, "try");
           try {
-            Built b = s.builder().build(d);
-            byte[] initial = ModelRunner.qemuContent(b.top(), "qcow2", d);
-            byte[] backing = b.backing() == null
-                ? null
-                : ModelRunner.fit(ModelRunner.qemuContent(b.backing(), b.backingFormat(), d), initial.length);
-            try (ModelRunner m = new ModelRunner(Qcow2Image.open(b.top(), false), initial, backing)) {
+            try (var files = Files.list(pristine)) {
+              for (Path f : files.toList()) {
+                Files.copy(f, d.resolve(f.getFileName())); // backing names are relative: the chain moves along
+              }
+            }
+            Path top = d.resolve(built.top().getFileName());
+            try (ModelRunner m = new ModelRunner(Qcow2Image.open(top, false), initial.clone(), backing)) {
               m.verifyBlockStatus("as qemu made it");
               m.applyAll(ops);
               m.verifyContent("after our ops");
               m.verifyBlockStatus("after our ops");
               m.closeAndJudge(d);
             }
-            if (b.snapshotName() != null) {
-              assertThat(QemuImg.img("snapshot", "-l", b.top()).assertExit(0).out()).contains(b.snapshotName());
+            if (built.snapshotName() != null) {
+              assertThat(QemuImg.img("snapshot", "-l", top).assertExit(0).out()).contains(built.snapshotName());
               Path snap = d.resolve("snapshot.raw");
-              QemuImg.img("convert", "-f", "qcow2", "-O", "raw", "-l", "snapshot.name=" + b.snapshotName(), b.top(),
+              QemuImg.img("convert", "-f", "qcow2", "-O", "raw", "-l", "snapshot.name=" + built.snapshotName(), top,
                   snap).assertExit(0);
-              ModelRunner.assertSameBytes(Files.readAllBytes(snap), 0, b.snapshotContent(), 0,
-                  b.snapshotContent().length, "internal snapshot " + b.snapshotName() + " after our writes");
+              ModelRunner.assertSameBytes(Files.readAllBytes(snap), 0, built.snapshotContent(), 0,
+                  built.snapshotContent().length, "internal snapshot " + built.snapshotName() + " after our writes");
             }
           } finally {
             ModelRunner.deleteTree(d);
@@ -313,19 +320,6 @@ class Qcow2QemuImagesTest {
   }
 
   // ---- helpers ---------------------------------------------------------------------------------
-
-  record Geometry(long size, int cluster) {}
-
-  /** The virtual size and cluster size of a scenario's image, from building it once. */
-  private Geometry geometryOf(Scenario s) throws IOException {
-    Path d = Files.createTempDirectory(dir, "probe");
-    try {
-      JsonNode q = QemuImg.info(s.builder().build(d).top());
-      return new Geometry(q.get("virtual-size").asLong(), q.get("cluster-size").asInt());
-    } finally {
-      ModelRunner.deleteTree(d);
-    }
-  }
 
   private static String textOrNull(JsonNode n, String field) {
     return n.hasNonNull(field) ? n.get(field).asText() : null;
