@@ -30,6 +30,7 @@ import java.util.concurrent.atomic.AtomicLong;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
 import org.junit.jupiter.params.provider.ValueSource;
 
 /**
@@ -163,10 +164,10 @@ class Qcow2ConcurrentWritesTest {
   @ParameterizedTest(name = "{0}-byte clusters")
   @ValueSource(ints = {65536, 4096})
   void rangeLockedRequestsFromEightThreadsMatchTheSerializedModel(int c) throws Exception {
-    long size = c == 65536 ? 16L << 20 : 4L << 20;
+    long size = c == 65536 ? 64L << 20 : 4L << 20;
     int hotClusters = 12;
-    int rounds = 8;
-    int perThread = 30;
+    int rounds = 20;
+    int perThread = 40;
     Path path = dir.resolve("concurrent.qcow2");
     Qcow2Image img = Qcow2Image.create(path, Qcow2CreateOptions.of(size).withClusterSize(c));
     ModelRunner m = new ModelRunner(img, new byte[(int) size], null);
@@ -234,10 +235,10 @@ class Qcow2ConcurrentWritesTest {
     m.closeAndJudge(dir);
   }
 
-  @ParameterizedTest(name = "{0}-byte clusters")
-  @ValueSource(ints = {65536, 4096})
-  void unlockedWritesToDisjointPiecesOfSharedClustersAllLand(int c) throws Exception {
-    long size = c == 65536 ? 16L << 20 : 4L << 20;
+  @ParameterizedTest(name = "{0}-byte clusters, with zeroes: {1}")
+  @CsvSource({"65536, false", "65536, true", "4096, false", "4096, true"})
+  void unlockedWritesToDisjointPiecesOfSharedClustersAllLand(int c, boolean withZeroes) throws Exception {
+    long size = c == 65536 ? 64L << 20 : 4L << 20;
     int regionClusters = c == 65536 ? 24 : 64;
     int piecesPerRegion = THREADS * 40;
     Path path = dir.resolve("disjoint.qcow2");
@@ -249,7 +250,7 @@ class Qcow2ConcurrentWritesTest {
     boolean finished = false;
     int total = 0;
     try {
-      for (int region = 0; region < 3; region++) {
+      for (int region = 0; region < 10; region++) {
         long regionStart = (long) region * (regionClusters + 3) * c;
         long regionEnd = regionStart + (long) regionClusters * c;
         // some clusters of the region already allocated, wholly or partly, the rest not
@@ -270,7 +271,7 @@ class Qcow2ConcurrentWritesTest {
         }
         long from = regionStart;
         for (long to : cuts) {
-          Op op = r.nextInt(10) == 0
+          Op op = withZeroes && r.nextInt(10) == 0
               ? new Zero(from, to - from, r.nextBoolean(), false)
               : new Write(from, (int) (to - from), r.nextLong(), -1, false);
           perThread.get(r.nextInt(THREADS)).add(op);
