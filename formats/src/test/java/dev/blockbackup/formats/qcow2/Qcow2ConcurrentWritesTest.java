@@ -4,11 +4,13 @@ import static org.assertj.core.api.Assertions.assertThat;
 
 import dev.blockbackup.formats.WriteFlag;
 import dev.blockbackup.formats.qcow2.ModelOps.Discard;
+import dev.blockbackup.formats.qcow2.ModelOps.Flush;
 import dev.blockbackup.formats.qcow2.ModelOps.Op;
 import dev.blockbackup.formats.qcow2.ModelOps.Range;
 import dev.blockbackup.formats.qcow2.ModelOps.Read;
 import dev.blockbackup.formats.qcow2.ModelOps.Write;
 import dev.blockbackup.formats.qcow2.ModelOps.Zero;
+import dev.blockbackup.testkit.QemuImg;
 import java.nio.ByteBuffer;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -154,6 +156,8 @@ class Qcow2ConcurrentWritesTest {
         ops.add(new Zero(g.offset(), g.length(), r.nextBoolean(), false));
       } else if (dice < 85) {
         ops.add(new Discard(g.offset(), g.length()));
+      } else if (dice < 88) {
+        ops.add(new Flush());
       } else {
         ops.add(new Read(g.offset(), (int) g.length()));
       }
@@ -172,6 +176,7 @@ class Qcow2ConcurrentWritesTest {
     Qcow2Image img = Qcow2Image.create(path, Qcow2CreateOptions.of(size).withClusterSize(c));
     ModelRunner m = new ModelRunner(img, new byte[(int) size], null);
     RangeLock lock = new RangeLock();
+    long expectedEvents = 0;
     AtomicLong seq = new AtomicLong();
     ConcurrentLinkedQueue<Event> log = new ConcurrentLinkedQueue<>();
     long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(DEADLINE_SECONDS);
@@ -183,7 +188,9 @@ class Qcow2ConcurrentWritesTest {
         long hotStart = (long) round * (hotClusters + 2) * c;
         List<List<Op>> perThreadOps = new ArrayList<>();
         for (int t = 0; t < THREADS; t++) {
-          perThreadOps.add(roundOps(seeds.split(), t, hotStart, hotClusters, size, c, perThread));
+          List<Op> ops = roundOps(seeds.split(), t, hotStart, hotClusters, size, c, perThread);
+          expectedEvents += ops.stream().filter(op -> !(op instanceof Flush)).count();
+          perThreadOps.add(ops);
         }
         CountDownLatch go = new CountDownLatch(1);
         List<Future<?>> futures = new ArrayList<>();
@@ -192,6 +199,10 @@ class Qcow2ConcurrentWritesTest {
           futures.add(pool.submit(() -> {
             go.await();
             for (Op op : perThreadOps.get(thread)) {
+              if (op instanceof Flush) { // no range: runs alongside everything, changes no byte
+                img.flush();
+                continue;
+              }
               long[] held = lock.acquire(start(op), length(op));
               try {
                 byte[] seen = execute(img, op);
@@ -221,7 +232,7 @@ class Qcow2ConcurrentWritesTest {
     }
     List<Event> ordered = new ArrayList<>(log);
     ordered.sort((a, b) -> Long.compare(a.seq(), b.seq()));
-    assertThat(ordered.size()).as("completed requests").isEqualTo(rounds * THREADS * perThread);
+    assertThat(ordered.size()).as("completed requests").isEqualTo(expectedEvents);
     for (Event e : ordered) {
       if (e.op() instanceof Read r) {
         ModelRunner.assertSameBytes(e.seen(), 0, m.model, r.offset(), r.length(),
@@ -235,15 +246,24 @@ class Qcow2ConcurrentWritesTest {
     m.closeAndJudge(dir);
   }
 
-  @ParameterizedTest(name = "{0}-byte clusters, with zeroes: {1}")
-  @CsvSource({"65536, false", "65536, true", "4096, false", "4096, true"})
-  void unlockedWritesToDisjointPiecesOfSharedClustersAllLand(int c, boolean withZeroes) throws Exception {
+  @ParameterizedTest(name = "{0}-byte clusters, with zeroes: {1}, backing: {2}")
+  @CsvSource({"65536, false, none", "65536, true, none", "4096, false, none", "4096, true, none", "65536, false, raw",
+      "4096, false, raw"})
+  void unlockedWritesToDisjointPiecesOfSharedClustersAllLand(int c, boolean withZeroes, String backing)
+      throws Exception {
     long size = c == 65536 ? 64L << 20 : 4L << 20;
     int regionClusters = c == 65536 ? 24 : 64;
     int piecesPerRegion = THREADS * 40;
     Path path = dir.resolve("disjoint.qcow2");
-    Qcow2Image img = Qcow2Image.create(path, Qcow2CreateOptions.of(size).withClusterSize(c));
-    ModelRunner m = new ModelRunner(img, new byte[(int) size], null);
+    Qcow2CreateOptions options = Qcow2CreateOptions.of(size).withClusterSize(c);
+    byte[] base = null;
+    if (backing.equals("raw")) { // first writes into a cluster must copy the rest from the base: a COW race
+      base = Qcow2ModelPropertyTest.baseContent(size, c);
+      ModelRunner.writeRaw(dir.resolve("base.raw"), base);
+      options = options.withBacking("base.raw", "raw");
+    }
+    Qcow2Image img = Qcow2Image.create(path, options);
+    ModelRunner m = new ModelRunner(img, base == null ? new byte[(int) size] : base.clone(), base);
     SplittableRandom r = new SplittableRandom(c * 17L + 3);
     long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(DEADLINE_SECONDS);
     ExecutorService pool = pool();
@@ -320,6 +340,103 @@ class Qcow2ConcurrentWritesTest {
     m.verifyContent("after " + total + " unlocked disjoint requests from " + THREADS + " threads");
     m.verifyBlockStatus("after the unlocked requests");
     m.closeAndJudge(dir);
+  }
+
+  @ParameterizedTest(name = "{0}-byte clusters")
+  @ValueSource(ints = {65536, 4096})
+  void concurrentCompressedAndNormalWritesPackWithoutOverlap(int c) throws Exception {
+    int compressedClusters = 192;
+    int clusters = 256;
+    long size = (long) clusters * c;
+    Path path = dir.resolve("compressed.qcow2");
+    Qcow2Image img = Qcow2Image.create(path, Qcow2CreateOptions.of(size).withClusterSize(c));
+    ModelRunner m = new ModelRunner(img, new byte[(int) size], null);
+    SplittableRandom r = new SplittableRandom(c * 13L + 5);
+    List<List<Op>> perThread = new ArrayList<>();
+    for (int t = 0; t < THREADS; t++) {
+      perThread.add(new ArrayList<>());
+    }
+    // compressed clusters are marked by a Read op over the cluster (the test's own tag, never executed as a read)
+    for (int k = 0; k < compressedClusters; k++) {
+      perThread.get(k % THREADS).add(new Read((long) k * c, c));
+    }
+    for (int k = compressedClusters; k < clusters; k++) { // normal writes: allocations racing the byte allocator
+      for (int piece = 0; piece < 2; piece++) {
+        perThread.get(r.nextInt(THREADS)).add(new Write((long) k * c + piece * (c / 2), c / 2, r.nextLong(), -1, false));
+      }
+    }
+    for (List<Op> ops : perThread) {
+      Collections.shuffle(ops, new java.util.Random(r.nextLong()));
+    }
+    long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(DEADLINE_SECONDS);
+    ExecutorService pool = pool();
+    boolean finished = false;
+    try {
+      CountDownLatch go = new CountDownLatch(1);
+      List<Future<?>> futures = new ArrayList<>();
+      for (int t = 0; t < THREADS; t++) {
+        List<Op> ops = perThread.get(t);
+        int thread = t;
+        futures.add(pool.submit(() -> {
+          go.await();
+          for (Op op : ops) {
+            try {
+              if (op instanceof Read tag) {
+                int k = (int) (tag.offset() / c);
+                img.writeCompressed(tag.offset(), ByteBuffer.wrap(compressedContent(k, c)));
+              } else {
+                execute(img, op);
+              }
+            } catch (Exception e) {
+              throw new AssertionError("thread " + thread + ": " + op + " failed: " + e, e);
+            }
+          }
+          return null;
+        }));
+      }
+      go.countDown();
+      awaitAll(futures, deadline, "the compressed writers");
+      finished = true;
+    } finally {
+      pool.shutdownNow();
+      if (!finished) {
+        try {
+          img.close();
+        } catch (Exception ignored) {
+          // the failure that got us here is the one to report
+        }
+      }
+    }
+    for (List<Op> ops : perThread) {
+      for (Op op : ops) {
+        if (op instanceof Read tag) {
+          int k = (int) (tag.offset() / c);
+          System.arraycopy(compressedContent(k, c), 0, m.model, k * c, c);
+        } else {
+          m.record(op);
+        }
+      }
+    }
+    m.verifyContent("after concurrent compressed and normal writes");
+    m.closeAndJudge(dir);
+    List<QemuImg.MapEntry> map = QemuImg.map(path, "qcow2");
+    for (int k = 0; k < compressedClusters; k++) {
+      Qcow2CompressedWritesTest.Kind kind = compressedKind(k);
+      long off = (long) k * c;
+      QemuImg.MapEntry e = map.stream().filter(x -> x.start() <= off && off < x.start() + x.length()).findFirst()
+          .orElseThrow();
+      assertThat(e.offset() == null).as("cluster %d (%s) stored compressed; qemu-img map says %s", k, kind, e)
+          .isEqualTo(kind != Qcow2CompressedWritesTest.Kind.RANDOM);
+    }
+  }
+
+  private static Qcow2CompressedWritesTest.Kind compressedKind(int k) {
+    return k % 4 == 3 ? Qcow2CompressedWritesTest.Kind.RANDOM
+        : k % 4 == 2 ? Qcow2CompressedWritesTest.Kind.SPARSE : Qcow2CompressedWritesTest.Kind.TEXT;
+  }
+
+  private static byte[] compressedContent(int k, int c) {
+    return Qcow2CompressedWritesTest.content(compressedKind(k), k, c);
   }
 
   private static ExecutorService pool() {
