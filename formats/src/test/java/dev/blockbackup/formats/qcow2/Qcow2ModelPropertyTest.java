@@ -38,16 +38,16 @@ class Qcow2ModelPropertyTest {
 
   static Stream<Case> cases() {
     return Stream.of(
-        new Case("4K, no backing, 2 MiB", 4 * K, 2 * M, null, 0, 0, 25, 40),
-        new Case("4K, raw backing (smaller), 3 MiB + 1.5 KiB", 4 * K, 3 * M + 1536, "raw", 5 * M / 2, 0, 20, 40),
-        new Case("4K, qcow2 backing (64K), 4 MiB", 4 * K, 4 * M, "qcow2", 4 * M, 64 * K, 20, 40),
-        new Case("64K, no backing, 16 MiB - 1.5 KiB", 64 * K, 16 * M - 1536, null, 0, 0, 20, 40),
-        new Case("64K, raw backing, 16 MiB", 64 * K, 16 * M, "raw", 16 * M, 0, 15, 40),
+        new Case("4K, no backing, 2 MiB", 4 * K, 2 * M, null, 0, 0, 50, 40),
+        new Case("4K, raw backing (smaller), 3 MiB + 1.5 KiB", 4 * K, 3 * M + 1536, "raw", 5 * M / 2, 0, 40, 40),
+        new Case("4K, qcow2 backing (64K), 4 MiB", 4 * K, 4 * M, "qcow2", 4 * M, 64 * K, 40, 40),
+        new Case("64K, no backing, 16 MiB - 1.5 KiB", 64 * K, 16 * M - 1536, null, 0, 0, 40, 40),
+        new Case("64K, raw backing, 16 MiB", 64 * K, 16 * M, "raw", 16 * M, 0, 30, 40),
         new Case("64K, qcow2 backing (4K, smaller), 16 MiB + 512", 64 * K, 16 * M + 512, "qcow2", 12 * M + 512, 4 * K,
-            15, 40),
-        new Case("2M, no backing, 32 MiB", 2 * M, 32 * M, null, 0, 0, 10, 25),
-        new Case("2M, raw backing, 24 MiB + 3.5 KiB", 2 * M, 24 * M + 3584, "raw", 24 * M + 3584, 0, 8, 25),
-        new Case("2M, qcow2 backing (64K, larger), 16 MiB", 2 * M, 16 * M, "qcow2", 20 * M, 64 * K, 8, 25));
+            30, 40),
+        new Case("2M, no backing, 32 MiB", 2 * M, 32 * M, null, 0, 0, 24, 25),
+        new Case("2M, raw backing, 24 MiB + 3.5 KiB", 2 * M, 24 * M + 3584, "raw", 24 * M + 3584, 0, 20, 25),
+        new Case("2M, qcow2 backing (64K, larger), 16 MiB", 2 * M, 16 * M, "qcow2", 20 * M, 64 * K, 20, 25));
   }
 
   @ParameterizedTest(name = "{0}")

@@ -287,7 +287,7 @@ class Qcow2QemuImagesTest {
     int cluster = QemuImg.info(built.top()).get("cluster-size").asInt();
     Property.check(
         "our writes into a qemu-made image: " + s,
-        3,
+        10,
         r -> ModelOps.generate(r, initial.length, cluster, 40, 30),
         ops -> {
           Path d = Files.createTempDirectory(dir, "try");
