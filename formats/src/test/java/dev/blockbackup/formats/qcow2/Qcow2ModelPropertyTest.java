@@ -38,6 +38,8 @@ class Qcow2ModelPropertyTest {
 
   static Stream<Case> cases() {
     return Stream.of(
+        new Case("512 B, no backing, 1 MiB + 512", 512, M + 512, null, 0, 0, 30, 40),
+        new Case("512 B, qcow2 backing (4K, smaller), 1 MiB", 512, M, "qcow2", M - 4 * K, 4 * K, 30, 40),
         new Case("4K, no backing, 2 MiB", 4 * K, 2 * M, null, 0, 0, 50, 40),
         new Case("4K, raw backing (smaller), 3 MiB + 1.5 KiB", 4 * K, 3 * M + 1536, "raw", 5 * M / 2, 0, 40, 40),
         new Case("4K, qcow2 backing (64K), 4 MiB", 4 * K, 4 * M, "qcow2", 4 * M, 64 * K, 40, 40),
