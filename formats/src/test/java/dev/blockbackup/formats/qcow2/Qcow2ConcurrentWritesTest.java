@@ -246,31 +246,65 @@ class Qcow2ConcurrentWritesTest {
     m.closeAndJudge(dir);
   }
 
-  @ParameterizedTest(name = "{0}-byte clusters, with zeroes: {1}, backing: {2}")
-  @CsvSource({"65536, false, none", "65536, true, none", "4096, false, none", "4096, true, none", "65536, false, raw",
-      "4096, false, raw"})
-  void unlockedWritesToDisjointPiecesOfSharedClustersAllLand(int c, boolean withZeroes, String backing)
+  /**
+   * {@code start}: "fresh" (a new image of ours), "raw" (ours over a raw base: first writes copy the
+   * rest of the cluster from it), "snapshot" (qemu-made, every cluster shared with an internal
+   * snapshot: writes must copy it and its L2 table exactly once), "compressed" (qemu convert -c:
+   * writes must decompress the cluster into a new one exactly once).
+   */
+  @ParameterizedTest(name = "{0}-byte clusters, with zeroes: {1}, start: {2}")
+  @CsvSource({"65536, false, fresh", "65536, true, fresh", "4096, false, fresh", "4096, true, fresh",
+      "65536, false, raw", "4096, false, raw", "65536, false, snapshot", "4096, true, snapshot",
+      "65536, false, compressed", "4096, true, compressed"})
+  void unlockedWritesToDisjointPiecesOfSharedClustersAllLand(int c, boolean withZeroes, String start)
       throws Exception {
     long size = c == 65536 ? 64L << 20 : 4L << 20;
     int regionClusters = c == 65536 ? 24 : 64;
+    int regions = 10;
+    long area = (long) regions * (regionClusters + 3) * c;
     int piecesPerRegion = THREADS * 40;
     Path path = dir.resolve("disjoint.qcow2");
     Qcow2CreateOptions options = Qcow2CreateOptions.of(size).withClusterSize(c);
     byte[] base = null;
-    if (backing.equals("raw")) { // first writes into a cluster must copy the rest from the base: a COW race
-      base = Qcow2ModelPropertyTest.baseContent(size, c);
-      ModelRunner.writeRaw(dir.resolve("base.raw"), base);
-      options = options.withBacking("base.raw", "raw");
+    byte[] initial = new byte[(int) size];
+    Qcow2Image img;
+    switch (start) {
+      case "fresh" -> img = Qcow2Image.create(path, options);
+      case "raw" -> {
+        base = Qcow2ModelPropertyTest.baseContent(size, c);
+        ModelRunner.writeRaw(dir.resolve("base.raw"), base);
+        initial = base.clone();
+        img = Qcow2Image.create(path, options.withBacking("base.raw", "raw"));
+      }
+      case "snapshot" -> {
+        QemuImg.img("create", "-q", "-f", "qcow2", "-o", "cluster_size=" + c, path, size).assertExit(0);
+        QemuImg.io("-f", "qcow2", "-c", "write -P 0x5a 0 " + area, "-c", "write -P 0xa5 " + c / 3 + " " + area / 2,
+            path).assertExit(0);
+        QemuImg.img("snapshot", "-c", "s1", path).assertExit(0);
+        initial = ModelRunner.qemuContent(path, "qcow2", dir);
+        img = Qcow2Image.open(path, false);
+      }
+      case "compressed" -> {
+        for (int k = 0; (long) k * c < area; k++) {
+          System.arraycopy(Qcow2CompressedWritesTest.content(Qcow2CompressedWritesTest.Kind.TEXT, k, c), 0, initial,
+              k * c, c);
+        }
+        Path src = dir.resolve("src.raw");
+        ModelRunner.writeRaw(src, initial);
+        QemuImg.img("convert", "-c", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=" + c, src, path).assertExit(0);
+        img = Qcow2Image.open(path, false);
+      }
+      default -> throw new IllegalArgumentException(start);
     }
-    Qcow2Image img = Qcow2Image.create(path, options);
-    ModelRunner m = new ModelRunner(img, base == null ? new byte[(int) size] : base.clone(), base);
+    byte[] atStart = initial.clone();
+    ModelRunner m = new ModelRunner(img, initial, base);
     SplittableRandom r = new SplittableRandom(c * 17L + 3);
     long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(DEADLINE_SECONDS);
     ExecutorService pool = pool();
     boolean finished = false;
     int total = 0;
     try {
-      for (int region = 0; region < 10; region++) {
+      for (int region = 0; region < regions; region++) {
         long regionStart = (long) region * (regionClusters + 3) * c;
         long regionEnd = regionStart + (long) regionClusters * c;
         // some clusters of the region already allocated, wholly or partly, the rest not
@@ -340,6 +374,12 @@ class Qcow2ConcurrentWritesTest {
     m.verifyContent("after " + total + " unlocked disjoint requests from " + THREADS + " threads");
     m.verifyBlockStatus("after the unlocked requests");
     m.closeAndJudge(dir);
+    if (start.equals("snapshot")) {
+      Path snap = dir.resolve("s1.raw");
+      QemuImg.img("convert", "-f", "qcow2", "-O", "raw", "-l", "snapshot.name=s1", path, snap).assertExit(0);
+      ModelRunner.assertSameBytes(java.nio.file.Files.readAllBytes(snap), 0, atStart, 0, atStart.length,
+          "internal snapshot s1 after the concurrent writes");
+    }
   }
 
   @ParameterizedTest(name = "{0}-byte clusters")
