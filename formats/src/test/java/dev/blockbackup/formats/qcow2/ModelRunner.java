@@ -213,8 +213,10 @@ final class ModelRunner implements AutoCloseable {
     } finally {
       Files.deleteIfExists(raw);
     }
+    boolean rawBacking = "raw".equals(QemuImg.info(path).path("backing-filename-format").asText(null));
     try (Qcow2Image again = Qcow2Image.open(path, true)) {
       verifyContent(again, model, "after closing and reopening read-only");
+      assertStatusMatchesQemuMap(again, path, rawBacking);
     }
   }
 
@@ -295,6 +297,64 @@ final class ModelRunner implements AutoCloseable {
     try (var s = Files.walk(dir)) {
       for (Path p : s.sorted(java.util.Comparator.reverseOrder()).toList()) {
         Files.deleteIfExists(p);
+      }
+    }
+  }
+
+  /**
+   * Compares our blockStatus over the whole image with {@code qemu-img map}: allocated here means
+   * present at depth 0 there, and data and zero must agree. With {@code onlyAllocation} (a raw
+   * backing file, whose holes qemu sees and Java cannot) data and zero are compared only where
+   * the top layer decides them.
+   */
+  static void assertStatusMatchesQemuMap(Qcow2Image img, Path path, boolean onlyAllocation) throws IOException {
+    List<Seg> ours = new ArrayList<>();
+    long pos = 0;
+    while (pos < img.size()) {
+      List<Extent> extents = img.blockStatus(pos, img.size() - pos);
+      assertThat(extents).as("blockStatus(%d, ...)", pos).isNotEmpty();
+      for (Extent e : extents) {
+        assertThat(e.offset()).as("extents must be contiguous").isEqualTo(pos);
+        ours.add(new Seg(e.offset(), e.end(), e.allocated(), e.data(), e.zero()));
+        pos = e.end();
+      }
+    }
+    List<Seg> qemu = new ArrayList<>();
+    for (QemuImg.MapEntry e : QemuImg.map(path, "qcow2")) {
+      qemu.add(new Seg(e.start(), e.start() + e.length(), e.present() && e.depth() == 0, e.data(), e.zero()));
+    }
+    assertSameStatus(ours, qemu, onlyAllocation);
+  }
+
+  /** A run of bytes with one status: allocated in the top layer, data, zero. */
+  record Seg(long start, long end, boolean allocated, boolean data, boolean zero) {}
+
+  /** Compares two segmentations byte range by byte range and fails at the first range where the flags differ. */
+  static void assertSameStatus(List<Seg> ours, List<Seg> qemu, boolean onlyAllocation) {
+    assertThat(ours).isNotEmpty();
+    assertThat(qemu).isNotEmpty();
+    assertThat(ours.get(ours.size() - 1).end()).as("our blockStatus ends where qemu-img map ends")
+        .isEqualTo(qemu.get(qemu.size() - 1).end());
+    int i = 0;
+    int j = 0;
+    long pos = 0;
+    while (i < ours.size() && j < qemu.size()) {
+      Seg a = ours.get(i);
+      Seg b = qemu.get(j);
+      long end = Math.min(a.end(), b.end());
+      boolean flagsCount = !onlyAllocation || a.allocated();
+      if (a.allocated() != b.allocated() || flagsCount && (a.data() != b.data() || a.zero() != b.zero())) {
+        throw new AssertionError(String.format(
+            "blockStatus differs from qemu-img map over [%d, %d): ours allocated=%s data=%s zero=%s (extent %s), "
+                + "qemu present-at-depth-0=%s data=%s zero=%s (entry %s)",
+            pos, end, a.allocated(), a.data(), a.zero(), a, b.allocated(), b.data(), b.zero(), b));
+      }
+      pos = end;
+      if (a.end() == end) {
+        i++;
+      }
+      if (b.end() == end) {
+        j++;
       }
     }
   }

@@ -3,7 +3,6 @@ package dev.blockbackup.formats.qcow2;
 import static org.assertj.core.api.Assertions.assertThat;
 
 import com.fasterxml.jackson.databind.JsonNode;
-import dev.blockbackup.formats.Extent;
 import dev.blockbackup.testkit.Property;
 import dev.blockbackup.testkit.QemuImg;
 import java.io.IOException;
@@ -222,25 +221,9 @@ class Qcow2QemuImagesTest {
   @MethodSource("scenarios")
   void blockStatusAgreesWithQemuImgMap(Scenario s) throws Exception {
     Built b = s.builder().build(dir);
-    List<Seg> qemu = new ArrayList<>();
-    for (QemuImg.MapEntry e : QemuImg.map(b.top(), "qcow2")) {
-      qemu.add(new Seg(e.start(), e.start() + e.length(), e.present() && e.depth() == 0, e.data(), e.zero()));
-    }
-    List<Seg> ours = new ArrayList<>();
     try (Qcow2Image img = Qcow2Image.open(b.top(), true)) {
-      long pos = 0;
-      while (pos < img.size()) {
-        List<Extent> extents = img.blockStatus(pos, img.size() - pos);
-        assertThat(extents).as("blockStatus(%d, ...)", pos).isNotEmpty();
-        for (Extent e : extents) {
-          assertThat(e.offset()).as("extents must be contiguous").isEqualTo(pos);
-          ours.add(new Seg(e.offset(), e.end(), e.allocated(), e.data(), e.zero()));
-          pos = e.end();
-        }
-      }
-      assertThat(pos).isEqualTo(img.size());
+      ModelRunner.assertStatusMatchesQemuMap(img, b.top(), false);
     }
-    assertSameStatus(ours, qemu);
   }
 
   @ParameterizedTest(name = "{0}")
@@ -323,37 +306,5 @@ class Qcow2QemuImagesTest {
 
   private static String textOrNull(JsonNode n, String field) {
     return n.hasNonNull(field) ? n.get(field).asText() : null;
-  }
-
-  /** A run of bytes with one status: allocated in the top layer, data, zero. */
-  record Seg(long start, long end, boolean allocated, boolean data, boolean zero) {}
-
-  /** Compares two segmentations byte range by byte range and fails at the first range where the flags differ. */
-  static void assertSameStatus(List<Seg> ours, List<Seg> qemu) {
-    assertThat(ours).isNotEmpty();
-    assertThat(qemu).isNotEmpty();
-    assertThat(ours.get(ours.size() - 1).end()).as("our blockStatus ends where qemu-img map ends")
-        .isEqualTo(qemu.get(qemu.size() - 1).end());
-    int i = 0;
-    int j = 0;
-    long pos = 0;
-    while (i < ours.size() && j < qemu.size()) {
-      Seg a = ours.get(i);
-      Seg b = qemu.get(j);
-      long end = Math.min(a.end(), b.end());
-      if (a.allocated() != b.allocated() || a.data() != b.data() || a.zero() != b.zero()) {
-        throw new AssertionError(String.format(
-            "blockStatus differs from qemu-img map over [%d, %d): ours allocated=%s data=%s zero=%s (extent %s), "
-                + "qemu present-at-depth-0=%s data=%s zero=%s (entry %s)",
-            pos, end, a.allocated(), a.data(), a.zero(), a, b.allocated(), b.data(), b.zero(), b));
-      }
-      pos = end;
-      if (a.end() == end) {
-        i++;
-      }
-      if (b.end() == end) {
-        j++;
-      }
-    }
   }
 }
