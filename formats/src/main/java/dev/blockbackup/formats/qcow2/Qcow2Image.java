@@ -56,8 +56,14 @@ import java.util.zip.Inflater;
  * </ul>
  *
  * <p>Refused at open (ImageFormatException): what QEMU refuses, plus zstd compression, extended L2
- * entries, external data files and encryption. Images with the corrupt bit, or with the dirty bit
- * (lazy refcounts left unclean), open read-only only.
+ * entries, external data files and encryption. Images with the corrupt bit open read-only only. An
+ * image with the dirty bit (lazy refcounts left unwritten by a crash) opens read-only as it is; a
+ * read-write open first rebuilds its refcounts, as QEMU does. A read-write open clears every
+ * autoclear bit (we maintain no bitmaps), so QEMU drops the bitmaps of an image we wrote.
+ *
+ * <p>Overlapping requests in flight at once leave unspecified results, as the BlockDevice contract
+ * says; a read racing an overwrite of a compressed or snapshot-shared cluster may even fail with EIO
+ * if the old cluster is freed and reused under it.
  */
 public final class Qcow2Image implements BlockDevice {
 
@@ -121,7 +127,7 @@ public final class Qcow2Image implements BlockDevice {
   /** The dirty bit as it is on disk now (a read-write open rebuilds the refcounts and clears it). */
   private boolean dirty;
 
-  private Qcow2Image(Path path, RandomAccessFile raf, boolean readOnly, Set<Path> chain, int depth)
+  private Qcow2Image(Path path, RandomAccessFile raf, boolean readOnly, Set<Path> chain, int depth, int l2Tables)
       throws IOException {
     this.path = path;
     this.where = path.toString();
@@ -186,22 +192,37 @@ public final class Qcow2Image implements BlockDevice {
     // QEMU's default: the L2 cache maps the whole disk, but holds at most 32 MiB.
     long wholeDisk = Qcow2Header.ceilDiv(Qcow2Header.ceilDiv(size, clusterSize) * 8, clusterSize) * clusterSize;
     int capacity = (int) Math.max(2, Math.min(MAX_L2_CACHE_BYTES, wholeDisk) / clusterSize);
+    if (l2Tables > 0) {
+      capacity = Math.min(capacity, l2Tables);
+    }
     this.l2 = new L2Cache(file, clusterSize, capacity, () -> {
       refcounts.flush();
       file.sync();
     });
 
-    if (!readOnly && (header.incompatible & Qcow2Header.INCOMPAT_DIRTY) != 0) {
-      // QEMU repairs a dirty image (lazy refcounts left unwritten) on a read-write open
-      new RefcountRebuild(file, where, header, l1, refcounts).run();
+    // the backing chain first: an image whose chain cannot be opened is not touched
+    this.backing = header.backingFile == null ? null : openBacking(chain, depth);
+    try {
+      if (!readOnly && (header.incompatible & Qcow2Header.INCOMPAT_DIRTY) != 0) {
+        // QEMU repairs a dirty image (lazy refcounts left unwritten) on a read-write open
+        new RefcountRebuild(file, where, header, l1, refcounts).run();
+      }
+      if (!readOnly && header.autoclear != 0) {
+        // We maintain no bitmaps and know no other autoclear feature: clear them before the first write.
+        file.write(ByteBuffer.allocate(8), Qcow2Header.OFF_AUTOCLEAR);
+        file.sync();
+      }
+    } catch (IOException | RuntimeException e) {
+      if (backing != null) {
+        try {
+          backing.close();
+        } catch (BlockIOException suppressed) {
+          e.addSuppressed(suppressed);
+        }
+      }
+      throw e;
     }
     this.dirty = readOnly && (header.incompatible & Qcow2Header.INCOMPAT_DIRTY) != 0;
-    if (!readOnly && header.autoclear != 0) {
-      // We maintain no bitmaps and know no other autoclear feature: clear them before the first write.
-      file.write(ByteBuffer.allocate(8), Qcow2Header.OFF_AUTOCLEAR);
-      file.sync();
-    }
-    this.backing = header.backingFile == null ? null : openBacking(chain, depth);
   }
 
   private void checkNoOverlap(String a, long aOff, long aLen, String b, long bOff, long bLen) throws ImageFormatException {
@@ -238,7 +259,7 @@ public final class Qcow2Image implements BlockDevice {
       } else {
         throw new ImageFormatException(where + ": backing format '" + fmt + "' is not supported (raw, qcow2)");
       }
-      return format == ImageFormat.QCOW2 ? open(p, true, chain, depth + 1) : RawImage.open(p, true);
+      return format == ImageFormat.QCOW2 ? open(p, true, chain, depth + 1, 0) : RawImage.open(p, true);
     } catch (ImageFormatException e) {
       // no cause: the inner message names the inner image already, and a deep chain would print
       // every level's message once per level
@@ -262,7 +283,8 @@ public final class Qcow2Image implements BlockDevice {
       throw new BlockIOException(BlockError.EINVAL, "image size " + size + " needs an L1 table of " + l1Size * 8
           + " bytes with " + cs + "-byte clusters, above QEMU's limit of 32 MiB");
     }
-    long l1Clusters = Math.max(1, Qcow2Header.ceilDiv(l1Size * 8, cs));
+    // an empty image has no L1 cluster to count (QEMU's layout: the offset points past the file)
+    long l1Clusters = Qcow2Header.ceilDiv(l1Size * 8, cs);
     long perBlock = (long) cs * 8 / 16;
     // Size the refcount table for the fully allocated image, so it never has to grow.
     long rtc = 1;
@@ -279,7 +301,7 @@ public final class Qcow2Image implements BlockDevice {
     }
     long reftableOff = (long) cs;
     long refblocksOff = (1 + rtc) * cs;
-    long l1Off = (1 + rtc + nrb) * cs;
+    long l1Off = l1Size == 0 ? 0 : (1 + rtc + nrb) * cs;
     long used = 1 + rtc + nrb + l1Clusters;
     ByteBuffer c0;
     try {
@@ -301,7 +323,9 @@ public final class Qcow2Image implements BlockDevice {
         rbs.putShort(i * 2, (short) 1);
       }
       hf.write(rbs, refblocksOff);
-      hf.write(ByteBuffer.allocate((int) (l1Clusters * cs)), l1Off);
+      if (l1Clusters > 0) {
+        hf.write(ByteBuffer.allocate((int) (l1Clusters * cs)), l1Off);
+      }
       hf.sync();
     } catch (IOException e) {
       throw BlockIOException.fromHost("cannot create " + path, e);
@@ -315,10 +339,16 @@ public final class Qcow2Image implements BlockDevice {
    * with the corrupt bit opens read-only only.
    */
   public static Qcow2Image open(Path path, boolean readOnly) throws BlockIOException {
-    return open(path, readOnly, new HashSet<>(), 0);
+    return open(path, readOnly, new HashSet<>(), 0, 0);
   }
 
-  private static Qcow2Image open(Path path, boolean readOnly, Set<Path> chain, int depth) throws BlockIOException {
+  /** Opens with an L2 cache of at most {@code l2Tables} tables, so tests can exercise eviction. */
+  static Qcow2Image openWithSmallCache(Path path, boolean readOnly, int l2Tables) throws BlockIOException {
+    return open(path, readOnly, new HashSet<>(), 0, l2Tables);
+  }
+
+  private static Qcow2Image open(Path path, boolean readOnly, Set<Path> chain, int depth, int l2Tables)
+      throws BlockIOException {
     if (!Files.exists(path)) {
       throw new BlockIOException(BlockError.EINVAL, "cannot open " + path + ": no such file");
     }
@@ -332,7 +362,7 @@ public final class Qcow2Image implements BlockDevice {
         throw new ImageFormatException("backing file loop: " + real + " is already in the backing chain " + chain);
       }
       raf = new RandomAccessFile(path.toFile(), readOnly ? "r" : "rw");
-      return new Qcow2Image(path, raf, readOnly, chain, depth);
+      return new Qcow2Image(path, raf, readOnly, chain, depth, l2Tables);
     } catch (IOException | RuntimeException e) {
       if (raf != null) {
         try {
@@ -661,7 +691,16 @@ public final class Qcow2Image implements BlockDevice {
       throw new ImageFormatException(where + ": L1 entry " + l1i + " points to an L2 table at 0x" + Long.toHexString(off)
           + " that is unaligned or lies past the end of the file (" + file.size() + " bytes)");
     }
+    if (overlapsMetadata(off)) {
+      throw new ImageFormatException(where + ": L1 entry " + l1i + " points to an L2 table at 0x" + Long.toHexString(off)
+          + " inside the L1 or refcount table");
+    }
     return off;
+  }
+
+  /** Whether host cluster offset {@code off} lies inside the active L1 table or the refcount table. */
+  private boolean overlapsMetadata(long off) {
+    return (off >= l1Offset && off - l1Offset < (long) l1.length * 8) || refcounts.inReftable(off);
   }
 
   /** Refuses an L2 entry QEMU would call corrupt; returns it. */
@@ -691,6 +730,11 @@ public final class Qcow2Image implements BlockDevice {
       if ((e & ZERO_FLAG) == 0 && off >= file.size()) {
         throw new ImageFormatException(where + ": L2 entry for guest offset " + (gci << clusterBits)
             + " points to host offset 0x" + Long.toHexString(off) + ", past the end of the file (" + file.size() + " bytes)");
+      }
+      if (overlapsMetadata(off)) {
+        // writing there in place would destroy the table (QEMU's overlap check would mark the image corrupt)
+        throw new ImageFormatException(where + ": L2 entry for guest offset " + (gci << clusterBits)
+            + " points to host offset 0x" + Long.toHexString(off) + " inside the L1 or refcount table");
       }
     }
     return e;
@@ -750,6 +794,7 @@ public final class Qcow2Image implements BlockDevice {
     try {
       checkOpen(); // close may have run while we waited for the lock
       writeInternal(offset, src);
+      src.position(src.limit()); // consumed, as a channel write (and RawImage) leaves it
       if (WriteFlag.isSet(flags, WriteFlag.FUA)) {
         flushMetadata();
       }
@@ -775,6 +820,7 @@ public final class Qcow2Image implements BlockDevice {
       long host;
       int n;
       boolean inPlace;
+      boolean reuse = false;
       long[] old = null;
       meta.lock();
       try {
@@ -796,6 +842,18 @@ public final class Qcow2Image implements BlockDevice {
           if (inflightOverlaps(gci, gci + 1)) {
             allocDone.awaitUninterruptibly();
             continue;
+          }
+          if ((e & (COPIED | COMPRESSED | ZERO_FLAG)) == (COPIED | ZERO_FLAG) && (e & OFFSET_MASK) != 0) {
+            // ZERO_ALLOC: the cluster is ours already; write it in place (zeros around the data),
+            // then clear the zero flag, as QEMU does
+            ensureWritableL2(gci / l2Entries);
+            host = e & OFFSET_MASK;
+            n = 1;
+            old = new long[] {ZERO_FLAG};
+            reuse = true;
+            inflight.add(new long[] {gci, gci + 1});
+            inPlace = false;
+            break;
           }
           n = 1;
           while (n < maxN && n < Integer.MAX_VALUE / 2) {
@@ -834,7 +892,7 @@ public final class Qcow2Image implements BlockDevice {
           meta.lock();
           try {
             // nothing points to the new clusters yet: give them back at once
-            for (int k = 0; k < n; k++) {
+            for (int k = 0; k < n && !reuse; k++) {
               refcounts.add((host >>> clusterBits) + k, -1);
             }
           } catch (IOException suppressed) {

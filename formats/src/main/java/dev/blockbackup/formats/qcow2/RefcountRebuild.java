@@ -143,7 +143,7 @@ final class RefcountRebuild {
       int idLen = Short.toUnsignedInt(h.getShort(12));
       int nameLen = Short.toUnsignedInt(h.getShort(14));
       long extra = Integer.toUnsignedLong(h.getInt(36));
-      if (l1Size * 8 > Qcow2Header.MAX_L1_BYTES || extra > 1024 || (l1Off & (clusterSize - 1)) != 0) {
+      if (l1Size * 8 > Qcow2Header.MAX_L1_BYTES || extra > 1024 || (l1Off & (clusterSize - 1)) != 0 || l1Off < 0) {
         throw new ImageFormatException(where + ": snapshot " + i + " has an invalid L1 table or extra data; run qemu-img check");
       }
       long[] table = new long[(int) l1Size];

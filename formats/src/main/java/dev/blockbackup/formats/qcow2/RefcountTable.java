@@ -284,6 +284,11 @@ final class RefcountTable {
     return reftableOffset;
   }
 
+  /** Whether host offset {@code off} lies inside the refcount table. */
+  boolean inReftable(long off) {
+    return off >= reftableOffset && off - reftableOffset < (long) reftable.length * 8;
+  }
+
   /** The refcount block offsets (reftable entries), for the rebuild to count. */
   long[] reftable() {
     return reftable;
@@ -378,7 +383,7 @@ final class RefcountTable {
     }
     Block b = cache.get(off);
     if (b == null) {
-      if ((off & (clusterSize - 1)) != 0 || off >= file.size()) {
+      if ((off & (clusterSize - 1)) != 0 || off < 0 || off >= file.size()) {
         throw new ImageFormatException(where + ": refcount block 0x" + Long.toHexString(off) + " (reftable entry " + bi
             + ") is unaligned or lies past the end of the file (" + file.size() + ")");
       }

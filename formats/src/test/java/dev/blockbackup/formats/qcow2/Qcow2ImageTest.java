@@ -347,6 +347,143 @@ class Qcow2ImageTest {
     QemuImg.assertIdentical(p, "qcow2", r, "raw");
   }
 
+  @Test
+  void edgeSizesAndArgumentsAreHandled() throws Exception {
+    Path empty = dir.resolve("empty.qcow2");
+    try (Qcow2Image img = Qcow2Image.create(empty, Qcow2CreateOptions.of(0))) {
+      img.read(0, ByteBuffer.allocate(0));
+      assertThat(img.blockStatus(0, 0)).isEmpty();
+      assertThatThrownBy(() -> img.read(0, ByteBuffer.allocate(1)))
+          .isInstanceOfSatisfying(BlockIOException.class, e -> assertThat(e.error()).isEqualTo(BlockError.EINVAL));
+    }
+    QemuImg.assertCheckClean(empty);
+    Path big = dir.resolve("big.qcow2");
+    long size = (1L << 40) + 512;
+    try (Qcow2Image img = Qcow2Image.create(big, Qcow2CreateOptions.of(size).withClusterSize(2 << 20))) {
+      byte[] d = random(2, 5000);
+      img.write((1L << 40) - 5000, ByteBuffer.wrap(d));
+      assertThat(read(img, (1L << 40) - 5000, 5000)).isEqualTo(d);
+      // the last cluster is 512 bytes long; compressed, it is zero-padded to a whole cluster
+      byte[] tail = filled(7, 512);
+      img.writeCompressed(1L << 40, ByteBuffer.wrap(tail));
+      assertThat(read(img, 1L << 40, 512)).isEqualTo(tail);
+    }
+    QemuImg.assertCheckClean(big);
+    assertThat(QemuImg.info(big).get("virtual-size").asLong()).isEqualTo(size);
+    Path tooLong = dir.resolve("long.qcow2");
+    String name = "x".repeat(1024);
+    assertThatThrownBy(() -> Qcow2Image.create(tooLong, Qcow2CreateOptions.of(1 << 20).withBacking(name, "raw")))
+        .isInstanceOfSatisfying(BlockIOException.class, e -> assertThat(e.error()).isEqualTo(BlockError.EINVAL))
+        .hasMessageContaining("1024 bytes");
+  }
+
+  @Test
+  void lastPartialClusterCompressesZeroPadded() throws Exception {
+    Path p = dir.resolve("tail.qcow2");
+    Path r = dir.resolve("tail.raw");
+    long size = 65536 + 1024;
+    byte[] d = filled(0x61, 1024);
+    try (Qcow2Image img = Qcow2Image.create(p, Qcow2CreateOptions.of(size))) {
+      assertThatThrownBy(() -> img.writeCompressed(65536, ByteBuffer.allocate(65536)))
+          .isInstanceOfSatisfying(BlockIOException.class, e -> assertThat(e.error()).isEqualTo(BlockError.EINVAL));
+      img.writeCompressed(65536, ByteBuffer.wrap(d));
+      assertThat(read(img, 65536, 1024)).isEqualTo(d);
+    }
+    try (RawImage raw = RawImage.create(r, size)) {
+      raw.write(65536, ByteBuffer.wrap(d));
+    }
+    QemuImg.assertCheckClean(p);
+    QemuImg.assertIdentical(p, "qcow2", r, "raw");
+    assertThat(QemuImg.img("check", "--output=json", p).json().get("compressed-clusters").asLong()).isEqualTo(1);
+  }
+
+  @Test
+  void unknownAutoclearBitsAreClearedBeforeWriting() throws Exception {
+    Path p = dir.resolve("ac.qcow2");
+    QemuImg.img("create", "-f", "qcow2", p, "1M").assertExit(0);
+    try (java.io.RandomAccessFile f = new java.io.RandomAccessFile(p.toFile(), "rw")) {
+      f.seek(88);
+      f.writeLong(0x8000000000000002L);
+    }
+    Qcow2Image.open(p, true).close();
+    try (java.io.RandomAccessFile f = new java.io.RandomAccessFile(p.toFile(), "r")) {
+      f.seek(88);
+      assertThat(f.readLong()).isEqualTo(0x8000000000000002L);
+    }
+    try (Qcow2Image img = Qcow2Image.open(p, false)) {
+      img.write(0, ByteBuffer.wrap(filled(1, 512)));
+    }
+    try (java.io.RandomAccessFile f = new java.io.RandomAccessFile(p.toFile(), "r")) {
+      f.seek(88);
+      assertThat(f.readLong()).isZero();
+    }
+    QemuImg.assertCheckClean(p);
+  }
+
+  @Test
+  void backingFormatIsProbedWhenTheExtensionIsAbsent() throws Exception {
+    Path base = dir.resolve("pbase.qcow2");
+    Path top = dir.resolve("ptop.qcow2");
+    QemuImg.img("create", "-f", "qcow2", base, "1M").assertExit(0);
+    QemuImg.io("-f", "qcow2", "-c", "write -P 0x7 0 64k", base).assertExit(0);
+    QemuImg.img("create", "-f", "qcow2", "-b", "pbase.qcow2", "-F", "qcow2", top, "1M").assertExit(0);
+    // turn the backing-format extension (the first one, at 112) into an unknown one, which is skipped
+    try (java.io.RandomAccessFile f = new java.io.RandomAccessFile(top.toFile(), "rw")) {
+      f.seek(112);
+      assertThat(f.readInt()).isEqualTo(0xE2792ACA);
+      f.seek(112);
+      f.writeInt(0x12345678);
+    }
+    try (Qcow2Image img = Qcow2Image.open(top, false)) {
+      assertThat(img.info().backingFormat()).isNull();
+      assertThat(img.backing()).isInstanceOf(Qcow2Image.class);
+      assertThat(read(img, 0, 65536)).isEqualTo(filled(7, 65536));
+      img.write(100, ByteBuffer.wrap(filled(8, 10)));
+    }
+    // the unknown extension survived our writes
+    try (java.io.RandomAccessFile f = new java.io.RandomAccessFile(top.toFile(), "r")) {
+      f.seek(112);
+      assertThat(f.readInt()).isEqualTo(0x12345678);
+    }
+    QemuImg.assertCheckClean(top);
+  }
+
+  @Test
+  void writeIntoPreallocatedZeroClusterReusesItInPlace() throws Exception {
+    Path p = dir.resolve("za.qcow2");
+    try (Qcow2Image img = Qcow2Image.create(p, Qcow2CreateOptions.of(1 << 20))) {
+      img.write(0, ByteBuffer.wrap(random(1, 65536)));
+      img.writeZeroes(0, 65536);
+      img.write(1000, ByteBuffer.wrap(filled(9, 100)));
+      byte[] expect = new byte[65536];
+      System.arraycopy(filled(9, 100), 0, expect, 1000, 100);
+      assertThat(read(img, 0, 65536)).isEqualTo(expect);
+    }
+    QemuImg.assertCheckClean(p);
+    List<QemuImg.MapEntry> map = QemuImg.map(p, "qcow2");
+    assertThat(map.get(0)).isEqualTo(new QemuImg.MapEntry(0, 65536, 0, true, false, true, 0x50000L));
+  }
+
+  @Test
+  void preallocatedImagesReadAndWrite() throws Exception {
+    for (String mode : new String[] {"metadata", "falloc", "full"}) {
+      Path p = dir.resolve("pre-" + mode + ".qcow2");
+      Path r = dir.resolve("pre-" + mode + ".raw");
+      QemuImg.img("create", "-f", "qcow2", "-o", "preallocation=" + mode, p, "4M").assertExit(0);
+      try (Qcow2Image img = Qcow2Image.open(p, false); RawImage raw = RawImage.create(r, 4 << 20)) {
+        assertThat(read(img, 0, 4 << 20)).isEqualTo(new byte[4 << 20]);
+        byte[] d = random(12, 300_000);
+        img.write(70_000, ByteBuffer.wrap(d));
+        raw.write(70_000, ByteBuffer.wrap(d));
+        img.writeZeroes(1 << 20, 1 << 20);
+        img.discard(3 << 20, 1 << 20);
+        assertThat(img.info().hostClustersInUse()).isGreaterThan(4);
+      }
+      QemuImg.assertCheckClean(p);
+      QemuImg.assertIdentical(p, "qcow2", r, "raw");
+    }
+  }
+
   /** Equal arrays; a failure names the first differing byte instead of printing megabytes. */
   static void assertSameBytes(byte[] actual, byte[] expected) {
     assertThat(actual.length).isEqualTo(expected.length);
