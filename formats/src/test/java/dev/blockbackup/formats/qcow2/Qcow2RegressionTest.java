@@ -81,4 +81,26 @@ class Qcow2RegressionTest {
       assertThat(img.info().backingFormat()).isEqualTo("raw");
     }
   }
+
+  /**
+   * The consequence of the bug above: a raw backing file whose guest data happens to start with
+   * the qcow2 magic (a guest that stores a qcow2 image on its disk) is probed and opened as qcow2,
+   * so the overlay reads other bytes than QEMU, which honours the "raw" extension.
+   */
+  @Test
+  void aV2ImageOverARawBaseThatLooksLikeQcow2ReadsTheRawBytes() throws Exception {
+    Path inner = dir.resolve("inner.qcow2");
+    QemuImg.img("create", "-q", "-f", "qcow2", inner, 1 << 20).assertExit(0);
+    QemuImg.io("-f", "qcow2", "-c", "write -P 0x42 0 65536", inner).assertExit(0);
+    byte[] innerBytes = java.nio.file.Files.readAllBytes(inner);
+    Path base = dir.resolve("base.raw");
+    java.nio.file.Files.write(base, Arrays.copyOf(innerBytes, 2 << 20)); // raw guest data: a qcow2 file's bytes
+    Path p = dir.resolve("v2.qcow2");
+    QemuImg.img("create", "-q", "-f", "qcow2", "-o", "compat=0.10", "-b", "base.raw", "-F", "raw", p, 2 << 20)
+        .assertExit(0);
+    byte[] expected = ModelRunner.qemuContent(p, "qcow2", dir);
+    try (Qcow2Image img = Qcow2Image.open(p, true)) {
+      ModelRunner.verifyContent(img, expected, "v2 overlay over a raw base holding qcow2 bytes");
+    }
+  }
 }
