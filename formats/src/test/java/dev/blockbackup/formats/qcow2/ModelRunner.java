@@ -162,6 +162,7 @@ final class ModelRunner implements AutoCloseable {
    * last zero/discard are allocated data.
    */
   void verifyBlockStatus(String when) throws IOException {
+    List<Extent> whole = new ArrayList<>();
     long pos = 0;
     while (pos < size) {
       List<Extent> extents = img.blockStatus(pos, size - pos);
@@ -194,7 +195,30 @@ final class ModelRunner implements AutoCloseable {
               .as("%s: extent %s covers cluster %d, which was written and must be allocated data", when, e, written)
               .isFalse();
         }
+        whole.add(e);
         pos = e.end();
+      }
+    }
+    // Queries of odd sub-ranges must describe each byte as the walk over the whole image did.
+    java.util.SplittableRandom r = new java.util.SplittableRandom(size * 31 + cluster);
+    for (int i = 0; i < 24; i++) {
+      ModelOps.Range g = ModelOps.range(r, size, cluster);
+      List<Extent> part = img.blockStatus(g.offset(), g.length());
+      assertThat(part).as("%s: blockStatus(%d, %d) is empty", when, g.offset(), g.length()).isNotEmpty();
+      long at = g.offset();
+      for (Extent e : part) {
+        assertThat(e.offset()).as("%s: blockStatus(%d, %d) extent %s is not contiguous", when, g.offset(), g.length(), e)
+            .isEqualTo(at);
+        assertThat(e.end()).as("%s: blockStatus(%d, %d) extent %s reaches past the range", when, g.offset(), g.length(),
+            e).isLessThanOrEqualTo(g.offset() + g.length());
+        for (Extent w : whole) {
+          if (w.offset() < e.end() && e.offset() < w.end()) {
+            assertThat(List.of(e.allocated(), e.data(), e.zero()))
+                .as("%s: blockStatus(%d, %d) says %s, the whole-image walk said %s", when, g.offset(), g.length(), e, w)
+                .isEqualTo(List.of(w.allocated(), w.data(), w.zero()));
+          }
+        }
+        at = e.end();
       }
     }
   }
