@@ -108,6 +108,16 @@ class Qcow2ContractTest {
     assertThatThrownBy(() -> Qcow2Image.open(p, true).close()).isInstanceOf(ImageFormatException.class);
   }
 
+  /** The driver does not implement extended L2 entries, so it must say so at open, not fail on a later read. */
+  @Test
+  void anExtendedL2ImageIsRefusedAtOpenNotOnALaterRead() throws Exception {
+    Path p = dir.resolve("x.qcow2");
+    QemuImg.img("create", "-q", "-f", "qcow2", "-o", "extended_l2=on,cluster_size=128k", p, SIZE).assertExit(0);
+    QemuImg.io("-f", "qcow2", "-c", "write -P 0x5a 4096 4096", p).assertExit(0);
+    assertThatThrownBy(() -> Qcow2Image.open(p, true).close()).isInstanceOf(ImageFormatException.class)
+        .hasMessageContaining("extended L2");
+  }
+
   @Test
   void anImageWithTheCorruptBitOpensReadOnlyOnly() throws Exception {
     Path p = dir.resolve("f.qcow2");
