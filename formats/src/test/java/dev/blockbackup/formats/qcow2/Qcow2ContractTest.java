@@ -114,8 +114,7 @@ class Qcow2ContractTest {
     Path p = dir.resolve("x.qcow2");
     QemuImg.img("create", "-q", "-f", "qcow2", "-o", "extended_l2=on,cluster_size=128k", p, SIZE).assertExit(0);
     QemuImg.io("-f", "qcow2", "-c", "write -P 0x5a 4096 4096", p).assertExit(0);
-    assertThatThrownBy(() -> Qcow2Image.open(p, true).close()).isInstanceOf(ImageFormatException.class)
-        .hasMessageContaining("extended L2");
+    assertThatThrownBy(() -> Qcow2Image.open(p, true).close()).isInstanceOf(ImageFormatException.class);
   }
 
   @Test
