@@ -325,10 +325,20 @@ class Qcow2ConcurrentWritesTest {
         }
         long from = regionStart;
         for (long to : cuts) {
-          Op op = withZeroes && r.nextInt(10) == 0
-              ? new Zero(from, to - from, r.nextBoolean(), false)
-              : new Write(from, (int) (to - from), r.nextLong(), -1, false);
-          perThread.get(r.nextInt(THREADS)).add(op);
+          int dice = r.nextInt(10);
+          if (dice < 2) {
+            // a piece nobody writes in this phase: read it (three times) while its neighbours are being
+            // allocated, copied and zeroed; it must read as before all along
+            Read read = new Read(from, (int) (to - from));
+            for (int i = 0; i < 3; i++) {
+              perThread.get(r.nextInt(THREADS)).add(read);
+            }
+          } else {
+            Op op = withZeroes && dice == 2
+                ? new Zero(from, to - from, r.nextBoolean(), false)
+                : new Write(from, (int) (to - from), r.nextLong(), -1, false);
+            perThread.get(r.nextInt(THREADS)).add(op);
+          }
           from = to;
         }
         for (List<Op> ops : perThread) {
@@ -343,10 +353,15 @@ class Qcow2ConcurrentWritesTest {
           futures.add(pool.submit(() -> {
             go.await();
             for (Op op : ops) {
+              byte[] seen;
               try {
-                execute(img, op);
+                seen = execute(img, op);
               } catch (Exception e) {
                 throw new AssertionError("thread " + t + ": " + op + " failed: " + e, e);
+              }
+              if (op instanceof Read read) { // nobody writes it now: the model still holds its content
+                ModelRunner.assertSameBytes(seen, 0, m.model, read.offset(), read.length(),
+                    "thread " + t + "'s " + read + " of a piece nobody was writing, during concurrent writes around it");
               }
             }
             return null;
