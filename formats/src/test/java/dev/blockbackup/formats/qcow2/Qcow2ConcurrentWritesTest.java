@@ -2,6 +2,7 @@ package dev.blockbackup.formats.qcow2;
 
 import static org.assertj.core.api.Assertions.assertThat;
 
+import dev.blockbackup.formats.Extent;
 import dev.blockbackup.formats.WriteFlag;
 import dev.blockbackup.formats.qcow2.ModelOps.Discard;
 import dev.blockbackup.formats.qcow2.ModelOps.Flush;
@@ -123,6 +124,18 @@ class Qcow2ConcurrentWritesTest {
       Read r = (Read) op;
       ByteBuffer b = ByteBuffer.allocate(r.length());
       img.read(r.offset(), b);
+      // nobody writes this range meanwhile, so blockStatus must agree with what the read saw
+      long at = r.offset();
+      for (Extent e : img.blockStatus(r.offset(), r.length())) {
+        if (e.offset() != at || e.end() > r.offset() + r.length()) {
+          throw new AssertionError("blockStatus(" + r.offset() + ", " + r.length() + ") returned " + e + " at " + at);
+        }
+        if (e.zero() && ModelRunner.firstNonZero(b.array(), (int) (e.offset() - r.offset()),
+            (int) (e.end() - r.offset())) != -1) {
+          throw new AssertionError("blockStatus says " + e + " is zero, but a read of it just now saw data");
+        }
+        at = e.end();
+      }
       return b.array();
     }
     return null;
