@@ -117,6 +117,16 @@ class Qcow2ContractTest {
     assertThatThrownBy(() -> Qcow2Image.open(p, true).close()).isInstanceOf(ImageFormatException.class);
   }
 
+  /** Nor zstd: an image compressed with it is refused at open rather than failing on its first compressed cluster. */
+  @Test
+  void aZstdCompressedImageIsRefusedAtOpenNotOnALaterRead() throws Exception {
+    Path raw = dir.resolve("z.raw");
+    Files.write(raw, "zstd compresses this well. ".repeat(40_000).getBytes(java.nio.charset.StandardCharsets.US_ASCII));
+    Path p = dir.resolve("z.qcow2");
+    QemuImg.img("convert", "-c", "-f", "raw", "-O", "qcow2", "-o", "compression_type=zstd", raw, p).assertExit(0);
+    assertThatThrownBy(() -> Qcow2Image.open(p, true).close()).isInstanceOf(ImageFormatException.class);
+  }
+
   @Test
   void anImageWithTheCorruptBitOpensReadOnlyOnly() throws Exception {
     Path p = dir.resolve("f.qcow2");

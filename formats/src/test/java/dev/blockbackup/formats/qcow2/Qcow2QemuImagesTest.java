@@ -59,6 +59,7 @@ class Qcow2QemuImagesTest {
         new Scenario("convert -c, 64K clusters", d -> compressed(d, 64 * K)),
         new Scenario("convert -c, 4K clusters", d -> compressed(d, 4 * K)),
         new Scenario("raw <- qcow2 64K <- qcow2 4K chain", Qcow2QemuImagesTest::chain),
+        new Scenario("convert -c -B over a raw base", Qcow2QemuImagesTest::compressedOverBase),
         new Scenario("compat=0.10", Qcow2QemuImagesTest::v2),
         new Scenario("compat=0.10 over raw", Qcow2QemuImagesTest::v2OverRaw),
         new Scenario("internal snapshot then more writes", Qcow2QemuImagesTest::snapshot),
@@ -133,6 +134,30 @@ class Qcow2QemuImagesTest {
     QemuImg.img("convert", "-c", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=" + c, src, img).assertExit(0);
     io(img, "qcow2", "write -P 0x77 " + (c + 100) + " 200", "discard " + 3L * c + " " + c);
     return new Built(img);
+  }
+
+  /**
+   * convert -c -B: an overlay holding, compressed, only the clusters that differ from its raw base;
+   * writes into it must COW compressed clusters and, for the others, copy from the base.
+   */
+  static Built compressedOverBase(Path d) throws IOException {
+    int c = 64 * K;
+    long size = 48L * c;
+    byte[] base = Qcow2ModelPropertyTest.baseContent(size, 5);
+    Path baseRaw = d.resolve("base.raw");
+    Files.write(baseRaw, base);
+    byte[] top = base.clone();
+    for (int k = 0; k < 48; k += 3) {
+      byte[] text = ("overlay cluster " + k + " differs. ").repeat(c / 20 + 1).getBytes(StandardCharsets.US_ASCII);
+      System.arraycopy(text, 0, top, k * c, c);
+    }
+    java.util.Arrays.fill(top, 7 * c, 8 * c, (byte) 0); // zeros over base data: a zero cluster in the overlay
+    Path src = d.resolve("src.raw");
+    Files.write(src, top);
+    Path img = d.resolve("overlay.qcow2");
+    QemuImg.img("convert", "-c", "-f", "raw", "-O", "qcow2", "-B", "base.raw", "-F", "raw", src, img).assertExit(0);
+    Files.delete(src);
+    return new Built(img, baseRaw, "raw", null, null);
   }
 
   /** raw base (smaller) <- qcow2 64K <- qcow2 4K, with -F at each level. */
