@@ -149,6 +149,52 @@ class Qcow2ContractTest {
     assertThatThrownBy(() -> Qcow2Image.open(p, true).close()).isInstanceOf(ImageFormatException.class);
   }
 
+  @Test
+  void aBackingChainThatLoopsIsRefusedAtOpen() throws Exception {
+    Path self = dir.resolve("self.qcow2");
+    QemuImg.img("create", "-q", "-f", "qcow2", self, SIZE).assertExit(0);
+    QemuImg.img("rebase", "-u", "-f", "qcow2", "-b", "self.qcow2", "-F", "qcow2", self).assertExit(0);
+    assertThatThrownBy(() -> Qcow2Image.open(self, true).close()).isInstanceOf(BlockIOException.class);
+
+    Path a = dir.resolve("a.qcow2");
+    Path b = dir.resolve("b.qcow2");
+    QemuImg.img("create", "-q", "-f", "qcow2", a, SIZE).assertExit(0);
+    QemuImg.img("create", "-q", "-f", "qcow2", "-b", "a.qcow2", "-F", "qcow2", b, SIZE).assertExit(0);
+    QemuImg.img("rebase", "-u", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", a).assertExit(0);
+    assertThatThrownBy(() -> Qcow2Image.open(b, true).close()).isInstanceOf(BlockIOException.class);
+  }
+
+  @Test
+  void aMissingBackingFileFailsTheOpen() throws Exception {
+    Path base = dir.resolve("gone.raw");
+    QemuImg.img("create", "-q", "-f", "raw", base, SIZE).assertExit(0);
+    Path p = dir.resolve("orphan.qcow2");
+    QemuImg.img("create", "-q", "-f", "qcow2", "-b", "gone.raw", "-F", "raw", p, SIZE).assertExit(0);
+    Files.delete(base);
+    assertThatThrownBy(() -> Qcow2Image.open(p, true).close()).isInstanceOf(BlockIOException.class);
+  }
+
+  /** As QEMU does: a relative backing name is relative to the overlay's directory, not the working directory. */
+  @Test
+  void aRelativeBackingNameIsResolvedAgainstTheOverlaysDirectory() throws Exception {
+    Path baseDir = Files.createDirectory(dir.resolve("base"));
+    Path topDir = Files.createDirectory(dir.resolve("top"));
+    Path base = baseDir.resolve("base.raw");
+    QemuImg.img("create", "-q", "-f", "raw", base, SIZE).assertExit(0);
+    QemuImg.io("-f", "raw", "-c", "write -P 0x3c 0 " + SIZE, base).assertExit(0);
+    Path top = topDir.resolve("top.qcow2");
+    try (Qcow2Image img = Qcow2Image.create(top, Qcow2CreateOptions.of(SIZE).withBacking("../base/base.raw", "raw"))) {
+      img.write(C + 10, ByteBuffer.wrap(new byte[] {1, 2, 3}));
+    }
+    QemuImg.assertCheckClean(top);
+    byte[] expected = ModelRunner.qemuContent(top, "qcow2", dir);
+    assertThat(expected[0]).isEqualTo((byte) 0x3c);
+    try (Qcow2Image img = Qcow2Image.open(top, true)) {
+      assertThat(img.info().backingFile()).isEqualTo("../base/base.raw");
+      ModelRunner.verifyContent(img, expected, "overlay over ../base/base.raw");
+    }
+  }
+
   /** ORs {@code bits} into the v3 header's incompatible_features (bytes 72-79, big-endian). */
   private static void setIncompatibleBits(Path p, long bits) throws Exception {
     try (RandomAccessFile f = new RandomAccessFile(p.toFile(), "rw")) {
