@@ -13,7 +13,7 @@ final class ModelOps {
 
   private ModelOps() {}
 
-  sealed interface Op permits Write, Zero, Discard, Flush, Read, Reopen {}
+  sealed interface Op permits Write, Zero, Discard, Flush, Read, Reopen, Compress {}
 
   /** Writes {@code length} bytes drawn from {@code seed} (or, when {@code fill} is non-negative, that byte). */
   record Write(long offset, int length, long seed, int fill, boolean fua) implements Op {
@@ -39,6 +39,31 @@ final class ModelOps {
 
   /** Closes the image and opens it again read-write. */
   record Reopen() implements Op {}
+
+  /**
+   * writeCompressed of guest cluster {@code index} (its content drawn from {@code seed}: text that
+   * compresses, random bytes that do not, or a few bytes in zeros). It must succeed when the
+   * cluster is unallocated and fail with EIO, changing nothing, when it is allocated.
+   */
+  record Compress(long index, long seed) implements Op {
+    byte[] data(int length) {
+      SplittableRandom r = new SplittableRandom(seed);
+      byte[] d = new byte[length];
+      switch (r.nextInt(3)) {
+        case 0 -> {
+          byte[] text = ("compressed " + seed + " ").repeat(length / 12 + 1).getBytes(java.nio.charset.StandardCharsets.US_ASCII);
+          System.arraycopy(text, 0, d, 0, length);
+        }
+        case 1 -> r.nextBytes(d);
+        default -> {
+          for (int i = r.nextInt(100); i < length; i += 1 + r.nextInt(4000)) {
+            d[i] = (byte) r.nextInt(256);
+          }
+        }
+      }
+      return d;
+    }
+  }
 
   /** A byte range inside the image. */
   record Range(long offset, long length) {}
@@ -108,6 +133,8 @@ final class ModelOps {
       int dice = r.nextInt(1000);
       if (dice < reopenOdds) {
         ops.add(new Reopen());
+      } else if (dice >= 950) {
+        ops.add(new Compress(r.nextLong((size + cluster - 1) / cluster), r.nextLong()));
       } else if (dice < 60) {
         ops.add(new Flush());
       } else if (dice < 130) {

@@ -3,8 +3,11 @@ package dev.blockbackup.formats.qcow2;
 import static org.assertj.core.api.Assertions.assertThat;
 
 import dev.blockbackup.formats.BlockDevice;
+import dev.blockbackup.formats.BlockError;
+import dev.blockbackup.formats.BlockIOException;
 import dev.blockbackup.formats.Extent;
 import dev.blockbackup.formats.WriteFlag;
+import dev.blockbackup.formats.qcow2.ModelOps.Compress;
 import dev.blockbackup.formats.qcow2.ModelOps.Discard;
 import dev.blockbackup.formats.qcow2.ModelOps.Flush;
 import dev.blockbackup.formats.qcow2.ModelOps.Op;
@@ -93,10 +96,51 @@ final class ModelRunner implements AutoCloseable {
       img.close();
       img = Qcow2Image.open(path, false);
       assertThat(img.size()).as("size after reopening").isEqualTo(size);
+    } else if (op instanceof Compress k) {
+      compress(k);
+      return;
     } else {
       throw new IllegalArgumentException("unknown op " + op);
     }
     record(op);
+  }
+
+  /**
+   * writeCompressed succeeds on an unallocated cluster and fails with EIO, changing nothing, on one
+   * holding data. A zero cluster may go either way: QEMU (and so the driver) accepts compressed
+   * writes into zero clusters without a host cluster (ZERO_PLAIN) and refuses them for preallocated
+   * zero clusters (ZERO_ALLOC), which blockStatus does not tell apart.
+   */
+  private void compress(Compress k) throws IOException {
+    long off = k.index() * cluster;
+    int len = (int) Math.min(cluster, size - off);
+    byte[] data = k.data(len);
+    boolean hasData = false;
+    boolean zeroFlagged = false;
+    for (long at = off; at < off + len; ) {
+      for (Extent e : img.blockStatus(at, off + len - at)) {
+        hasData |= e.allocated() && e.data();
+        zeroFlagged |= e.allocated() && e.zero();
+        at = e.end();
+      }
+    }
+    try {
+      img.writeCompressed(off, ByteBuffer.wrap(data));
+    } catch (BlockIOException e) {
+      if (!hasData && !zeroFlagged) {
+        throw new AssertionError("writeCompressed into unallocated cluster " + k.index() + " failed: " + e, e);
+      }
+      assertThat(e.error()).as("writeCompressed into allocated cluster %d: %s", k.index(), e).isEqualTo(BlockError.EIO);
+      ByteBuffer back = ByteBuffer.allocate(len);
+      img.read(off, back);
+      assertSameBytes(back.array(), 0, model, off, len, "cluster " + k.index() + " after a refused writeCompressed");
+      return;
+    }
+    if (hasData) {
+      throw new AssertionError("writeCompressed into cluster " + k.index() + ", which holds data, succeeded; EIO expected");
+    }
+    System.arraycopy(data, 0, model, (int) off, len);
+    mustBeData.set(clusterOf(off));
   }
 
   /** Applies {@code op} to the model only (for requests the test already ran on the image, e.g. from other threads). */
