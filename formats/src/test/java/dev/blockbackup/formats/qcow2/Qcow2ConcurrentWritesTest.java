@@ -4,6 +4,7 @@ import static org.assertj.core.api.Assertions.assertThat;
 
 import dev.blockbackup.formats.Extent;
 import dev.blockbackup.formats.WriteFlag;
+import dev.blockbackup.formats.qcow2.ModelOps.Compress;
 import dev.blockbackup.formats.qcow2.ModelOps.Discard;
 import dev.blockbackup.formats.qcow2.ModelOps.Flush;
 import dev.blockbackup.formats.qcow2.ModelOps.Op;
@@ -424,9 +425,8 @@ class Qcow2ConcurrentWritesTest {
     for (int t = 0; t < THREADS; t++) {
       perThread.add(new ArrayList<>());
     }
-    // compressed clusters are marked by a Read op over the cluster (the test's own tag, never executed as a read)
-    for (int k = 0; k < compressedClusters; k++) {
-      perThread.get(k % THREADS).add(new Read((long) k * c, c));
+    for (int k = 0; k < compressedClusters; k++) { // content from compressedContent(k), not from the seed
+      perThread.get(k % THREADS).add(new Compress(k, k));
     }
     for (int k = compressedClusters; k < clusters; k++) { // normal writes: allocations racing the byte allocator
       for (int piece = 0; piece < 2; piece++) {
@@ -449,9 +449,9 @@ class Qcow2ConcurrentWritesTest {
           go.await();
           for (Op op : ops) {
             try {
-              if (op instanceof Read tag) {
-                int k = (int) (tag.offset() / c);
-                img.writeCompressed(tag.offset(), ByteBuffer.wrap(compressedContent(k, c)));
+              if (op instanceof Compress z) {
+                int k = (int) z.index();
+                img.writeCompressed((long) k * c, ByteBuffer.wrap(compressedContent(k, c)));
               } else {
                 execute(img, op);
               }
@@ -477,8 +477,8 @@ class Qcow2ConcurrentWritesTest {
     }
     for (List<Op> ops : perThread) {
       for (Op op : ops) {
-        if (op instanceof Read tag) {
-          int k = (int) (tag.offset() / c);
+        if (op instanceof Compress z) {
+          int k = (int) z.index();
           System.arraycopy(compressedContent(k, c), 0, m.model, k * c, c);
         } else {
           m.record(op);
