@@ -31,7 +31,9 @@ import java.util.List;
  * Runs {@link ModelOps} against an open {@link Qcow2Image} and a byte-array model that follows the
  * API contract of {@link Qcow2Image}: writes and writeZeroes change exactly their range; discard
  * zeroes exactly the clusters lying wholly inside its range (the last cluster counts as whole when
- * the range reaches the end of the image) and keeps every other byte.
+ * the range reaches the end of the image) and keeps every other byte; writeCompressed fills its
+ * cluster where the cluster could take it (see {@link #compress}). It also judges the result:
+ * reads, blockStatus, and after closing qemu-img check, compare and map.
  */
 final class ModelRunner implements AutoCloseable {
 
@@ -42,7 +44,10 @@ final class ModelRunner implements AutoCloseable {
   final byte[] model;
   /** What the backing chain reads, zero-extended to {@link #size}; null without a backing file. */
   final byte[] backing;
-  /** Clusters written by {@link Write} and not touched by a zero or discard since: they must be allocated data. */
+  /**
+   * Clusters written (by a non-zero {@link Write} or a {@link Compress}) and not touched by a zero or
+   * discard since: blockStatus must call them allocated data.
+   */
   final BitSet mustBeData = new BitSet();
   Qcow2Image img;
 
