@@ -180,7 +180,7 @@ class Qcow2ConcurrentWritesTest {
   }
 
   @ParameterizedTest(name = "{0}-byte clusters")
-  @ValueSource(ints = {65536, 4096})
+  @ValueSource(ints = {65536, 4096, 512}) // with 512-byte clusters each round's hot clusters also need a new L2 table
   void rangeLockedRequestsFromEightThreadsMatchTheSerializedModel(int c) throws Exception {
     long size = c == 65536 ? 64L << 20 : 4L << 20;
     int hotClusters = 12;
@@ -269,7 +269,8 @@ class Qcow2ConcurrentWritesTest {
   @ParameterizedTest(name = "{0}-byte clusters, with zeroes: {1}, start: {2}")
   @CsvSource({"65536, false, fresh", "65536, true, fresh", "4096, false, fresh", "4096, true, fresh",
       "65536, false, raw", "4096, false, raw", "65536, false, snapshot", "4096, true, snapshot",
-      "65536, false, compressed", "4096, true, compressed"})
+      "65536, false, compressed", "4096, true, compressed", "512, false, fresh", "512, true, fresh",
+      "512, false, raw"})
   void unlockedWritesToDisjointPiecesOfSharedClustersAllLand(int c, boolean withZeroes, String start)
       throws Exception {
     long size = c == 65536 ? 64L << 20 : 4L << 20;
@@ -412,7 +413,7 @@ class Qcow2ConcurrentWritesTest {
   }
 
   @ParameterizedTest(name = "{0}-byte clusters")
-  @ValueSource(ints = {65536, 4096})
+  @ValueSource(ints = {65536, 4096, 512})
   void concurrentCompressedAndNormalWritesPackWithoutOverlap(int c) throws Exception {
     int compressedClusters = 192;
     int clusters = 256;
