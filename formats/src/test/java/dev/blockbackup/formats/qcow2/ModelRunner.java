@@ -2,6 +2,7 @@ package dev.blockbackup.formats.qcow2;
 
 import static org.assertj.core.api.Assertions.assertThat;
 
+import com.fasterxml.jackson.databind.JsonNode;
 import dev.blockbackup.formats.BlockDevice;
 import dev.blockbackup.formats.BlockError;
 import dev.blockbackup.formats.BlockIOException;
@@ -288,6 +289,7 @@ final class ModelRunner implements AutoCloseable {
     }
     boolean rawBacking = "raw".equals(QemuImg.info(path).path("backing-filename-format").asText(null));
     try (Qcow2Image again = Qcow2Image.open(path, true)) {
+      assertInfoMatchesQemu(again.info(), path);
       verifyContent(again, model, "after closing and reopening read-only");
       assertStatusMatchesQemuMap(again, path, rawBacking);
     }
@@ -296,6 +298,38 @@ final class ModelRunner implements AutoCloseable {
   @Override
   public void close() throws IOException {
     img.close();
+  }
+
+  /** Asserts that {@code info} says what {@code qemu-img info} (and, for the clusters in use, check) says of {@code path}. */
+  static void assertInfoMatchesQemu(Qcow2Info info, Path path) {
+    JsonNode q = QemuImg.info(path);
+    JsonNode spec = q.path("format-specific").path("data");
+    assertThat(info.virtualSize()).as("virtual-size").isEqualTo(q.get("virtual-size").asLong());
+    assertThat(info.clusterSize()).as("cluster-size").isEqualTo(q.get("cluster-size").asInt());
+    assertThat(info.version()).as("compat %s", spec.path("compat").asText())
+        .isEqualTo(spec.path("compat").asText().equals("0.10") ? 2 : 3);
+    assertThat(info.backingFile()).as("backing-filename").isEqualTo(textOrNull(q, "backing-filename"));
+    assertThat(info.backingFormat()).as("backing-filename-format").isEqualTo(textOrNull(q, "backing-filename-format"));
+    assertThat(info.dirty()).as("dirty-flag").isEqualTo(q.path("dirty-flag").asBoolean(false));
+    assertThat(info.corrupt()).as("corrupt").isEqualTo(spec.path("corrupt").asBoolean(false));
+    assertThat(info.lazyRefcounts()).as("lazy-refcounts").isEqualTo(spec.path("lazy-refcounts").asBoolean(false));
+    assertThat(info.refcountBits()).as("refcount-bits").isEqualTo(spec.path("refcount-bits").asInt());
+    assertThat(info.compressionType()).as("compression-type")
+        .isEqualTo(spec.path("compression-type").asText("zlib"));
+    assertThat(info.extendedL2()).as("extended-l2").isEqualTo(spec.path("extended-l2").asBoolean(false));
+    // the header, the refcount table, a refcount block and the L1 table are in use in every image
+    assertThat(info.hostClustersInUse()).as("hostClustersInUse").isGreaterThanOrEqualTo(4);
+    QemuImg.Result checked = QemuImg.img("check", "--output=json", "-f", "qcow2", path);
+    JsonNode check = checked.json();
+    // (a dirty image's refcounts are stale by design: check reports corruptions and no bound holds)
+    if (checked.exit() == 0 && check.path("compressed-clusters").asLong(0) == 0) {
+      assertThat(info.hostClustersInUse()).as("hostClustersInUse vs qemu-img check allocated-clusters %s", check)
+          .isGreaterThanOrEqualTo(4 + check.path("allocated-clusters").asLong());
+    }
+  }
+
+  private static String textOrNull(JsonNode n, String field) {
+    return n.hasNonNull(field) ? n.get(field).asText() : null;
   }
 
   /** Writes {@code content} to a sparse raw file (only its non-zero 64 KiB pieces). */
