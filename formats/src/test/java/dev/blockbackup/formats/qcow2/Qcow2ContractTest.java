@@ -195,6 +195,50 @@ class Qcow2ContractTest {
     }
   }
 
+  /**
+   * Buffers are used from their position to their limit, whatever their kind: heap with an offset,
+   * direct, read-only (which has no accessible array), and for reads a direct buffer and a heap
+   * buffer positioned mid-array.
+   */
+  @Test
+  void requestsUseTheBufferFromItsPositionToItsLimitWhateverItsKind() throws Exception {
+    Path p = dir.resolve("buf.qcow2");
+    byte[] expected = new byte[(int) SIZE];
+    byte[] data = new byte[3 * C];
+    new java.util.SplittableRandom(3).nextBytes(data);
+    try (Qcow2Image img = Qcow2Image.create(p, Qcow2CreateOptions.of(SIZE))) {
+      ByteBuffer offset = ByteBuffer.wrap(data).position(100).limit(100 + C + 7); // heap, not at 0
+      img.write(5, offset);
+      System.arraycopy(data, 100, expected, 5, C + 7);
+      ByteBuffer direct = ByteBuffer.allocateDirect(2 * C + 3).put(data, 0, 2 * C + 3).flip().position(11);
+      img.write(3L * C - 1, direct);
+      System.arraycopy(data, 11, expected, 3 * C - 1, 2 * C + 3 - 11);
+      ByteBuffer readOnly = ByteBuffer.wrap(data, 1000, C).asReadOnlyBuffer();
+      img.write(7L * C + 333, readOnly);
+      System.arraycopy(data, 1000, expected, 7 * C + 333, C);
+      byte[] text = "compressible ".repeat(C).getBytes(java.nio.charset.StandardCharsets.US_ASCII);
+      img.writeCompressed(10L * C, ByteBuffer.allocateDirect(C).put(text, 0, C).flip());
+      System.arraycopy(text, 0, expected, 10 * C, C);
+      img.writeCompressed(12L * C, ByteBuffer.wrap(text, 13, C).asReadOnlyBuffer());
+      System.arraycopy(text, 13, expected, 12 * C, C);
+
+      ByteBuffer intoDirect = ByteBuffer.allocateDirect((int) SIZE);
+      img.read(0, intoDirect);
+      byte[] got = new byte[(int) SIZE];
+      intoDirect.flip().get(got);
+      ModelRunner.assertSameBytes(got, 0, expected, 0, got.length, "read into a direct buffer");
+      byte[] big = new byte[(int) SIZE + 50];
+      ByteBuffer mid = ByteBuffer.wrap(big).position(50);
+      img.read(0, mid);
+      ModelRunner.assertSameBytes(big, 50, expected, 0, (int) SIZE, "read into a heap buffer at position 50");
+      assertThat(ModelRunner.firstNonZero(big, 0, 50)).as("bytes before the buffer's position").isEqualTo(-1);
+    }
+    QemuImg.assertCheckClean(p);
+    Path raw = dir.resolve("buf.raw");
+    ModelRunner.writeRaw(raw, expected);
+    QemuImg.assertIdentical(p, "qcow2", raw, "raw");
+  }
+
   /** ORs {@code bits} into the v3 header's incompatible_features (bytes 72-79, big-endian). */
   private static void setIncompatibleBits(Path p, long bits) throws Exception {
     try (RandomAccessFile f = new RandomAccessFile(p.toFile(), "rw")) {
