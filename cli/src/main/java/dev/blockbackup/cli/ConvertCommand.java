@@ -1,0 +1,123 @@
+package dev.blockbackup.cli;
+
+import dev.blockbackup.formats.BlockDevice;
+import dev.blockbackup.formats.BlockIOException;
+import dev.blockbackup.formats.ImageFormat;
+import dev.blockbackup.formats.RawImage;
+import dev.blockbackup.formats.qcow2.Qcow2CreateOptions;
+import dev.blockbackup.formats.qcow2.Qcow2Image;
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.Locale;
+import java.util.concurrent.Callable;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Model.CommandSpec;
+import picocli.CommandLine.Option;
+import picocli.CommandLine.Parameters;
+import picocli.CommandLine.Spec;
+
+/** {@code blockbackup convert}: qemu-img convert between raw and qcow2, sparse and in parallel. */
+@Command(
+    name = "convert",
+    description = {
+      "Copy SRC into a new image DST, as qemu-img convert does: only data is copied; ranges the source"
+          + " knows to be zero, and 4 KiB blocks (whole clusters for qcow2) that read as zeros, are left"
+          + " unallocated in DST. A backing chain of SRC is flattened into DST.",
+      "Examples:",
+      "  blockbackup convert -f raw -O qcow2 disk.raw disk.qcow2",
+      "  blockbackup convert -O qcow2 -c -o cluster_size=128k disk.qcow2 small.qcow2",
+      "  blockbackup convert -O raw disk.qcow2 disk.raw"
+    },
+    mixinStandardHelpOptions = true)
+final class ConvertCommand implements Callable<Integer> {
+
+  @Spec CommandSpec spec;
+
+  @Option(names = "-f", paramLabel = "FMT", description = "Format of SRC (raw or qcow2); probed when left out.")
+  String sourceFormat;
+
+  @Option(names = "-O", paramLabel = "FMT", description = "Format of DST: raw (default) or qcow2.")
+  String targetFormat = "raw";
+
+  @Option(names = "-c", description = "Compress every cluster of DST (qcow2 only; deflate).")
+  boolean compress;
+
+  @Option(names = "-o", paramLabel = "OPTIONS", description = "Options of DST: cluster_size=SIZE (qcow2).")
+  List<String> options;
+
+  @Option(names = "-m", paramLabel = "N", description = "Parallel copy workers (default ${DEFAULT-VALUE}, as qemu-img's coroutines).")
+  int workers = Converter.DEFAULT_WORKERS;
+
+  @Option(names = "--timing", description = "Print how long the copy took, excluding JVM start-up, on stderr.")
+  boolean timing;
+
+  @Parameters(index = "0", paramLabel = "SRC")
+  Path source;
+
+  @Parameters(index = "1", paramLabel = "DST")
+  Path target;
+
+  @Override
+  public Integer call() throws BlockIOException, InterruptedException {
+    long start = System.nanoTime();
+    ImageFormat srcFmt = Images.formatOf(source, sourceFormat);
+    ImageFormat dstFmt = Images.format(targetFormat);
+    List<String> known = dstFmt == ImageFormat.QCOW2 ? FormatOptions.QCOW2_CONVERT : List.of();
+    if (FormatOptions.isHelp(options)) {
+      spec.commandLine().getOut().println(FormatOptions.help(dstFmt, known));
+      return 0;
+    }
+    FormatOptions opts = FormatOptions.parse(dstFmt, options, known);
+    if (compress && dstFmt != ImageFormat.QCOW2) {
+      throw new UserError("compression (-c) is not supported by format " + dstFmt.qemuName() + " (use -O qcow2)");
+    }
+    if (workers < 1 || workers > 64) {
+      throw new UserError("invalid -m " + workers + ": workers must be from 1 to 64");
+    }
+    if (Files.exists(target) && sameFile(source, target)) {
+      throw new UserError("source and target are the same file '" + target + "'");
+    }
+    int clusterSize = opts.clusterSize(Qcow2CreateOptions.DEFAULT_CLUSTER_SIZE);
+
+    Converter.Result r;
+    try (BlockDevice src = Images.open(source, srcFmt, true)) {
+      long size = Sizes.roundUpToSector(src.size());
+      try (BlockDevice dst = createTarget(dstFmt, size, clusterSize)) {
+        r = new Converter(src, dst, workers, compress).run();
+      }
+    }
+    if (timing) {
+      double s = (System.nanoTime() - start) / 1e9;
+      spec.commandLine().getErr().printf(Locale.ROOT,
+          "convert: %.3f s (copy %.3f s) for %s: %s read, %s written, %s zero, %.0f MiB/s%n",
+          s, r.nanos() / 1e9, Sizes.human(r.length()), Sizes.human(r.read()), Sizes.human(r.written()),
+          Sizes.human(r.zero()), r.length() / 1048576.0 / s);
+    }
+    return 0;
+  }
+
+  private BlockDevice createTarget(ImageFormat fmt, long size, int clusterSize) throws BlockIOException {
+    Path dir = target.toAbsolutePath().getParent();
+    if (dir != null && !Files.isDirectory(dir)) {
+      throw new UserError("cannot create '" + target + "': no such directory '" + dir + "'");
+    }
+    if (fmt == ImageFormat.RAW) {
+      return RawImage.create(target, size);
+    }
+    try {
+      return Qcow2Image.create(target, Qcow2CreateOptions.of(size).withClusterSize(clusterSize));
+    } catch (IllegalArgumentException e) {
+      throw new UserError("cannot create '" + target + "': " + e.getMessage(), e);
+    }
+  }
+
+  private static boolean sameFile(Path a, Path b) {
+    try {
+      return Files.isSameFile(a, b);
+    } catch (IOException e) {
+      return false;
+    }
+  }
+}
