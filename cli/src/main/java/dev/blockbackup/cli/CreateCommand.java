@@ -86,7 +86,7 @@ final class CreateCommand implements Callable<Integer> {
     if (backingFmt != null) {
       Images.format(backingFmt);
     }
-    long bytes = sizeText != null ? requireSize(sizeText) : backingSize(backing, backingFmt);
+    long bytes = sizeText != null || backing == null ? requireSize(sizeText) : backingSize(backing, backingFmt);
     int clusterSize = opts.clusterSize(Qcow2CreateOptions.DEFAULT_CLUSTER_SIZE);
     Qcow2CreateOptions o;
     try {

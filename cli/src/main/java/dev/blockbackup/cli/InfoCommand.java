@@ -68,7 +68,7 @@ final class InfoCommand implements Callable<Integer> {
    * (so that the two outputs can be read side by side).
    */
   static ObjectNode describe(Path file, ImageFormat fmt) throws BlockIOException {
-    ObjectNode j = MAPPER.createObjectNode();
+    ObjectNode j = Json.MAPPER.createObjectNode();
     long fileLength = fileLength(file);
     try (BlockDevice dev = Images.open(file, fmt, true)) {
       if (dev instanceof Qcow2Image q) {
@@ -146,7 +146,10 @@ final class InfoCommand implements Callable<Integer> {
     return s.toString();
   }
 
-  private static final ObjectMapper MAPPER = new ObjectMapper();
+  /** Made on first use: picocli builds every subcommand at start-up, and Jackson is slow to load. */
+  private static final class Json {
+    static final ObjectMapper MAPPER = new ObjectMapper();
+  }
 
   /** JSON indented with four spaces and {@code "key": value}, as qemu-img prints it. */
   static String json(ObjectNode j) {
@@ -155,7 +158,7 @@ final class InfoCommand implements Callable<Integer> {
         .withObjectIndenter(new DefaultIndenter("    ", "\n"))
         .withArrayIndenter(new DefaultIndenter("    ", "\n"));
     try {
-      return MAPPER.writer(pp).writeValueAsString(j);
+      return Json.MAPPER.writer(pp).writeValueAsString(j);
     } catch (IOException e) {
       throw new UncheckedIOException(e);
     }
