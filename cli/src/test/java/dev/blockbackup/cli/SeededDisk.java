@@ -13,7 +13,7 @@ import java.util.SplittableRandom;
 /**
  * A raw test disk with a seeded layout of random data, zeros written as data (allocated, only a
  * content scan finds them) and holes (never written), in regions of 4 KiB to 1 MiB on 4 KiB
- * boundaries: the three kinds a sparse copy must tell apart.
+ * boundaries (and some zero runs of 4 to 6 MiB): the three kinds a sparse copy must tell apart.
  */
 final class SeededDisk {
 
@@ -44,9 +44,15 @@ final class SeededDisk {
       c.truncate(0);
       long pos = 0;
       while (pos < size) {
-        long len = Math.min(size - pos, 4096L * (1 + rnd.nextInt(256)));
+        long len = 4096L * (1 + rnd.nextInt(256));
         int p = rnd.nextInt(100);
         Kind kind = p < 60 ? Kind.DATA : p < 80 ? Kind.ZERO_DATA : Kind.HOLE;
+        if (rnd.nextInt(100) < 8) {
+          // Now and then a long zero run, so that even 2 MiB clusters have whole zero clusters.
+          len = 4L * 1024 * 1024 + 4096L * rnd.nextInt(512);
+          kind = rnd.nextBoolean() ? Kind.ZERO_DATA : Kind.HOLE;
+        }
+        len = Math.min(size - pos, len);
         regions.add(new Region(pos, len, kind));
         if (kind != Kind.HOLE) {
           byte[] bytes = new byte[(int) len];
