@@ -85,7 +85,9 @@ final class ConvertCommand implements Callable<Integer> {
     try (BlockDevice src = Images.open(source, srcFmt, true)) {
       long size = Sizes.roundUpToSector(src.size());
       try (BlockDevice dst = createTarget(dstFmt, size, clusterSize)) {
-        r = new Converter(src, dst, workers, compress).run();
+        // One L2 table of 8-byte entries maps clusterSize / 8 clusters.
+        long l2Span = dstFmt == ImageFormat.QCOW2 ? (long) clusterSize * (clusterSize / 8) : 0;
+        r = new Converter(src, dst, workers, compress, l2Span).run();
       }
     }
     if (timing) {

@@ -125,6 +125,24 @@ class CliConverterTest {
     }
   }
 
+  @ParameterizedTest(name = "stride {0}")
+  @ValueSource(ints = {0, 1, 2, 3, 256, 1000})
+  void chunkOrderVisitsEveryChunkOnceStartingWithEachSpan(int stride) {
+    for (long n : new long[] {1, 2, 255, 256, 257, 1024, 1025}) {
+      java.util.BitSet seen = new java.util.BitSet();
+      for (long k = 0; k < n; k++) {
+        long i = Converter.chunkAt(k, n, stride);
+        assertThat(i).as("k=%d of n=%d", k, n).isBetween(0L, n - 1);
+        assertThat(seen.get((int) i)).as("chunk %d twice (n=%d)", i, n).isFalse();
+        seen.set((int) i);
+        if (stride > 1 && k < (n + stride - 1) / stride) {
+          assertThat(i).isEqualTo(k * stride);
+        }
+      }
+      assertThat(seen.cardinality()).isEqualTo((int) n);
+    }
+  }
+
   @Test
   void zeroScanSeesASingleNonZeroByteAnywhere() {
     ByteBuffer b = ByteBuffer.allocateDirect(8192);
