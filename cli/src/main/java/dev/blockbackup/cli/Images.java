@@ -54,11 +54,20 @@ final class Images {
     checkExists(path);
     try {
       return format.open(path, readOnly);
-    } catch (BlockIOException e) {
-      throw new UserError("cannot open '" + path + "' as " + format.qemuName() + ": " + e.getMessage(), e);
-    } catch (IllegalArgumentException e) {
-      throw new UserError("cannot open '" + path + "' as " + format.qemuName() + ": " + e.getMessage(), e);
+    } catch (BlockIOException | IllegalArgumentException e) {
+      throw new UserError("cannot open '" + path + "' as " + format.qemuName() + ": " + withoutPath(e.getMessage(), path), e);
     }
+  }
+
+  /** The driver's message without its leading "path: ", which our own prefix already says. */
+  private static String withoutPath(String message, Path path) {
+    String m = String.valueOf(message);
+    for (String p : new String[] {path + ": ", path.toAbsolutePath() + ": "}) {
+      if (m.startsWith(p)) {
+        return m.substring(p.length());
+      }
+    }
+    return m;
   }
 
   /**

@@ -85,6 +85,17 @@ class CliConvertTest {
   }
 
   @Test
+  void qemuCompressedQcow2ConvertsToIdenticalRaw() {
+    Path compressed = dir.resolve("c.qcow2");
+    QemuImg.img("convert", "-c", "-f", "raw", "-O", "qcow2", source.path, compressed).assertExit(0);
+    Path out = dir.resolve("out.raw");
+    Cli.run("convert", "-f", "qcow2", "-O", "raw", compressed, out).ok();
+
+    QemuImg.assertIdentical(source.path, "raw", out, "raw");
+    assertZerosAreNotData(QemuImg.map(out, "raw"), source.wholeZeroBlocks(4096));
+  }
+
+  @Test
   void overlayIsFlattenedIntoAStandaloneImage() {
     Path overlay = dir.resolve("overlay.qcow2");
     QemuImg.img("create", "-f", "qcow2", "-b", source.path, "-F", "raw", overlay).assertExit(0);
