@@ -15,6 +15,7 @@ import java.util.concurrent.Callable;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Model.CommandSpec;
 import picocli.CommandLine.Option;
+import picocli.CommandLine.ParameterException;
 import picocli.CommandLine.Parameters;
 import picocli.CommandLine.Spec;
 
@@ -53,22 +54,27 @@ final class ConvertCommand implements Callable<Integer> {
   @Option(names = "--timing", description = "Print how long the copy took, excluding JVM start-up, on stderr.")
   boolean timing;
 
-  @Parameters(index = "0", paramLabel = "SRC")
+  // Optional for picocli only so that "-o help" needs no files, as in qemu-img; checked in call().
+  @Parameters(index = "0", arity = "0..1", paramLabel = "SRC")
   Path source;
 
-  @Parameters(index = "1", paramLabel = "DST")
+  @Parameters(index = "1", arity = "0..1", paramLabel = "DST")
   Path target;
 
   @Override
   public Integer call() throws BlockIOException, InterruptedException {
     long start = System.nanoTime();
-    ImageFormat srcFmt = Images.formatOf(source, sourceFormat);
     ImageFormat dstFmt = Images.format(targetFormat);
     List<String> known = dstFmt == ImageFormat.QCOW2 ? FormatOptions.QCOW2_CONVERT : List.of();
     if (FormatOptions.isHelp(options)) {
       spec.commandLine().getOut().println(FormatOptions.help(dstFmt, known));
       return 0;
     }
+    if (source == null || target == null) {
+      throw new ParameterException(spec.commandLine(),
+          "Missing required parameter" + (source == null ? "s: 'SRC', 'DST'" : ": 'DST'"));
+    }
+    ImageFormat srcFmt = Images.formatOf(source, sourceFormat);
     FormatOptions opts = FormatOptions.parse(dstFmt, options, known);
     if (compress && dstFmt != ImageFormat.QCOW2) {
       throw new UserError("compression (-c) is not supported by format " + dstFmt.qemuName() + " (use -O qcow2)");

@@ -12,6 +12,7 @@ import java.util.concurrent.Callable;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Model.CommandSpec;
 import picocli.CommandLine.Option;
+import picocli.CommandLine.ParameterException;
 import picocli.CommandLine.Parameters;
 import picocli.CommandLine.Spec;
 
@@ -47,7 +48,8 @@ final class CreateCommand implements Callable<Integer> {
   @Option(names = "-F", paramLabel = "BACKING_FMT", description = "Format of the backing file: raw or qcow2.")
   String backingFormat;
 
-  @Parameters(index = "0", paramLabel = "FILE", description = "The image to create (overwritten if it exists).")
+  // Optional for picocli only so that "-o help" needs no file, as in qemu-img; checked in call().
+  @Parameters(index = "0", arity = "0..1", paramLabel = "FILE", description = "The image to create (overwritten if it exists).")
   Path file;
 
   @Parameters(index = "1", arity = "0..1", paramLabel = "SIZE", description = "Virtual size, e.g. 64M, 10G, 1048576.")
@@ -60,6 +62,9 @@ final class CreateCommand implements Callable<Integer> {
     if (FormatOptions.isHelp(options)) {
       spec.commandLine().getOut().println(FormatOptions.help(fmt, known));
       return 0;
+    }
+    if (file == null) {
+      throw new ParameterException(spec.commandLine(), "Missing required parameter: 'FILE'");
     }
     FormatOptions opts = FormatOptions.parse(fmt, options, known);
     String backing = backingFile != null ? backingFile : opts.get("backing_file");
