@@ -118,6 +118,8 @@ public final class Qcow2Image implements BlockDevice {
   /** Next free byte in the host cluster that compressed streams are packed into, or 0. */
   private long compressedNext;
   private volatile boolean closed;
+  /** The dirty bit as it is on disk now (a read-write open rebuilds the refcounts and clears it). */
+  private boolean dirty;
 
   private Qcow2Image(Path path, RandomAccessFile raf, boolean readOnly, Set<Path> chain, int depth)
       throws IOException {
@@ -165,10 +167,6 @@ public final class Qcow2Image implements BlockDevice {
       throw new ImageFormatException(where + ": the image is marked corrupt (incompatible bit 1); it can only be opened"
           + " read-only (repair it with qemu-img check -r all)");
     }
-    if (!readOnly && (header.incompatible & Qcow2Header.INCOMPAT_DIRTY) != 0) {
-      throw new ImageFormatException(where + ": the dirty bit is set (lazy refcounts were not written back); opening it"
-          + " read-write needs a refcount rebuild, which is not supported: open it read-only or run qemu-img check -r all");
-    }
 
     this.l1Offset = header.l1TableOffset;
     this.l1 = new long[(int) header.l1Size];
@@ -193,6 +191,11 @@ public final class Qcow2Image implements BlockDevice {
       file.sync();
     });
 
+    if (!readOnly && (header.incompatible & Qcow2Header.INCOMPAT_DIRTY) != 0) {
+      // QEMU repairs a dirty image (lazy refcounts left unwritten) on a read-write open
+      new RefcountRebuild(file, where, header, l1, refcounts).run();
+    }
+    this.dirty = readOnly && (header.incompatible & Qcow2Header.INCOMPAT_DIRTY) != 0;
     if (!readOnly && header.autoclear != 0) {
       // We maintain no bitmaps and know no other autoclear feature: clear them before the first write.
       file.write(ByteBuffer.allocate(8), Qcow2Header.OFF_AUTOCLEAR);
@@ -237,7 +240,9 @@ public final class Qcow2Image implements BlockDevice {
       }
       return format == ImageFormat.QCOW2 ? open(p, true, chain, depth + 1) : RawImage.open(p, true);
     } catch (ImageFormatException e) {
-      throw new ImageFormatException(where + ": backing file " + p + ": " + e.getMessage(), e);
+      // no cause: the inner message names the inner image already, and a deep chain would print
+      // every level's message once per level
+      throw new ImageFormatException(where + ": in its backing chain: " + e.getMessage());
     } catch (BlockIOException e) {
       throw new BlockIOException(e.error(), where + ": cannot open backing file " + p + ": " + e.getMessage(), e);
     }
@@ -257,7 +262,8 @@ public final class Qcow2Image implements BlockDevice {
       throw new BlockIOException(BlockError.EINVAL, "image size " + size + " needs an L1 table of " + l1Size * 8
           + " bytes with " + cs + "-byte clusters, above QEMU's limit of 32 MiB");
     }
-    long l1Clusters = Math.max(1, Qcow2Header.ceilDiv(l1Size * 8, cs));
+    // an empty image has no L1 cluster to count (QEMU's layout: the offset points past the file)
+    long l1Clusters = Qcow2Header.ceilDiv(l1Size * 8, cs);
     long perBlock = (long) cs * 8 / 16;
     // Size the refcount table for the fully allocated image, so it never has to grow.
     long rtc = 1;
@@ -274,7 +280,7 @@ public final class Qcow2Image implements BlockDevice {
     }
     long reftableOff = (long) cs;
     long refblocksOff = (1 + rtc) * cs;
-    long l1Off = (1 + rtc + nrb) * cs;
+    long l1Off = l1Size == 0 ? 0 : (1 + rtc + nrb) * cs;
     long used = 1 + rtc + nrb + l1Clusters;
     ByteBuffer c0;
     try {
@@ -296,7 +302,9 @@ public final class Qcow2Image implements BlockDevice {
         rbs.putShort(i * 2, (short) 1);
       }
       hf.write(rbs, refblocksOff);
-      hf.write(ByteBuffer.allocate((int) (l1Clusters * cs)), l1Off);
+      if (l1Clusters > 0) {
+        hf.write(ByteBuffer.allocate((int) (l1Clusters * cs)), l1Off);
+      }
       hf.sync();
     } catch (IOException e) {
       throw BlockIOException.fromHost("cannot create " + path, e);
@@ -380,6 +388,7 @@ public final class Qcow2Image implements BlockDevice {
     long gci = offset >>> clusterBits;
     io.readLock().lock();
     try {
+      checkOpen(); // close may have run while we waited for the lock
       long coff;
       long descriptor;
       meta.lock();
@@ -472,7 +481,7 @@ public final class Qcow2Image implements BlockDevice {
     try {
       long inUse = closed ? 0 : refcounts.countInUse();
       return new Qcow2Info(version, size, clusterSize, header.backingFile, header.backingFormat,
-          (header.incompatible & Qcow2Header.INCOMPAT_DIRTY) != 0,
+          dirty,
           (header.incompatible & Qcow2Header.INCOMPAT_CORRUPT) != 0,
           (header.compatible & Qcow2Header.COMPAT_LAZY_REFCOUNTS) != 0,
           1 << header.refcountOrder, header.compressionType == 0 ? "zlib" : "zstd",
@@ -518,6 +527,7 @@ public final class Qcow2Image implements BlockDevice {
     BlockIOException.checkRange(offset, dst.remaining(), size);
     io.readLock().lock();
     try {
+      checkOpen(); // close may have run while we waited for the lock
       readInternal(offset, dst);
     } catch (IOException e) {
       throw failure("read", offset, e);
@@ -741,6 +751,7 @@ public final class Qcow2Image implements BlockDevice {
     BlockIOException.checkRange(offset, src.remaining(), size);
     io.readLock().lock();
     try {
+      checkOpen(); // close may have run while we waited for the lock
       writeInternal(offset, src);
       if (WriteFlag.isSet(flags, WriteFlag.FUA)) {
         flushMetadata();
@@ -1066,9 +1077,15 @@ public final class Qcow2Image implements BlockDevice {
     boolean v2Backing = version == 2 && backing != null;
     io.writeLock().lock();
     try {
+      checkOpen();
       List<long[]> pieces = new ArrayList<>(2);
       if (fw >= ew) {
-        pieces.add(new long[] {offset, end});
+        // no whole cluster: at most two partial ones, judged one by one
+        long split = Math.min(end, ((offset >>> clusterBits) + 1) << clusterBits);
+        pieces.add(new long[] {offset, split});
+        if (split < end) {
+          pieces.add(new long[] {split, end});
+        }
       } else {
         if (offset < fw << clusterBits) {
           pieces.add(new long[] {offset, fw << clusterBits});
@@ -1138,6 +1155,7 @@ public final class Qcow2Image implements BlockDevice {
     }
     io.writeLock().lock();
     try {
+      checkOpen();
       if (version == 2 && backing != null) {
         writeZeroBytes(fw << clusterBits, Math.min(size, ew << clusterBits));
       } else {

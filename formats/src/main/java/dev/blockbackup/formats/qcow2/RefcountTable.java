@@ -54,8 +54,9 @@ final class RefcountTable {
   /** Refcount entries per refcount block. */
   private final long entries;
   private final long maxRefcount;
-  private final long reftableOffset;
-  private final long[] reftable;
+  /** Where the refcount table lives; both change when it grows. */
+  private long reftableOffset;
+  private long[] reftable;
   private final int capacity;
   private final LinkedHashMap<Long, Block> cache = new LinkedHashMap<>(16, 0.75f, true);
   private Block last;
@@ -120,8 +121,8 @@ final class RefcountTable {
       checkHostLimit(ci);
       long bi = ci / entries;
       if (bi >= reftable.length) {
-        throw new BlockIOException(BlockError.ENOSPC, where + ": the refcount table (" + reftable.length
-            + " entries) cannot describe host cluster " + ci + "; growing it is not supported");
+        grow(bi);
+        continue;
       }
       if ((reftable[(int) bi] & REFT_OFFSET_MASK) == 0) {
         newBlockAt(ci);
@@ -180,6 +181,112 @@ final class RefcountTable {
     setEntry(b.data, i, 1);
     b.dirty = true;
     return true;
+  }
+
+  /**
+   * Replaces the refcount table with a bigger one (QEMU grows it by half) that covers block index
+   * {@code bi}. The new table and the refcount blocks that count it are placed past everything the
+   * old table could describe; they are written and synced, then the header is switched with a
+   * synced write, and only then the old table's clusters are freed.
+   */
+  private void grow(long bi) throws IOException {
+    long oldEntries = reftable.length;
+    long wanted = Math.max(bi + 1, oldEntries + (oldEntries + 1) / 2);
+    long tableClusters = Qcow2Header.ceilDiv(wanted * 8, clusterSize);
+    if (tableClusters * clusterSize > Qcow2Header.MAX_REFTABLE_BYTES) {
+      throw new BlockIOException(BlockError.ENOSPC, where + ": the refcount table would grow beyond QEMU's limit of 8 MiB");
+    }
+    long newEntries = tableClusters * clusterSize / 8;
+    long start = Math.max(oldEntries * entries, Qcow2Header.ceilDiv(file.size(), clusterSize));
+    // the new blocks count the table and themselves: find how many blocks that takes
+    long blocks = 1;
+    while (true) {
+      long end = start + tableClusters + blocks;
+      long need = (end - 1) / entries - start / entries + 1;
+      if (need <= blocks) {
+        break;
+      }
+      blocks = need;
+    }
+    long used = tableClusters + blocks;
+    long firstBlock = start / entries;
+    long lastBlock = (start + used - 1) / entries;
+    checkHostLimit(start + used);
+    if (lastBlock >= newEntries) {
+      throw new BlockIOException(BlockError.ENOSPC, where + ": cannot place a grown refcount table");
+    }
+    long[] table = java.util.Arrays.copyOf(reftable, (int) newEntries);
+    long blockCluster = start + tableClusters;
+    for (long b = firstBlock; b <= lastBlock; b++, blockCluster++) {
+      byte[] data = new byte[clusterSize];
+      for (long c = Math.max(start, b * entries); c < Math.min(start + used, (b + 1) * entries); c++) {
+        setEntry(data, (int) (c % entries), 1);
+      }
+      long off = blockCluster << clusterBits;
+      file.write(ByteBuffer.wrap(data), off);
+      table[(int) b] = off;
+    }
+    ByteBuffer t = ByteBuffer.allocate((int) (tableClusters * clusterSize));
+    t.asLongBuffer().put(table);
+    long tableOff = start << clusterBits;
+    file.write(t, tableOff);
+    flush();
+    file.sync();
+    ByteBuffer h = ByteBuffer.allocate(12).putLong(0, tableOff).putInt(8, (int) tableClusters);
+    file.write(h, 48);
+    file.sync();
+    long oldOff = reftableOffset;
+    long oldClusters = Qcow2Header.ceilDiv(oldEntries * 8, clusterSize);
+    reftable = table;
+    reftableOffset = tableOff;
+    for (long c = 0; c < oldClusters; c++) {
+      add((oldOff >>> clusterBits) + c, -1);
+    }
+  }
+
+  /**
+   * Overwrites every refcount with {@code ref[ci]} (0 past its end), for the refcount rebuild of a
+   * dirty image. Returns the first cluster that needs a count but has no refcount block, or -1.
+   */
+  long overwriteAll(int[] ref) throws IOException {
+    for (int bi = 0; bi < reftable.length; bi++) {
+      if ((reftable[bi] & REFT_OFFSET_MASK) == 0) {
+        long first = (long) bi * entries;
+        for (long c = first; c < Math.min(ref.length, first + entries); c++) {
+          if (ref[(int) c] != 0) {
+            return c;
+          }
+        }
+        continue;
+      }
+      Block b = block((long) bi * entries, true);
+      for (int i = 0; i < entries; i++) {
+        long ci = (long) bi * entries + i;
+        long v = ci < ref.length ? ref[(int) ci] : 0;
+        if (v > maxRefcount) {
+          throw new ImageFormatException(where + ": host cluster " + ci + " has " + v + " references, more than "
+              + maxRefcount + " that refcount_bits allows");
+        }
+        setEntry(b.data, i, v);
+      }
+      b.dirty = true;
+    }
+    for (long c = (long) reftable.length * entries; c < ref.length; c++) {
+      if (ref[(int) c] != 0) {
+        return c;
+      }
+    }
+    freeHint = 0;
+    return -1;
+  }
+
+  long reftableOffset() {
+    return reftableOffset;
+  }
+
+  /** The refcount block offsets (reftable entries), for the rebuild to count. */
+  long[] reftable() {
+    return reftable;
   }
 
   /** How many clusters the last {@link #allocate} gave. */

@@ -234,4 +234,203 @@ class Qcow2ImageTest {
     assertThatThrownBy(() -> read(img, 0, 1))
         .isInstanceOfSatisfying(BlockIOException.class, e -> assertThat(e.error()).isEqualTo(BlockError.ESHUTDOWN));
   }
+
+  @Test
+  void writesToSnapshottedClustersCopyAndKeepTheSnapshot() throws Exception {
+    Path p = dir.resolve("s.qcow2");
+    Path before = dir.resolve("before.raw");
+    Path after = dir.resolve("after.raw");
+    QemuImg.img("create", "-f", "qcow2", p, "2M").assertExit(0);
+    QemuImg.io("-f", "qcow2", "-c", "write -P 0x11 0 1M", "-c", "write -c -P 0x22 1M 64k", p).assertExit(0);
+    QemuImg.img("snapshot", "-c", "snap", p).assertExit(0);
+    QemuImg.img("convert", "-O", "raw", p, before).assertExit(0);
+    byte[] expect = Files.readAllBytes(before);
+    try (Qcow2Image img = Qcow2Image.open(p, false)) {
+      byte[] d = random(5, 100_000);
+      img.write(30_000, ByteBuffer.wrap(d));
+      img.write((1 << 20) + 100, ByteBuffer.wrap(d, 0, 10));
+      img.discard(512 * 1024, 65536);
+      img.writeZeroes(640 * 1024, 65536, WriteFlag.MAY_UNMAP);
+      System.arraycopy(d, 0, expect, 30_000, d.length);
+      System.arraycopy(d, 0, expect, (1 << 20) + 100, 10);
+      java.util.Arrays.fill(expect, 512 * 1024, 576 * 1024, (byte) 0);
+      java.util.Arrays.fill(expect, 640 * 1024, 704 * 1024, (byte) 0);
+      assertSameBytes(read(img, 0, expect.length), expect);
+    }
+    QemuImg.assertCheckClean(p);
+    QemuImg.img("convert", "-O", "raw", p, after).assertExit(0);
+    assertSameBytes(Files.readAllBytes(after), expect);
+    // the snapshot still holds the old contents
+    Path snap = dir.resolve("snap.raw");
+    QemuImg.img("convert", "-l", "snap", "-O", "raw", p, snap).assertExit(0);
+    QemuImg.assertIdentical(snap, "raw", before, "raw");
+  }
+
+  @Test
+  void v2ImagesAndOtherRefcountWidthsAreWrittenCleanly() throws Exception {
+    String[][] variants = {
+      {"compat=0.10"}, {"refcount_bits=1"}, {"refcount_bits=8"}, {"refcount_bits=64"}, {"cluster_size=512"},
+      {"lazy_refcounts=on"},
+    };
+    int i = 0;
+    for (String[] v : variants) {
+      Path p = dir.resolve("v" + i + ".qcow2");
+      Path r = dir.resolve("v" + i + ".raw");
+      i++;
+      QemuImg.img("create", "-f", "qcow2", "-o", v[0], p, "12M").assertExit(0);
+      QemuImg.io("-f", "qcow2", "-c", "write -P 0x33 64k 200k", p).assertExit(0);
+      try (Qcow2Image img = Qcow2Image.open(p, false); RawImage raw = RawImage.create(r, 12 << 20)) {
+        raw.write(64 * 1024, ByteBuffer.wrap(filled(0x33, 200 * 1024)));
+        Random rnd = new Random(i);
+        for (int k = 0; k < 30; k++) {
+          long off = rnd.nextInt(12 << 20);
+          int len = (int) Math.min((12 << 20) - off, 1 + rnd.nextInt(400_000));
+          byte[] d = random(rnd.nextLong(), len);
+          img.write(off, ByteBuffer.wrap(d));
+          raw.write(off, ByteBuffer.wrap(d));
+        }
+        img.discard(1 << 20, 1 << 20);
+        raw.writeZeroes(1 << 20, 1 << 20);
+        img.writeZeroes(3 << 20, 1 << 20, WriteFlag.MAY_UNMAP);
+        raw.writeZeroes(3 << 20, 1 << 20);
+      }
+      QemuImg.assertCheckClean(p);
+      QemuImg.assertIdentical(p, "qcow2", r, "raw");
+    }
+  }
+
+  @Test
+  void refcountTableGrowsWhenTheHostFileOutgrowsIt() throws Exception {
+    Path p = dir.resolve("g.qcow2");
+    Path r = dir.resolve("g.raw");
+    // 512-byte clusters: one reftable cluster of 64 entries covers only 8 MiB of host file
+    QemuImg.img("create", "-f", "qcow2", "-o", "cluster_size=512", p, "40M").assertExit(0);
+    try (Qcow2Image img = Qcow2Image.open(p, false); RawImage raw = RawImage.create(r, 40 << 20)) {
+      byte[] d = random(8, 1 << 20);
+      for (int i = 0; i < 30; i++) {
+        img.write((long) i << 20, ByteBuffer.wrap(d));
+        raw.write((long) i << 20, ByteBuffer.wrap(d));
+      }
+      assertSameBytes(read(img, 0, 30 << 20), java.nio.file.Files.readAllBytes(r).length == (40 << 20)
+          ? java.util.Arrays.copyOf(java.nio.file.Files.readAllBytes(r), 30 << 20) : null);
+    }
+    QemuImg.assertCheckClean(p);
+    QemuImg.assertIdentical(p, "qcow2", r, "raw");
+    assertThat(QemuImg.img("info", "--output=json", p).json().get("virtual-size").asLong()).isEqualTo(40 << 20);
+  }
+
+  @Test
+  void dirtyLazyRefcountImageIsRepairedOnReadWriteOpen() throws Exception {
+    Path p = dir.resolve("lazy.qcow2");
+    Path r = dir.resolve("lazy.raw");
+    QemuImg.img("create", "-f", "qcow2", "-o", "lazy_refcounts=on", p, "8M").assertExit(0);
+    QemuImg.io("-f", "qcow2", "-c", "write -P 0x10 0 1M", p).assertExit(0);
+    QemuImg.img("snapshot", "-c", "s1", p).assertExit(0);
+    // abort leaves the dirty bit and refcounts that were never written
+    QemuImg.io("-f", "qcow2", "-c", "write -P 0x20 512k 2M", "-c", "write -c -P 0x30 4M 64k", "-c", "abort", p);
+    assertThat(QemuImg.img("check", p).exit()).isEqualTo(2);
+    // what survived the abort, as QEMU reads it (reading needs no refcounts)
+    QemuImg.img("convert", "-f", "qcow2", "-O", "raw", p, r).assertExit(0);
+    try (Qcow2Image img = Qcow2Image.open(p, true)) {
+      assertThat(img.info().dirty()).isTrue();
+    }
+    try (Qcow2Image img = Qcow2Image.open(p, false)) {
+      assertThat(img.info().dirty()).isFalse();
+      img.write(6 << 20, ByteBuffer.wrap(filled(0x40, 100_000)));
+      img.write(600 * 1024, ByteBuffer.wrap(filled(0x50, 10)));
+    }
+    QemuImg.assertCheckClean(p);
+    try (RawImage raw = RawImage.open(r, false)) {
+      raw.write(6 << 20, ByteBuffer.wrap(filled(0x40, 100_000)));
+      raw.write(600 * 1024, ByteBuffer.wrap(filled(0x50, 10)));
+    }
+    QemuImg.assertIdentical(p, "qcow2", r, "raw");
+  }
+
+  @Test
+  void edgeSizesAndArgumentsAreHandled() throws Exception {
+    Path empty = dir.resolve("empty.qcow2");
+    try (Qcow2Image img = Qcow2Image.create(empty, Qcow2CreateOptions.of(0))) {
+      img.read(0, ByteBuffer.allocate(0));
+      assertThat(img.blockStatus(0, 0)).isEmpty();
+      assertThatThrownBy(() -> img.read(0, ByteBuffer.allocate(1)))
+          .isInstanceOfSatisfying(BlockIOException.class, e -> assertThat(e.error()).isEqualTo(BlockError.EINVAL));
+    }
+    QemuImg.assertCheckClean(empty);
+    Path big = dir.resolve("big.qcow2");
+    long size = (1L << 40) + 512;
+    try (Qcow2Image img = Qcow2Image.create(big, Qcow2CreateOptions.of(size).withClusterSize(2 << 20))) {
+      byte[] d = random(2, 5000);
+      img.write((1L << 40) - 5000, ByteBuffer.wrap(d));
+      assertThat(read(img, (1L << 40) - 5000, 5000)).isEqualTo(d);
+      // the last cluster is 512 bytes long; compressed, it is zero-padded to a whole cluster
+      byte[] tail = filled(7, 512);
+      img.writeCompressed(1L << 40, ByteBuffer.wrap(tail));
+      assertThat(read(img, 1L << 40, 512)).isEqualTo(tail);
+    }
+    QemuImg.assertCheckClean(big);
+    assertThat(QemuImg.info(big).get("virtual-size").asLong()).isEqualTo(size);
+    Path tooLong = dir.resolve("long.qcow2");
+    String name = "x".repeat(1024);
+    assertThatThrownBy(() -> Qcow2Image.create(tooLong, Qcow2CreateOptions.of(1 << 20).withBacking(name, "raw")))
+        .isInstanceOfSatisfying(BlockIOException.class, e -> assertThat(e.error()).isEqualTo(BlockError.EINVAL))
+        .hasMessageContaining("1024 bytes");
+  }
+
+  @Test
+  void lastPartialClusterCompressesZeroPadded() throws Exception {
+    Path p = dir.resolve("tail.qcow2");
+    Path r = dir.resolve("tail.raw");
+    long size = 65536 + 1024;
+    byte[] d = filled(0x61, 1024);
+    try (Qcow2Image img = Qcow2Image.create(p, Qcow2CreateOptions.of(size))) {
+      assertThatThrownBy(() -> img.writeCompressed(65536, ByteBuffer.allocate(65536)))
+          .isInstanceOfSatisfying(BlockIOException.class, e -> assertThat(e.error()).isEqualTo(BlockError.EINVAL));
+      img.writeCompressed(65536, ByteBuffer.wrap(d));
+      assertThat(read(img, 65536, 1024)).isEqualTo(d);
+    }
+    try (RawImage raw = RawImage.create(r, size)) {
+      raw.write(65536, ByteBuffer.wrap(d));
+    }
+    QemuImg.assertCheckClean(p);
+    QemuImg.assertIdentical(p, "qcow2", r, "raw");
+    assertThat(QemuImg.img("check", "--output=json", p).json().get("compressed-clusters").asLong()).isEqualTo(1);
+  }
+
+  @Test
+  void unknownAutoclearBitsAreClearedBeforeWriting() throws Exception {
+    Path p = dir.resolve("ac.qcow2");
+    QemuImg.img("create", "-f", "qcow2", p, "1M").assertExit(0);
+    try (java.io.RandomAccessFile f = new java.io.RandomAccessFile(p.toFile(), "rw")) {
+      f.seek(88);
+      f.writeLong(0x8000000000000002L);
+    }
+    Qcow2Image.open(p, true).close();
+    try (java.io.RandomAccessFile f = new java.io.RandomAccessFile(p.toFile(), "r")) {
+      f.seek(88);
+      assertThat(f.readLong()).isEqualTo(0x8000000000000002L);
+    }
+    try (Qcow2Image img = Qcow2Image.open(p, false)) {
+      img.write(0, ByteBuffer.wrap(filled(1, 512)));
+    }
+    try (java.io.RandomAccessFile f = new java.io.RandomAccessFile(p.toFile(), "r")) {
+      f.seek(88);
+      assertThat(f.readLong()).isZero();
+    }
+    QemuImg.assertCheckClean(p);
+  }
+
+  /** Equal arrays; a failure names the first differing byte instead of printing megabytes. */
+  static void assertSameBytes(byte[] actual, byte[] expected) {
+    assertThat(actual.length).isEqualTo(expected.length);
+    int i = java.util.Arrays.mismatch(actual, expected);
+    assertThat(i).as("first differing byte at %d: actual %s, expected %s", i,
+        i >= 0 ? actual[i] : 0, i >= 0 ? expected[i] : 0).isEqualTo(-1);
+  }
+
+  static byte[] filled(int v, int len) {
+    byte[] b = new byte[len];
+    java.util.Arrays.fill(b, (byte) v);
+    return b;
+  }
 }

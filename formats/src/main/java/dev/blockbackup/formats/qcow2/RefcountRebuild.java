@@ -1,0 +1,200 @@
+package dev.blockbackup.formats.qcow2;
+
+import dev.blockbackup.formats.ImageFormatException;
+import java.io.IOException;
+import java.nio.ByteBuffer;
+
+/**
+ * Rebuilds the refcounts of an image whose dirty bit says they may be stale (a writer used lazy
+ * refcounts and did not close cleanly), as QEMU does on a read-write open: count every reference
+ * the metadata makes, overwrite the refcounts with the counts, fix the COPIED flags of the active
+ * tables to match, sync, and only then clear the dirty bit.
+ *
+ * <p>References counted: the header cluster, the refcount table and blocks, the active L1 and its
+ * L2 tables and data clusters, the snapshot table and each snapshot's L1, L2 and data clusters.
+ * Bitmap clusters are not counted: we clear the bitmaps autoclear bit on a read-write open, after
+ * which QEMU drops the bitmaps extension. An image whose damage needs more than this (a missing
+ * refcount block, a pointer past the end of the file) is refused with a pointer to qemu-img check.
+ */
+final class RefcountRebuild {
+
+  /** We count in an int array, one per host cluster; larger files are left to qemu-img check. */
+  private static final long MAX_CLUSTERS = 1L << 28;
+  /** QEMU's limit on the snapshot table. */
+  private static final long MAX_SNAPSHOT_TABLE = 64L << 20;
+
+  private final HostFile file;
+  private final String where;
+  private final Qcow2Header header;
+  private final long[] l1;
+  private final RefcountTable refcounts;
+  private final int clusterBits;
+  private final int clusterSize;
+  private final int csizeShift;
+  private final long csizeMask;
+  private int[] ref;
+
+  RefcountRebuild(HostFile file, String where, Qcow2Header header, long[] l1, RefcountTable refcounts) {
+    this.file = file;
+    this.where = where;
+    this.header = header;
+    this.l1 = l1;
+    this.refcounts = refcounts;
+    this.clusterBits = header.clusterBits;
+    this.clusterSize = 1 << clusterBits;
+    this.csizeShift = 62 - (clusterBits - 8);
+    this.csizeMask = (1L << (clusterBits - 8)) - 1;
+  }
+
+  void run() throws IOException {
+    long clusters = Qcow2Header.ceilDiv(file.size(), clusterSize);
+    if (clusters > MAX_CLUSTERS) {
+      throw new ImageFormatException(where + ": the dirty bit is set and the image is too large (" + clusters
+          + " clusters) to rebuild its refcounts here; run qemu-img check -r all");
+    }
+    ref = new int[(int) clusters];
+    addRange(0, clusterSize);
+    addRange(refcounts.reftableOffset(), (long) refcounts.reftable().length * 8);
+    for (long e : refcounts.reftable()) {
+      long off = e & RefcountTable.REFT_OFFSET_MASK;
+      if (off != 0) {
+        addRange(off, clusterSize);
+      }
+    }
+    addRange(header.l1TableOffset, (long) l1.length * 8);
+    walkL1(l1);
+    countSnapshots();
+
+    long missing = refcounts.overwriteAll(ref);
+    if (missing >= 0) {
+      throw new ImageFormatException(where + ": the dirty bit is set and host cluster " + missing
+          + " is used but has no refcount block; run qemu-img check -r all");
+    }
+    refcounts.flush();
+    file.sync();
+    fixCopiedFlags();
+    file.sync();
+    ByteBuffer incompat = ByteBuffer.allocate(8).putLong(0, header.incompatible & ~Qcow2Header.INCOMPAT_DIRTY);
+    file.write(incompat, Qcow2Header.OFF_INCOMPAT);
+    file.sync();
+  }
+
+  private void add(long cluster) throws ImageFormatException {
+    if (cluster < 0 || cluster >= ref.length) {
+      throw new ImageFormatException(where + ": the dirty bit is set and metadata points to host cluster " + cluster
+          + ", past the end of the file; run qemu-img check -r all");
+    }
+    if (ref[(int) cluster] < Integer.MAX_VALUE) {
+      ref[(int) cluster]++;
+    }
+  }
+
+  private void addRange(long off, long len) throws ImageFormatException {
+    if (len <= 0) {
+      return;
+    }
+    for (long c = off >>> clusterBits; c <= (off + len - 1) >>> clusterBits; c++) {
+      add(c);
+    }
+  }
+
+  private void walkL1(long[] table) throws IOException {
+    ByteBuffer buf = ByteBuffer.allocate(clusterSize);
+    long[] l2 = new long[clusterSize / 8];
+    for (long e : table) {
+      long off = e & Qcow2Image.OFFSET_MASK;
+      if (off == 0) {
+        continue;
+      }
+      add(off >>> clusterBits);
+      readL2(off, buf, l2);
+      for (long d : l2) {
+        countEntry(d);
+      }
+    }
+  }
+
+  private void readL2(long off, ByteBuffer buf, long[] into) throws IOException {
+    buf.clear();
+    file.read(buf, off);
+    buf.flip();
+    buf.asLongBuffer().get(into);
+  }
+
+  private void countEntry(long d) throws ImageFormatException {
+    if ((d & Qcow2Image.COMPRESSED) != 0) {
+      long coff = d & ((1L << csizeShift) - 1);
+      long sectors = ((d >>> csizeShift) & csizeMask) + 1;
+      addRange(coff & ~511L, sectors * 512);
+    } else if ((d & Qcow2Image.OFFSET_MASK) != 0) {
+      add((d & Qcow2Image.OFFSET_MASK) >>> clusterBits);
+    }
+  }
+
+  private void countSnapshots() throws IOException {
+    long n = header.nbSnapshots;
+    long pos = header.snapshotsOffset;
+    ByteBuffer h = ByteBuffer.allocate(40);
+    for (long i = 0; i < n; i++) {
+      h.clear();
+      file.read(h, pos);
+      long l1Off = h.getLong(0);
+      long l1Size = Integer.toUnsignedLong(h.getInt(8));
+      int idLen = Short.toUnsignedInt(h.getShort(12));
+      int nameLen = Short.toUnsignedInt(h.getShort(14));
+      long extra = Integer.toUnsignedLong(h.getInt(36));
+      if (l1Size * 8 > Qcow2Header.MAX_L1_BYTES || extra > 1024 || (l1Off & (clusterSize - 1)) != 0) {
+        throw new ImageFormatException(where + ": snapshot " + i + " has an invalid L1 table or extra data; run qemu-img check");
+      }
+      long[] table = new long[(int) l1Size];
+      ByteBuffer b = ByteBuffer.allocate((int) (l1Size * 8));
+      file.read(b, l1Off);
+      b.flip();
+      b.asLongBuffer().get(table);
+      addRange(l1Off, l1Size * 8);
+      walkL1(table);
+      pos += (40 + extra + idLen + nameLen + 7) & ~7L;
+      if (pos - header.snapshotsOffset > MAX_SNAPSHOT_TABLE) {
+        throw new ImageFormatException(where + ": the snapshot table is larger than QEMU's limit of 64 MiB");
+      }
+    }
+    addRange(header.snapshotsOffset, pos - header.snapshotsOffset);
+  }
+
+  /** COPIED must be set exactly when the refcount is 1, in the active L1 and its L2 tables. */
+  private void fixCopiedFlags() throws IOException {
+    ByteBuffer buf = ByteBuffer.allocate(clusterSize);
+    long[] l2 = new long[clusterSize / 8];
+    for (int i = 0; i < l1.length; i++) {
+      long e = l1[i];
+      long off = e & Qcow2Image.OFFSET_MASK;
+      if (off == 0) {
+        continue;
+      }
+      long want = ref[(int) (off >>> clusterBits)] == 1 ? e | Qcow2Image.COPIED : e & ~Qcow2Image.COPIED;
+      if (want != e) {
+        l1[i] = want;
+        file.write(ByteBuffer.allocate(8).putLong(0, want), header.l1TableOffset + (long) i * 8);
+      }
+      readL2(off, buf, l2);
+      boolean changed = false;
+      for (int k = 0; k < l2.length; k++) {
+        long d = l2[k];
+        long doff = d & Qcow2Image.OFFSET_MASK;
+        if ((d & Qcow2Image.COMPRESSED) != 0 || doff == 0) {
+          continue;
+        }
+        long w = ref[(int) (doff >>> clusterBits)] == 1 ? d | Qcow2Image.COPIED : d & ~Qcow2Image.COPIED;
+        if (w != d) {
+          l2[k] = w;
+          changed = true;
+        }
+      }
+      if (changed) {
+        buf.clear();
+        buf.asLongBuffer().put(l2);
+        file.write(buf, off);
+      }
+    }
+  }
+}
