@@ -7,6 +7,7 @@ import dev.blockbackup.formats.RawImage;
 import dev.blockbackup.formats.qcow2.Qcow2CreateOptions;
 import dev.blockbackup.formats.qcow2.Qcow2Image;
 import java.io.IOException;
+import java.io.PrintWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
@@ -51,6 +52,9 @@ final class ConvertCommand implements Callable<Integer> {
   @Option(names = "-m", paramLabel = "N", description = "Parallel copy workers (default ${DEFAULT-VALUE}, as qemu-img's coroutines).")
   int workers = Converter.DEFAULT_WORKERS;
 
+  @Option(names = "-p", description = "Show progress, as qemu-img does: (NN.NN/100%%).")
+  boolean progress;
+
   @Option(names = "--timing", description = "Print how long the copy took, excluding JVM start-up, on stderr.")
   boolean timing;
 
@@ -93,7 +97,8 @@ final class ConvertCommand implements Callable<Integer> {
       try (BlockDevice dst = createTarget(dstFmt, size, clusterSize)) {
         // One L2 table of 8-byte entries maps clusterSize / 8 clusters.
         long l2Span = dstFmt == ImageFormat.QCOW2 ? (long) clusterSize * (clusterSize / 8) : 0;
-        r = new Converter(src, dst, workers, compress, l2Span).run();
+        Converter converter = new Converter(src, dst, workers, compress, l2Span);
+        r = progress ? runShowingProgress(converter) : converter.run();
       }
     }
     if (timing) {
@@ -104,6 +109,37 @@ final class ConvertCommand implements Callable<Integer> {
           Sizes.human(r.zero()), r.length() / 1048576.0 / s);
     }
     return 0;
+  }
+
+  /** Runs the copy while a daemon thread rewrites qemu-img's progress line on stdout. */
+  private Converter.Result runShowingProgress(Converter converter) throws BlockIOException, InterruptedException {
+    PrintWriter out = spec.commandLine().getOut();
+    Thread reporter = new Thread(() -> {
+      try {
+        while (!Thread.currentThread().isInterrupted()) {
+          printProgress(out, converter.progress(), "\r");
+          Thread.sleep(200);
+        }
+      } catch (InterruptedException e) {
+        // the copy is over
+      }
+    }, "convert-progress");
+    reporter.setDaemon(true);
+    reporter.start();
+    try {
+      return converter.run();
+    } finally {
+      reporter.interrupt();
+      reporter.join();
+      printProgress(out, converter.progress(), "\n");
+    }
+  }
+
+  private static void printProgress(PrintWriter out, double share, String end) {
+    synchronized (out) {
+      out.printf(Locale.ROOT, "    (%.2f/100%%)%s", share * 100, end);
+      out.flush();
+    }
   }
 
   private BlockDevice createTarget(ImageFormat fmt, long size, int clusterSize) throws BlockIOException {

@@ -52,6 +52,8 @@ final class Converter {
   private final LongAdder read = new LongAdder();
   private final LongAdder written = new LongAdder();
   private final LongAdder zero = new LongAdder();
+  /** Source bytes whose chunk is finished, for progress reports. */
+  private final LongAdder done = new LongAdder();
 
   /**
    * @param compress write every non-zero cluster with {@link Qcow2Image#writeCompressed}; the target
@@ -85,6 +87,12 @@ final class Converter {
     this.granule = Math.max(ZERO_GRANULE, cluster);
     this.chunk = Math.max(DEFAULT_CHUNK, cluster);
     this.stride = primeSpan > chunk ? primeSpan / chunk : 1;
+  }
+
+  /** The share of the source copied so far, from 0 to 1; may be called from any thread. */
+  double progress() {
+    long length = source.size();
+    return length == 0 ? 1 : (double) done.sum() / length;
   }
 
   /** Copies the whole source; on failure, the first error (the target is left as far as it got). */
@@ -129,7 +137,9 @@ final class Converter {
     try {
       for (long k = nextChunk.getAndIncrement(); k < chunks && failure.get() == null; k = nextChunk.getAndIncrement()) {
         long off = chunkAt(k, chunks, stride) * chunk;
-        copyChunk(off, (int) Math.min(chunk, length - off), buf);
+        int len = (int) Math.min(chunk, length - off);
+        copyChunk(off, len, buf);
+        done.add(len);
       }
     } catch (Throwable t) {
       failure.compareAndSet(null, t);

@@ -144,6 +144,16 @@ class CliConverterTest {
   }
 
   @Test
+  void progressEndsAtOneHundredPercentOnStdout() throws IOException {
+    SeededDisk src = SeededDisk.write(dir.resolve("src.raw"), SIZE, 5);
+    Path out = dir.resolve("out.raw");
+    Cli.Run r = Cli.run("convert", "-p", "-f", "raw", "-O", "raw", src.path, out).ok();
+    assertThat(r.out()).endsWith("    (100.00/100%)\n").doesNotContain("(-");
+    assertThat(r.err()).isEmpty();
+    assertThat(Files.mismatch(src.path, out)).isEqualTo(-1L);
+  }
+
+  @Test
   void zeroScanSeesASingleNonZeroByteAnywhere() {
     ByteBuffer b = ByteBuffer.allocateDirect(8192);
     assertThat(Converter.isZero(b, 0, 8192)).isTrue();
