@@ -96,7 +96,12 @@ done
 echo "checking the outputs..."
 qemu-img compare -f raw -F qcow2 "$src" "$ours_out"
 qemu-img compare -f qcow2 -F qcow2 "$qemu_out" "$ours_out"
-qemu-img check -q "$ours_out" && echo "qemu-img check: clean"
+if qemu-img check -q "$ours_out"; then
+  echo "qemu-img check: clean"
+else
+  echo "qemu-img check: our output is NOT clean" >&2
+  exit 1
+fi
 
 startup=$(for _ in 1 2 3 4 5; do t0=$(now); java -jar "$jar" --version >/dev/null; t1=$(now); elapsed "$t0" "$t1"; done | median)
 q=$(median < "$dir/qemu.times")
