@@ -91,6 +91,11 @@ final class CreateCommand implements Callable<Integer> {
     if (backingFmt != null) {
       Images.format(backingFmt);
     }
+    if (backing != null && Path.of(Images.backingPath(file, backing)).toAbsolutePath().normalize()
+        .equals(file.toAbsolutePath().normalize())) {
+      // Creating it would destroy the very data the new image is to sit on.
+      throw new UserError("'" + file + "' cannot be its own backing file");
+    }
     long bytes = sizeText != null || backing == null ? requireSize(sizeText) : backingSize(backing, backingFmt);
     int clusterSize = opts.clusterSize(Qcow2CreateOptions.DEFAULT_CLUSTER_SIZE);
     Qcow2CreateOptions o;

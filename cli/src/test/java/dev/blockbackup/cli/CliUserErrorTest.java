@@ -59,6 +59,7 @@ class CliUserErrorTest {
     m.add(Arguments.of("backing format without file", List.of("create", "-f", "qcow2", "-F", "raw", "$/x.qcow2", "1M"), "without a backing file"));
     m.add(Arguments.of("backing for raw", List.of("create", "-b", "$/disk.raw", "-F", "raw", "$/x.raw", "1M"), "not supported by format raw"));
     m.add(Arguments.of("missing backing file", List.of("create", "-f", "qcow2", "-b", "gone.raw", "-F", "raw", "$/x.qcow2"), "no such file"));
+    m.add(Arguments.of("own backing file", List.of("create", "-f", "qcow2", "-b", "disk.raw", "-F", "raw", "$/disk.raw"), "cannot be its own backing file"));
     m.add(Arguments.of("compress into raw", List.of("convert", "-c", "-O", "raw", "$/disk.raw", "$/x.raw"), "compression (-c) is not supported by format raw"));
     m.add(Arguments.of("convert onto itself", List.of("convert", "-O", "raw", "$/disk.raw", "$/disk.raw"), "same file"));
     m.add(Arguments.of("bad worker count", List.of("convert", "-m", "0", "$/disk.raw", "$/x.raw"), "invalid -m 0"));
