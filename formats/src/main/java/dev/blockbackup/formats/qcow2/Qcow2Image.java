@@ -664,7 +664,16 @@ public final class Qcow2Image implements BlockDevice {
       throw new ImageFormatException(where + ": L1 entry " + l1i + " points to an L2 table at 0x" + Long.toHexString(off)
           + " that is unaligned or lies past the end of the file (" + file.size() + " bytes)");
     }
+    if (overlapsMetadata(off)) {
+      throw new ImageFormatException(where + ": L1 entry " + l1i + " points to an L2 table at 0x" + Long.toHexString(off)
+          + " inside the L1 or refcount table");
+    }
     return off;
+  }
+
+  /** Whether host cluster offset {@code off} lies inside the active L1 table or the refcount table. */
+  private boolean overlapsMetadata(long off) {
+    return (off >= l1Offset && off - l1Offset < (long) l1.length * 8) || refcounts.inReftable(off);
   }
 
   /** Refuses an L2 entry QEMU would call corrupt; returns it. */
@@ -694,6 +703,11 @@ public final class Qcow2Image implements BlockDevice {
       if ((e & ZERO_FLAG) == 0 && off >= file.size()) {
         throw new ImageFormatException(where + ": L2 entry for guest offset " + (gci << clusterBits)
             + " points to host offset 0x" + Long.toHexString(off) + ", past the end of the file (" + file.size() + " bytes)");
+      }
+      if (overlapsMetadata(off)) {
+        // writing there in place would destroy the table (QEMU's overlap check would mark the image corrupt)
+        throw new ImageFormatException(where + ": L2 entry for guest offset " + (gci << clusterBits)
+            + " points to host offset 0x" + Long.toHexString(off) + " inside the L1 or refcount table");
       }
     }
     return e;
@@ -753,6 +767,7 @@ public final class Qcow2Image implements BlockDevice {
     try {
       checkOpen(); // close may have run while we waited for the lock
       writeInternal(offset, src);
+      src.position(src.limit()); // consumed, as a channel write (and RawImage) leaves it
       if (WriteFlag.isSet(flags, WriteFlag.FUA)) {
         flushMetadata();
       }

@@ -284,6 +284,11 @@ final class RefcountTable {
     return reftableOffset;
   }
 
+  /** Whether host offset {@code off} lies inside the refcount table. */
+  boolean inReftable(long off) {
+    return off >= reftableOffset && off - reftableOffset < (long) reftable.length * 8;
+  }
+
   /** The refcount block offsets (reftable entries), for the rebuild to count. */
   long[] reftable() {
     return reftable;

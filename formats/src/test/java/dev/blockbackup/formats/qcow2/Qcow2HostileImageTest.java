@@ -290,6 +290,21 @@ class Qcow2HostileImageTest {
   }
 
   @Test
+  void pointersIntoTheMetadataFailTheRead() throws Exception {
+    Path p = qemuImageWithData("a.qcow2");
+    patchLong(p, 0x40000, Qcow2Image.COPIED | 0x30000L); // data "in" the L1 table
+    readFails(p, "inside the L1 or refcount table");
+    Path q = qemuImageWithData("b.qcow2");
+    patchLong(q, 0x30000, Qcow2Image.COPIED | 0x10000L); // L2 table "in" the refcount table
+    readFails(q, "L1 entry 0", "inside the L1 or refcount table");
+    assertTimeoutPreemptively(HANG_GUARD, () -> {
+      try (Qcow2Image img = Qcow2Image.open(q, false)) {
+        assertThatThrownBy(() -> img.write(0, ByteBuffer.allocate(512))).isInstanceOf(ImageFormatException.class);
+      }
+    });
+  }
+
+  @Test
   void compressedGarbageFailsTheRead() throws Exception {
     Path p = qemuImageWithData("a.qcow2");
     // a compressed descriptor over bytes 0xff: a deflate block of the reserved type 3

@@ -420,6 +420,34 @@ class Qcow2ImageTest {
     QemuImg.assertCheckClean(p);
   }
 
+  @Test
+  void backingFormatIsProbedWhenTheExtensionIsAbsent() throws Exception {
+    Path base = dir.resolve("pbase.qcow2");
+    Path top = dir.resolve("ptop.qcow2");
+    QemuImg.img("create", "-f", "qcow2", base, "1M").assertExit(0);
+    QemuImg.io("-f", "qcow2", "-c", "write -P 0x7 0 64k", base).assertExit(0);
+    QemuImg.img("create", "-f", "qcow2", "-b", "pbase.qcow2", "-F", "qcow2", top, "1M").assertExit(0);
+    // turn the backing-format extension (the first one, at 112) into an unknown one, which is skipped
+    try (java.io.RandomAccessFile f = new java.io.RandomAccessFile(top.toFile(), "rw")) {
+      f.seek(112);
+      assertThat(f.readInt()).isEqualTo(0xE2792ACA);
+      f.seek(112);
+      f.writeInt(0x12345678);
+    }
+    try (Qcow2Image img = Qcow2Image.open(top, false)) {
+      assertThat(img.info().backingFormat()).isNull();
+      assertThat(img.backing()).isInstanceOf(Qcow2Image.class);
+      assertThat(read(img, 0, 65536)).isEqualTo(filled(7, 65536));
+      img.write(100, ByteBuffer.wrap(filled(8, 10)));
+    }
+    // the unknown extension survived our writes
+    try (java.io.RandomAccessFile f = new java.io.RandomAccessFile(top.toFile(), "r")) {
+      f.seek(112);
+      assertThat(f.readInt()).isEqualTo(0x12345678);
+    }
+    QemuImg.assertCheckClean(top);
+  }
+
   /** Equal arrays; a failure names the first differing byte instead of printing megabytes. */
   static void assertSameBytes(byte[] actual, byte[] expected) {
     assertThat(actual.length).isEqualTo(expected.length);

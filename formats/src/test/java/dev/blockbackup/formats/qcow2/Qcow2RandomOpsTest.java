@@ -28,7 +28,10 @@ class Qcow2RandomOpsTest {
 
   @TempDir Path dir;
 
-  sealed interface Op permits Init, Write, Zero, Discard, Compressed, Flush, Reopen {}
+  sealed interface Op permits Init, Write, Zero, Discard, Compressed, Flush, Reopen, Crash {}
+
+  /** A copy of the file as a killed process would leave it: check may find leaks, never corruption. */
+  record Crash() implements Op {}
 
   /** The image the operations run on; when shrinking deletes it, a default big enough for any op. */
   record Init(int clusterSize, long size, boolean backing) implements Op {}
@@ -62,7 +65,7 @@ class Qcow2RandomOpsTest {
         case 2 -> ops.add(new Discard(off, len));
         case 3, 4 -> ops.add(new Compressed(r.nextLong((size + cs - 1) / cs), r.nextLong()));
         case 5 -> ops.add(new Flush());
-        case 6 -> ops.add(new Reopen());
+        case 6 -> ops.add(r.nextBoolean() ? new Reopen() : new Crash());
         default -> ops.add(new Write(off, len, r.nextLong()));
       }
     }
@@ -106,6 +109,21 @@ class Qcow2RandomOpsTest {
       Files.write(base, b);
       System.arraycopy(b, 0, model, 0, b.length);
       o = o.withBacking("base.raw", "raw");
+      if (cs == 4096) {
+        // a qcow2 middle layer over the raw base, with some data of its own
+        Path mid = work.resolve("mid.qcow2");
+        try (Qcow2Image m = Qcow2Image.create(mid, Qcow2CreateOptions.of(bsize + 65536).withClusterSize(512)
+            .withBacking("base.raw", "raw"))) {
+          byte[] md = data(43, 70_000);
+          long at = Math.min(bsize + 65536 - md.length, 30_000);
+          m.write(at, ByteBuffer.wrap(md));
+          // the middle layer is larger than the overlay: only what lies inside the overlay shows
+          System.arraycopy(md, 0, model, (int) at, (int) Math.max(0, Math.min(md.length, size - at)));
+          m.writeZeroes(0, 4096);
+          Arrays.fill(model, 0, 4096, (byte) 0);
+        }
+        o = o.withBacking("mid.qcow2", "qcow2");
+      }
     }
     Qcow2Image img = Qcow2Image.create(p, o);
     try {
@@ -141,6 +159,11 @@ class Qcow2RandomOpsTest {
           }
         } else if (op instanceof Flush) {
           img.flush();
+        } else if (op instanceof Crash) {
+          Path copy = work.resolve("crash.qcow2");
+          Files.copy(p, copy, java.nio.file.StandardCopyOption.REPLACE_EXISTING);
+          QemuImg.Result c = QemuImg.img("check", "-f", "qcow2", copy);
+          assertThat(c.exit()).as("check of a crashed copy: %s%s", c.out(), c.err()).isIn(0, 3);
         } else if (op instanceof Reopen) {
           img.close();
           img = Qcow2Image.open(p, false);
