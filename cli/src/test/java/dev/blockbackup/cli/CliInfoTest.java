@@ -96,6 +96,29 @@ class CliInfoTest {
   }
 
   @Test
+  void dirtyImageIsReportedAsQemuImgDoes() {
+    Path img = dir.resolve("dirty.qcow2");
+    QemuImg.img("create", "-f", "qcow2", "-o", "lazy_refcounts=on", img, "16M").assertExit(0);
+    // qemu-io dies with the dirty bit set: lazy refcounts were never written back.
+    QemuImg.io("-f", "qcow2", "-c", "write -P 1 0 1M", "-c", "abort", img);
+    assertThat(QemuImg.info(img).get("dirty-flag").asBoolean()).isTrue();
+    assertSameInfo(img);
+    assertThat(Cli.run("info", img).ok().out()).contains("\ncleanly shut down: no\n");
+  }
+
+  @Test
+  void corruptBitIsReportedAsQemuImgDoes() throws IOException {
+    Path img = dir.resolve("corrupt.qcow2");
+    Cli.run("create", "-f", "qcow2", img, "16M").ok();
+    try (java.nio.channels.FileChannel c = java.nio.channels.FileChannel.open(img, java.nio.file.StandardOpenOption.WRITE)) {
+      // incompatible_features (header offset 72, big-endian): bit 1 is "corrupt".
+      c.write(java.nio.ByteBuffer.allocate(8).putLong(0, 2L), 72);
+    }
+    assertThat(QemuImg.info(img).get("format-specific").get("data").get("corrupt").asBoolean()).isTrue();
+    assertSameInfo(img);
+  }
+
+  @Test
   void humanOutputHasQemuImgsLines() {
     Path img = dir.resolve("h.qcow2");
     Cli.run("create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", img).ok();
