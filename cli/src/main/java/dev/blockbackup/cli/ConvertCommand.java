@@ -83,8 +83,8 @@ final class ConvertCommand implements Callable<Integer> {
     if (compress && dstFmt != ImageFormat.QCOW2) {
       throw new UserError("compression (-c) is not supported by format " + dstFmt.qemuName() + " (use -O qcow2)");
     }
-    if (workers < 1 || workers > 64) {
-      throw new UserError("invalid -m " + workers + ": workers must be from 1 to 64");
+    if (workers < 1 || workers > 16) {
+      throw new UserError("invalid -m " + workers + ": workers must be from 1 to 16, as qemu-img's coroutines");
     }
     if (Files.exists(target) && sameFile(source, target)) {
       throw new UserError("source and target are the same file '" + target + "'");

@@ -63,6 +63,7 @@ class CliUserErrorTest {
     m.add(Arguments.of("compress into raw", List.of("convert", "-c", "-O", "raw", "$/disk.raw", "$/x.raw"), "compression (-c) is not supported by format raw"));
     m.add(Arguments.of("convert onto itself", List.of("convert", "-O", "raw", "$/disk.raw", "$/disk.raw"), "same file"));
     m.add(Arguments.of("bad worker count", List.of("convert", "-m", "0", "$/disk.raw", "$/x.raw"), "invalid -m 0"));
+    m.add(Arguments.of("too many workers", List.of("convert", "-m", "17", "$/disk.raw", "$/x.raw"), "invalid -m 17"));
     m.add(Arguments.of("target directory missing", List.of("convert", "$/disk.raw", "$/no/such/dir/x.raw"), "no such directory"));
     m.add(Arguments.of("raw file opened as qcow2", List.of("info", "-f", "qcow2", "$/disk.raw"), "cannot open"));
     m.add(Arguments.of("qcow2 that fails validation", List.of("info", "$/bad.qcow2"), "cannot open"));
