@@ -115,6 +115,18 @@ class CliConvertTest {
   }
 
   @Test
+  void oddSizedRawBecomesWholeSectorsAsInQemu() throws IOException {
+    SeededDisk odd = SeededDisk.write(dir.resolve("odd.raw"), 3L * 1024 * 1024 + 1000, 99);
+    java.nio.file.Files.write(odd.path, new byte[] {7}, java.nio.file.StandardOpenOption.APPEND);
+    Path out = dir.resolve("odd.qcow2");
+    Cli.run("convert", "-f", "raw", "-O", "qcow2", odd.path, out).ok();
+
+    assertThat(QemuImg.info(out).get("virtual-size").asLong()).isEqualTo(3L * 1024 * 1024 + 1024);
+    QemuImg.assertIdentical(odd.path, "raw", out, "qcow2");
+    QemuImg.assertCheckClean(out);
+  }
+
+  @Test
   void timingIsReportedOnStderr() {
     Cli.Run r = Cli.run("convert", "--timing", "-O", "qcow2", source.path, dir.resolve("out.qcow2")).ok();
     assertThat(r.err()).matches("(?s)convert: [0-9.]+ s \\(copy [0-9.]+ s\\) for 40 MiB: .* written, .* zero, .*\n");
