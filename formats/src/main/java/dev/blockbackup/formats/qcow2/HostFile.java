@@ -1,5 +1,6 @@
 package dev.blockbackup.formats.qcow2;
 
+import dev.blockbackup.formats.ImageFormatException;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.channels.FileChannel;
@@ -27,6 +28,7 @@ final class HostFile {
 
   /** Fills {@code dst} from {@code pos}; what lies past the end of the file reads as zeros. */
   void read(ByteBuffer dst, long pos) throws IOException {
+    checkPosition(pos);
     long p = pos;
     while (dst.hasRemaining()) {
       int n = channel.read(dst, p);
@@ -41,12 +43,20 @@ final class HostFile {
   }
 
   void write(ByteBuffer src, long pos) throws IOException {
+    checkPosition(pos);
     long p = pos;
     while (src.hasRemaining()) {
       p += channel.write(src, p);
     }
     long written = p;
     end.accumulateAndGet(written, Math::max);
+  }
+
+  /** A last line of defence: a negative offset can only come from corrupt metadata. */
+  private static void checkPosition(long pos) throws ImageFormatException {
+    if (pos < 0) {
+      throw new ImageFormatException("corrupt metadata: negative host offset " + pos);
+    }
   }
 
   void sync() throws IOException {

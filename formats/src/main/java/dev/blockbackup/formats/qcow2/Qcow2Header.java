@@ -239,7 +239,8 @@ final class Qcow2Header {
   void parseExtensions(ByteBuffer c0, String where) throws ImageFormatException {
     int end = (int) (backingFileOffset != 0 ? Math.min(backingFileOffset, c0.limit()) : c0.limit());
     int off = headerLength;
-    while (version == 3 && off + 8 <= end) {
+    // v2 images carry extensions too (from byte 72): qemu-img writes the backing format there.
+    while (off + 8 <= end) {
       int type = c0.getInt(off);
       long len = Integer.toUnsignedLong(c0.getInt(off + 4));
       if (type == EXT_END) {

@@ -24,9 +24,6 @@ import java.util.Set;
 import java.util.concurrent.locks.Condition;
 import java.util.concurrent.locks.ReentrantLock;
 import java.util.concurrent.locks.ReentrantReadWriteLock;
-import java.util.zip.DataFormatException;
-import java.util.zip.Deflater;
-import java.util.zip.Inflater;
 
 /**
  * A qcow2 image (v2 and v3), read and written the way QEMU 7.2 does, so that qemu-img check finds
@@ -56,8 +53,14 @@ import java.util.zip.Inflater;
  * </ul>
  *
  * <p>Refused at open (ImageFormatException): what QEMU refuses, plus zstd compression, extended L2
- * entries, external data files and encryption. Images with the corrupt bit, or with the dirty bit
- * (lazy refcounts left unclean), open read-only only.
+ * entries, external data files and encryption. Images with the corrupt bit open read-only only. An
+ * image with the dirty bit (lazy refcounts left unwritten by a crash) opens read-only as it is; a
+ * read-write open first rebuilds its refcounts, as QEMU does. A read-write open clears every
+ * autoclear bit (we maintain no bitmaps), so QEMU drops the bitmaps of an image we wrote.
+ *
+ * <p>Overlapping requests in flight at once leave unspecified results, as the BlockDevice contract
+ * says; a read racing an overwrite of a compressed or snapshot-shared cluster may even fail with EIO
+ * if the old cluster is freed and reused under it.
  */
 public final class Qcow2Image implements BlockDevice {
 
@@ -74,10 +77,6 @@ public final class Qcow2Image implements BlockDevice {
   /** Deferred refcount decreases are applied at latest when this many have gathered. */
   private static final int PENDING_FREE_LIMIT = 1024;
 
-  private static final int UNALLOCATED = 0;
-  private static final int ZERO = 1;
-  private static final int NORMAL = 2;
-  private static final int COMPRESSED_KIND = 3;
 
   private static final ByteBuffer ZEROS = ByteBuffer.allocateDirect(1 << 20).asReadOnlyBuffer();
 
@@ -92,14 +91,11 @@ public final class Qcow2Image implements BlockDevice {
   private final int clusterSize;
   private final long l2Entries;
   private final long size;
-  private final long l1Offset;
-  private final long[] l1;
   private final RefcountTable refcounts;
   private final L2Cache l2;
+  /** Guest-to-host mapping: the L1 table and the L2 tables through the cache. */
+  private final ClusterMap map;
   private final BlockDevice backing;
-  /** Bits of a compressed descriptor: offset below {@code csizeShift}, extra sectors above. */
-  private final int csizeShift;
-  private final long csizeMask;
 
   /** Guards all metadata: L1, L2 cache, refcounts, the in-flight table, the pending frees. */
   private final ReentrantLock meta = new ReentrantLock();
@@ -121,7 +117,7 @@ public final class Qcow2Image implements BlockDevice {
   /** The dirty bit as it is on disk now (a read-write open rebuilds the refcounts and clears it). */
   private boolean dirty;
 
-  private Qcow2Image(Path path, RandomAccessFile raf, boolean readOnly, Set<Path> chain, int depth)
+  private Qcow2Image(Path path, RandomAccessFile raf, boolean readOnly, Set<Path> chain, int depth, int l2Tables)
       throws IOException {
     this.path = path;
     this.where = path.toString();
@@ -140,8 +136,6 @@ public final class Qcow2Image implements BlockDevice {
     file.read(c0, 0);
     header.parseExtensions(c0, where);
     this.size = header.size & ~511L;
-    this.csizeShift = 62 - (clusterBits - 8);
-    this.csizeMask = (1L << (clusterBits - 8)) - 1;
 
     long reftableBytes = header.refcountTableClusters * clusterSize;
     long l1Bytes = header.l1Size * 8;
@@ -168,8 +162,8 @@ public final class Qcow2Image implements BlockDevice {
           + " read-only (repair it with qemu-img check -r all)");
     }
 
-    this.l1Offset = header.l1TableOffset;
-    this.l1 = new long[(int) header.l1Size];
+    long l1Offset = header.l1TableOffset;
+    long[] l1 = new long[(int) header.l1Size];
     if (l1Bytes > 0) {
       ByteBuffer b = ByteBuffer.allocate((int) l1Bytes);
       file.read(b, l1Offset);
@@ -186,22 +180,38 @@ public final class Qcow2Image implements BlockDevice {
     // QEMU's default: the L2 cache maps the whole disk, but holds at most 32 MiB.
     long wholeDisk = Qcow2Header.ceilDiv(Qcow2Header.ceilDiv(size, clusterSize) * 8, clusterSize) * clusterSize;
     int capacity = (int) Math.max(2, Math.min(MAX_L2_CACHE_BYTES, wholeDisk) / clusterSize);
+    if (l2Tables > 0) {
+      capacity = Math.min(capacity, l2Tables);
+    }
     this.l2 = new L2Cache(file, clusterSize, capacity, () -> {
       refcounts.flush();
       file.sync();
     });
 
-    if (!readOnly && (header.incompatible & Qcow2Header.INCOMPAT_DIRTY) != 0) {
-      // QEMU repairs a dirty image (lazy refcounts left unwritten) on a read-write open
-      new RefcountRebuild(file, where, header, l1, refcounts).run();
+    this.map = new ClusterMap(where, file, version, clusterBits, l1Offset, l1, l2, refcounts, this::addPendingFree);
+    // the backing chain first: an image whose chain cannot be opened is not touched
+    this.backing = header.backingFile == null ? null : openBacking(chain, depth);
+    try {
+      if (!readOnly && (header.incompatible & Qcow2Header.INCOMPAT_DIRTY) != 0) {
+        // QEMU repairs a dirty image (lazy refcounts left unwritten) on a read-write open
+        new RefcountRebuild(file, where, header, l1, refcounts).run();
+      }
+      if (!readOnly && header.autoclear != 0) {
+        // We maintain no bitmaps and know no other autoclear feature: clear them before the first write.
+        file.write(ByteBuffer.allocate(8), Qcow2Header.OFF_AUTOCLEAR);
+        file.sync();
+      }
+    } catch (IOException | RuntimeException e) {
+      if (backing != null) {
+        try {
+          backing.close();
+        } catch (BlockIOException suppressed) {
+          e.addSuppressed(suppressed);
+        }
+      }
+      throw e;
     }
     this.dirty = readOnly && (header.incompatible & Qcow2Header.INCOMPAT_DIRTY) != 0;
-    if (!readOnly && header.autoclear != 0) {
-      // We maintain no bitmaps and know no other autoclear feature: clear them before the first write.
-      file.write(ByteBuffer.allocate(8), Qcow2Header.OFF_AUTOCLEAR);
-      file.sync();
-    }
-    this.backing = header.backingFile == null ? null : openBacking(chain, depth);
   }
 
   private void checkNoOverlap(String a, long aOff, long aLen, String b, long bOff, long bLen) throws ImageFormatException {
@@ -238,7 +248,7 @@ public final class Qcow2Image implements BlockDevice {
       } else {
         throw new ImageFormatException(where + ": backing format '" + fmt + "' is not supported (raw, qcow2)");
       }
-      return format == ImageFormat.QCOW2 ? open(p, true, chain, depth + 1) : RawImage.open(p, true);
+      return format == ImageFormat.QCOW2 ? open(p, true, chain, depth + 1, 0) : RawImage.open(p, true);
     } catch (ImageFormatException e) {
       // no cause: the inner message names the inner image already, and a deep chain would print
       // every level's message once per level
@@ -253,62 +263,7 @@ public final class Qcow2Image implements BlockDevice {
     if (options == null) {
       throw new BlockIOException(BlockError.EINVAL, "no create options");
     }
-    int cs = options.clusterSize();
-    int cb = Integer.numberOfTrailingZeros(cs);
-    long size = options.size();
-    long l2e = cs / 8;
-    long l1Size = Qcow2Header.ceilDiv(size, (long) cs * l2e);
-    if (l1Size * 8 > Qcow2Header.MAX_L1_BYTES) {
-      throw new BlockIOException(BlockError.EINVAL, "image size " + size + " needs an L1 table of " + l1Size * 8
-          + " bytes with " + cs + "-byte clusters, above QEMU's limit of 32 MiB");
-    }
-    // an empty image has no L1 cluster to count (QEMU's layout: the offset points past the file)
-    long l1Clusters = Qcow2Header.ceilDiv(l1Size * 8, cs);
-    long perBlock = (long) cs * 8 / 16;
-    // Size the refcount table for the fully allocated image, so it never has to grow.
-    long rtc = 1;
-    long rbc = 1;
-    for (int i = 0; i < 8; i++) {
-      long total = 1 + rtc + rbc + l1Clusters + l1Size + Qcow2Header.ceilDiv(size, cs) + 64;
-      rbc = Qcow2Header.ceilDiv(total, perBlock);
-      rtc = Math.max(1, Qcow2Header.ceilDiv(rbc * 8, cs));
-    }
-    rtc = Math.min(rtc, Qcow2Header.MAX_REFTABLE_BYTES / cs);
-    long nrb = 1;
-    while (nrb * perBlock < 1 + rtc + nrb + l1Clusters) {
-      nrb++;
-    }
-    long reftableOff = (long) cs;
-    long refblocksOff = (1 + rtc) * cs;
-    long l1Off = l1Size == 0 ? 0 : (1 + rtc + nrb) * cs;
-    long used = 1 + rtc + nrb + l1Clusters;
-    ByteBuffer c0;
-    try {
-      c0 = Qcow2Header.newCluster0(cb, size, l1Size, l1Off, reftableOff, rtc, options.backingFile(), options.backingFormat());
-    } catch (IllegalArgumentException e) {
-      throw new BlockIOException(BlockError.EINVAL, path + ": " + e.getMessage(), e);
-    }
-    try (RandomAccessFile f = new RandomAccessFile(path.toFile(), "rw")) {
-      HostFile hf = new HostFile(f.getChannel());
-      f.setLength(0);
-      hf.write(c0, 0);
-      ByteBuffer rt = ByteBuffer.allocate((int) (rtc * cs));
-      for (int i = 0; i < nrb; i++) {
-        rt.putLong(i * 8, refblocksOff + (long) i * cs);
-      }
-      hf.write(rt, reftableOff);
-      ByteBuffer rbs = ByteBuffer.allocate((int) (nrb * cs));
-      for (int i = 0; i < used; i++) {
-        rbs.putShort(i * 2, (short) 1);
-      }
-      hf.write(rbs, refblocksOff);
-      if (l1Clusters > 0) {
-        hf.write(ByteBuffer.allocate((int) (l1Clusters * cs)), l1Off);
-      }
-      hf.sync();
-    } catch (IOException e) {
-      throw BlockIOException.fromHost("cannot create " + path, e);
-    }
+    ImageCreator.write(path, options);
     return open(path, false);
   }
 
@@ -318,10 +273,16 @@ public final class Qcow2Image implements BlockDevice {
    * with the corrupt bit opens read-only only.
    */
   public static Qcow2Image open(Path path, boolean readOnly) throws BlockIOException {
-    return open(path, readOnly, new HashSet<>(), 0);
+    return open(path, readOnly, new HashSet<>(), 0, 0);
   }
 
-  private static Qcow2Image open(Path path, boolean readOnly, Set<Path> chain, int depth) throws BlockIOException {
+  /** Opens with an L2 cache of at most {@code l2Tables} tables, so tests can exercise eviction. */
+  static Qcow2Image openWithSmallCache(Path path, boolean readOnly, int l2Tables) throws BlockIOException {
+    return open(path, readOnly, new HashSet<>(), 0, l2Tables);
+  }
+
+  private static Qcow2Image open(Path path, boolean readOnly, Set<Path> chain, int depth, int l2Tables)
+      throws BlockIOException {
     if (!Files.exists(path)) {
       throw new BlockIOException(BlockError.EINVAL, "cannot open " + path + ": no such file");
     }
@@ -335,7 +296,7 @@ public final class Qcow2Image implements BlockDevice {
         throw new ImageFormatException("backing file loop: " + real + " is already in the backing chain " + chain);
       }
       raf = new RandomAccessFile(path.toFile(), readOnly ? "r" : "rw");
-      return new Qcow2Image(path, raf, readOnly, chain, depth);
+      return new Qcow2Image(path, raf, readOnly, chain, depth, l2Tables);
     } catch (IOException | RuntimeException e) {
       if (raf != null) {
         try {
@@ -372,19 +333,8 @@ public final class Qcow2Image implements BlockDevice {
     byte[] in = new byte[clusterSize];
     cluster.duplicate().get(in, 0, expect);
     byte[] out = new byte[clusterSize];
-    int clen = 0;
-    Deflater d = new Deflater(Deflater.DEFAULT_COMPRESSION, true);
-    boolean fits;
-    try {
-      d.setInput(in);
-      d.finish();
-      while (!d.finished() && clen < clusterSize) {
-        clen += d.deflate(out, clen, clusterSize - clen);
-      }
-      fits = d.finished() && clen <= clusterSize - 1;
-    } finally {
-      d.end();
-    }
+    int clen = CompressedCluster.deflate(in, out);
+    boolean fits = clen >= 0;
     long gci = offset >>> clusterBits;
     io.readLock().lock();
     try {
@@ -396,7 +346,7 @@ public final class Qcow2Image implements BlockDevice {
         while (inflightOverlaps(gci, gci + 1)) {
           allocDone.awaitUninterruptibly();
         }
-        long e = entryAt(gci);
+        long e = map.entryAt(gci);
         if ((e & COMPRESSED) != 0 || (e & OFFSET_MASK) != 0) {
           throw new BlockIOException(BlockError.EIO, where + ": guest cluster at " + offset
               + " is already allocated; compressed writes go to unallocated clusters only");
@@ -404,14 +354,13 @@ public final class Qcow2Image implements BlockDevice {
         if (fits) {
           inflight.add(new long[] {gci, gci + 1});
           try {
-            ensureWritableL2(gci / l2Entries);
+            map.ensureWritableL2(gci / l2Entries);
             coff = allocBytes(clen);
           } catch (IOException | RuntimeException ex) {
             endInflight(gci);
             throw ex;
           }
-          long extra = (coff + clen - 1) / 512 - coff / 512;
-          descriptor = COMPRESSED | coff | (extra << csizeShift);
+          descriptor = CompressedCluster.descriptor(coff, clen, clusterBits);
         } else {
           coff = 0;
           descriptor = 0;
@@ -421,6 +370,7 @@ public final class Qcow2Image implements BlockDevice {
       }
       if (!fits) {
         writeInternal(offset, cluster.duplicate());
+        cluster.position(cluster.limit());
         return;
       }
       try {
@@ -439,11 +389,12 @@ public final class Qcow2Image implements BlockDevice {
       }
       meta.lock();
       try {
-        setEntry(gci, descriptor);
+        map.setEntry(gci, descriptor);
         endInflight(gci);
       } finally {
         meta.unlock();
       }
+      cluster.position(cluster.limit()); // consumed, like write
     } catch (IOException e) {
       throw failure("compressed write", offset, e);
     } finally {
@@ -548,19 +499,19 @@ public final class Qcow2Image implements BlockDevice {
       long n;
       meta.lock();
       try {
-        n = lookupRun(gci, maxClusters, run);
+        n = map.lookupRun(gci, maxClusters, run);
       } finally {
         meta.unlock();
       }
       int len = (int) Math.min(remaining, (n << clusterBits) - inCluster);
       ByteBuffer part = dst.slice(dst.position(), len);
       switch ((int) run[0]) {
-        case UNALLOCATED -> readBacking(pos, part);
-        case ZERO -> zeroFill(part);
-        case NORMAL -> file.read(part, run[1] + inCluster);
+        case ClusterMap.UNALLOCATED -> readBacking(pos, part);
+        case ClusterMap.ZERO -> zeroFill(part);
+        case ClusterMap.NORMAL -> file.read(part, run[1] + inCluster);
         default -> {
           ByteBuffer c = ByteBuffer.allocate(clusterSize);
-          decompress(run[1], c);
+          CompressedCluster.inflate(file, where, run[1], clusterBits, c);
           part.put(c.array(), inCluster, len);
         }
       }
@@ -588,171 +539,6 @@ public final class Qcow2Image implements BlockDevice {
     while (b.hasRemaining()) {
       int n = Math.min(b.remaining(), ZEROS.capacity());
       b.put(ZEROS.duplicate().limit(n));
-    }
-  }
-
-  /**
-   * Classifies the run of guest clusters from {@code gci} (at most {@code max}) that read the same
-   * way: {@code run[0]} the kind, {@code run[1]} the host offset of the first cluster (NORMAL) or
-   * the entry (COMPRESSED, always a run of one). Returns its length in clusters.
-   */
-  private long lookupRun(long gci, long max, long[] run) throws IOException {
-    int kind = -1;
-    long first = 0;
-    long n = 0;
-    outer:
-    while (n < max) {
-      long g = gci + n;
-      long l1i = g / l2Entries;
-      int idx = (int) (g % l2Entries);
-      long l2off = l2OffsetAt(l1i);
-      if (l2off == 0) {
-        if (kind == -1) {
-          kind = UNALLOCATED;
-        } else if (kind != UNALLOCATED) {
-          break;
-        }
-        n += Math.min(max - n, l2Entries - idx);
-        continue;
-      }
-      L2Cache.Table t = l2.get(l2off);
-      while (idx < l2Entries && n < max) {
-        long e = checkL2(t.e[idx], g);
-        int k = kindOf(e);
-        if (kind == -1) {
-          kind = k;
-          first = k == COMPRESSED_KIND ? e : e & OFFSET_MASK;
-          if (k == COMPRESSED_KIND) {
-            n = 1;
-            break outer;
-          }
-        } else if (k != kind || k == COMPRESSED_KIND
-            || (k == NORMAL && (e & OFFSET_MASK) != first + (n << clusterBits))) {
-          break outer;
-        }
-        n++;
-        idx++;
-        g++;
-      }
-    }
-    run[0] = kind;
-    run[1] = first;
-    return n;
-  }
-
-  private static int kindOf(long e) {
-    if ((e & COMPRESSED) != 0) {
-      return COMPRESSED_KIND;
-    }
-    if ((e & ZERO_FLAG) != 0) {
-      return ZERO;
-    }
-    return (e & OFFSET_MASK) != 0 ? NORMAL : UNALLOCATED;
-  }
-
-  /** The L2 table offset for L1 index {@code l1i}, or 0; refuses corrupt entries. */
-  private long l2OffsetAt(long l1i) throws ImageFormatException {
-    long e = l1[(int) l1i];
-    if (e == 0) {
-      return 0;
-    }
-    if ((e & L1E_RESERVED) != 0) {
-      throw new ImageFormatException(where + ": L1 entry " + l1i + " (0x" + Long.toHexString(e) + ") has reserved bits set");
-    }
-    long off = e & OFFSET_MASK;
-    if ((off & (clusterSize - 1)) != 0 || (off != 0 && off >= file.size())) {
-      throw new ImageFormatException(where + ": L1 entry " + l1i + " points to an L2 table at 0x" + Long.toHexString(off)
-          + " that is unaligned or lies past the end of the file (" + file.size() + " bytes)");
-    }
-    if (overlapsMetadata(off)) {
-      throw new ImageFormatException(where + ": L1 entry " + l1i + " points to an L2 table at 0x" + Long.toHexString(off)
-          + " inside the L1 or refcount table");
-    }
-    return off;
-  }
-
-  /** Whether host cluster offset {@code off} lies inside the active L1 table or the refcount table. */
-  private boolean overlapsMetadata(long off) {
-    return (off >= l1Offset && off - l1Offset < (long) l1.length * 8) || refcounts.inReftable(off);
-  }
-
-  /** Refuses an L2 entry QEMU would call corrupt; returns it. */
-  private long checkL2(long e, long gci) throws ImageFormatException {
-    if ((e & COMPRESSED) != 0) {
-      long coff = e & ((1L << csizeShift) - 1);
-      if (coff >= file.size()) {
-        throw new ImageFormatException(where + ": compressed L2 entry for guest offset " + (gci << clusterBits)
-            + " points to 0x" + Long.toHexString(coff) + ", past the end of the file (" + file.size() + " bytes)");
-      }
-      return e;
-    }
-    if ((e & L2E_RESERVED) != 0) {
-      throw new ImageFormatException(where + ": L2 entry for guest offset " + (gci << clusterBits) + " (0x"
-          + Long.toHexString(e) + ") has reserved bits set");
-    }
-    if ((e & ZERO_FLAG) != 0 && version == 2) {
-      throw new ImageFormatException(where + ": L2 entry for guest offset " + (gci << clusterBits)
-          + " has the zero flag, which a v2 image cannot have");
-    }
-    long off = e & OFFSET_MASK;
-    if (off != 0) {
-      if ((off & (clusterSize - 1)) != 0) {
-        throw new ImageFormatException(where + ": L2 entry for guest offset " + (gci << clusterBits)
-            + " points to unaligned host offset 0x" + Long.toHexString(off));
-      }
-      if ((e & ZERO_FLAG) == 0 && off >= file.size()) {
-        throw new ImageFormatException(where + ": L2 entry for guest offset " + (gci << clusterBits)
-            + " points to host offset 0x" + Long.toHexString(off) + ", past the end of the file (" + file.size() + " bytes)");
-      }
-      if (overlapsMetadata(off)) {
-        // writing there in place would destroy the table (QEMU's overlap check would mark the image corrupt)
-        throw new ImageFormatException(where + ": L2 entry for guest offset " + (gci << clusterBits)
-            + " points to host offset 0x" + Long.toHexString(off) + " inside the L1 or refcount table");
-      }
-    }
-    return e;
-  }
-
-  /** The validated L2 entry of guest cluster {@code gci} (0 when it has no L2 table). */
-  private long entryAt(long gci) throws IOException {
-    long l2off = l2OffsetAt(gci / l2Entries);
-    if (l2off == 0) {
-      return 0;
-    }
-    return checkL2(l2.get(l2off).e[(int) (gci % l2Entries)], gci);
-  }
-
-  private void decompress(long descriptor, ByteBuffer out) throws IOException {
-    long coff = descriptor & ((1L << csizeShift) - 1);
-    long sectors = ((descriptor >>> csizeShift) & csizeMask) + 1;
-    long csize = sectors * 512 - (coff & 511);
-    csize = Math.min(csize, file.size() - coff);
-    if (csize <= 0) {
-      throw new ImageFormatException(where + ": compressed cluster at 0x" + Long.toHexString(coff) + " lies past the end of the file");
-    }
-    byte[] in = new byte[(int) csize];
-    file.read(ByteBuffer.wrap(in), coff);
-    Inflater inf = new Inflater(true);
-    try {
-      inf.setInput(in);
-      byte[] o = out.array();
-      int n = 0;
-      while (n < clusterSize) {
-        int r = inf.inflate(o, n, clusterSize - n);
-        if (r == 0 && (inf.finished() || inf.needsInput() || inf.needsDictionary())) {
-          break;
-        }
-        n += r;
-      }
-      if (n < clusterSize) {
-        throw new ImageFormatException(where + ": compressed cluster at 0x" + Long.toHexString(coff)
-            + " decompresses to " + n + " bytes instead of " + clusterSize);
-      }
-    } catch (DataFormatException e) {
-      throw new ImageFormatException(where + ": compressed cluster at 0x" + Long.toHexString(coff) + " is not valid deflate data: "
-          + e.getMessage(), e);
-    } finally {
-      inf.end();
     }
   }
 
@@ -793,16 +579,17 @@ public final class Qcow2Image implements BlockDevice {
       long host;
       int n;
       boolean inPlace;
+      boolean reuse = false;
       long[] old = null;
       meta.lock();
       try {
         while (true) {
-          long e = entryAt(gci);
+          long e = map.entryAt(gci);
           if (isCopiedNormal(e)) {
             host = e & OFFSET_MASK;
             n = 1;
             while (n < maxN) {
-              long e2 = entryAt(gci + n);
+              long e2 = map.entryAt(gci + n);
               if (!isCopiedNormal(e2) || (e2 & OFFSET_MASK) != host + ((long) n << clusterBits)) {
                 break;
               }
@@ -815,20 +602,32 @@ public final class Qcow2Image implements BlockDevice {
             allocDone.awaitUninterruptibly();
             continue;
           }
+          if ((e & (COPIED | COMPRESSED | ZERO_FLAG)) == (COPIED | ZERO_FLAG) && (e & OFFSET_MASK) != 0) {
+            // ZERO_ALLOC: the cluster is ours already; write it in place (zeros around the data),
+            // then clear the zero flag, as QEMU does
+            map.ensureWritableL2(gci / l2Entries);
+            host = e & OFFSET_MASK;
+            n = 1;
+            old = new long[] {ZERO_FLAG};
+            reuse = true;
+            inflight.add(new long[] {gci, gci + 1});
+            inPlace = false;
+            break;
+          }
           n = 1;
           while (n < maxN && n < Integer.MAX_VALUE / 2) {
-            if (isCopiedNormal(entryAt(gci + n)) || inflightOverlaps(gci + n, gci + n + 1)) {
+            if (isCopiedNormal(map.entryAt(gci + n)) || inflightOverlaps(gci + n, gci + n + 1)) {
               break;
             }
             n++;
           }
           // L2 tables first, then data: the layout QEMU produces
           for (long l1i = gci / l2Entries; l1i <= (gci + n - 1) / l2Entries; l1i++) {
-            ensureWritableL2(l1i);
+            map.ensureWritableL2(l1i);
           }
           old = new long[n];
           for (int k = 0; k < n; k++) {
-            old[k] = entryAt(gci + k);
+            old[k] = map.entryAt(gci + k);
           }
           host = refcounts.allocate(n) << clusterBits;
           n = refcounts.lastCount;
@@ -852,7 +651,7 @@ public final class Qcow2Image implements BlockDevice {
           meta.lock();
           try {
             // nothing points to the new clusters yet: give them back at once
-            for (int k = 0; k < n; k++) {
+            for (int k = 0; k < n && !reuse; k++) {
               refcounts.add((host >>> clusterBits) + k, -1);
             }
           } catch (IOException suppressed) {
@@ -866,7 +665,7 @@ public final class Qcow2Image implements BlockDevice {
         meta.lock();
         try {
           for (int k = 0; k < n; k++) {
-            setEntry(gci + k, (host + ((long) k << clusterBits)) | COPIED);
+            map.setEntry(gci + k, (host + ((long) k << clusterBits)) | COPIED);
             if (holdsHostClusters(old[k])) {
               addPendingFree(old[k]);
             }
@@ -936,57 +735,21 @@ public final class Qcow2Image implements BlockDevice {
 
   /** Fills {@code c} (one cluster) with what guest cluster at {@code guestStart} read as under entry {@code e}. */
   private void fillOld(long e, long guestStart, ByteBuffer c) throws IOException {
-    switch (kindOf(e)) {
-      case UNALLOCATED -> {
+    switch (ClusterMap.kindOf(e)) {
+      case ClusterMap.UNALLOCATED -> {
         int inImage = (int) Math.min(clusterSize, size - guestStart);
         readBacking(guestStart, c.slice(0, inImage));
       }
-      case ZERO -> {
+      case ClusterMap.ZERO -> {
         // a fresh heap buffer is zero already
       }
-      case NORMAL -> file.read(c.duplicate(), e & OFFSET_MASK);
-      default -> decompress(e, c);
+      case ClusterMap.NORMAL -> file.read(c.duplicate(), e & OFFSET_MASK);
+      default -> CompressedCluster.inflate(file, where, e, clusterBits, c);
     }
   }
 
   private static boolean holdsHostClusters(long e) {
     return (e & COMPRESSED) != 0 || (e & OFFSET_MASK) != 0;
-  }
-
-  private void setEntry(long gci, long value) throws IOException {
-    long l2off = l1[(int) (gci / l2Entries)] & OFFSET_MASK;
-    l2.get(l2off).set((int) (gci % l2Entries), value);
-  }
-
-  /**
-   * Makes the L2 table of L1 index {@code l1i} one we may modify: allocates a zeroed one, or copies
-   * a shared one (snapshots). The new table and its refcount are synced before the L1 entry is
-   * written; the old shared table loses its reference once the new L1 entry is durable.
-   */
-  private long ensureWritableL2(long l1i) throws IOException {
-    long l1e = l1[(int) l1i];
-    long old = l2OffsetAt(l1i);
-    if (old != 0 && (l1e & COPIED) != 0) {
-      return old;
-    }
-    long[] content = new long[(int) l2Entries];
-    if (old != 0) {
-      System.arraycopy(l2.get(old).e, 0, content, 0, content.length);
-    }
-    long newOff = refcounts.allocate(1) << clusterBits;
-    ByteBuffer b = ByteBuffer.allocate(clusterSize);
-    b.asLongBuffer().put(content);
-    file.write(b, newOff);
-    refcounts.flush();
-    file.sync();
-    long entry = newOff | COPIED;
-    l1[(int) l1i] = entry;
-    file.write(ByteBuffer.allocate(8).putLong(0, entry), l1Offset + l1i * 8);
-    l2.put(newOff, content);
-    if (old != 0) {
-      addPendingFree(old);
-    }
-    return newOff;
   }
 
   private boolean inflightOverlaps(long start, long end) {
@@ -1031,11 +794,8 @@ public final class Qcow2Image implements BlockDevice {
   /** Drops the references that L2 entry {@code e} held. */
   private void release(long e) throws IOException {
     if ((e & COMPRESSED) != 0) {
-      long coff = e & ((1L << csizeShift) - 1);
-      long sectors = ((e >>> csizeShift) & csizeMask) + 1;
-      long first = coff >>> clusterBits;
-      long last = ((coff & ~511L) + sectors * 512 - 1) >>> clusterBits;
-      for (long c = first; c <= last; c++) {
+      long last = CompressedCluster.lastCluster(e, clusterBits);
+      for (long c = CompressedCluster.firstCluster(e, clusterBits); c <= last; c++) {
         decrease(c);
       }
     } else if ((e & OFFSET_MASK) != 0) {
@@ -1113,8 +873,8 @@ public final class Qcow2Image implements BlockDevice {
       meta.lock();
       try {
         for (long[] p : pieces) {
-          int k = kindOf(entryAt(p[0] >>> clusterBits));
-          if (!(k == ZERO || (k == UNALLOCATED && backing == null))) {
+          int k = ClusterMap.kindOf(map.entryAt(p[0] >>> clusterBits));
+          if (!(k == ClusterMap.ZERO || (k == ClusterMap.UNALLOCATED && backing == null))) {
             toWrite.add(p);
           }
         }
@@ -1193,25 +953,25 @@ public final class Qcow2Image implements BlockDevice {
         long l1i = g / l2Entries;
         int idx = (int) (g % l2Entries);
         long chunk = Math.min(end - g, l2Entries - idx);
-        if (l2OffsetAt(l1i) == 0 && newEntry(0, mode) == 0) {
+        if (map.l2OffsetAt(l1i) == 0 && newEntry(0, mode) == 0) {
           g += chunk;
           continue;
         }
         boolean changes = false;
-        if (l2OffsetAt(l1i) != 0) {
-          L2Cache.Table t = l2.get(l2OffsetAt(l1i));
+        if (map.l2OffsetAt(l1i) != 0) {
+          L2Cache.Table t = l2.get(map.l2OffsetAt(l1i));
           for (int i = 0; i < chunk && !changes; i++) {
-            long e = checkL2(t.e[idx + i], g + i);
+            long e = map.checkL2(t.e[idx + i], g + i);
             changes = newEntry(e, mode) != e;
           }
         } else {
           changes = true;
         }
         if (changes) {
-          long l2off = ensureWritableL2(l1i);
+          long l2off = map.ensureWritableL2(l1i);
           L2Cache.Table t = l2.get(l2off);
           for (int i = 0; i < chunk; i++) {
-            long e = checkL2(t.e[idx + i], g + i);
+            long e = map.checkL2(t.e[idx + i], g + i);
             long ne = newEntry(e, mode);
             if (ne != e) {
               t.set(idx + i, ne);
@@ -1231,7 +991,7 @@ public final class Qcow2Image implements BlockDevice {
   }
 
   private long newEntry(long e, ZeroMode mode) {
-    int k = kindOf(e);
+    int k = ClusterMap.kindOf(e);
     if (mode == ZeroMode.DISCARD) {
       return backing != null ? ZERO_FLAG : 0;
     }
@@ -1241,13 +1001,13 @@ public final class Qcow2Image implements BlockDevice {
     if (mode == ZeroMode.ZERO && isCopiedNormal(e)) {
       return e | ZERO_FLAG; // keep the allocation (QEMU's ZERO_ALLOC without may-unmap)
     }
-    if (mode == ZeroMode.ZERO && k == ZERO && (e & OFFSET_MASK) != 0 && (e & COPIED) != 0) {
+    if (mode == ZeroMode.ZERO && k == ClusterMap.ZERO && (e & OFFSET_MASK) != 0 && (e & COPIED) != 0) {
       return e;
     }
-    if (k == ZERO && (e & OFFSET_MASK) == 0) {
+    if (k == ClusterMap.ZERO && (e & OFFSET_MASK) == 0) {
       return e;
     }
-    if (k == UNALLOCATED && backing == null) {
+    if (k == ClusterMap.UNALLOCATED && backing == null) {
       return e;
     }
     return ZERO_FLAG;
@@ -1291,14 +1051,14 @@ public final class Qcow2Image implements BlockDevice {
         long n;
         meta.lock();
         try {
-          n = lookupRun(gci, maxClusters, run);
+          n = map.lookupRun(gci, maxClusters, run);
         } finally {
           meta.unlock();
         }
         long runEnd = Math.min(end, (gci + n) << clusterBits);
         switch ((int) run[0]) {
-          case NORMAL, COMPRESSED_KIND -> add(out, Extent.data(pos, runEnd - pos));
-          case ZERO -> add(out, Extent.zero(pos, runEnd - pos, true));
+          case ClusterMap.NORMAL, ClusterMap.COMPRESSED_KIND -> add(out, Extent.data(pos, runEnd - pos));
+          case ClusterMap.ZERO -> add(out, Extent.zero(pos, runEnd - pos, true));
           default -> {
             if (backing == null) {
               add(out, Extent.zero(pos, runEnd - pos, false));

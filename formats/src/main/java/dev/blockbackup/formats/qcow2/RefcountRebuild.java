@@ -30,8 +30,6 @@ final class RefcountRebuild {
   private final RefcountTable refcounts;
   private final int clusterBits;
   private final int clusterSize;
-  private final int csizeShift;
-  private final long csizeMask;
   private int[] ref;
 
   RefcountRebuild(HostFile file, String where, Qcow2Header header, long[] l1, RefcountTable refcounts) {
@@ -42,8 +40,6 @@ final class RefcountRebuild {
     this.refcounts = refcounts;
     this.clusterBits = header.clusterBits;
     this.clusterSize = 1 << clusterBits;
-    this.csizeShift = 62 - (clusterBits - 8);
-    this.csizeMask = (1L << (clusterBits - 8)) - 1;
   }
 
   void run() throws IOException {
@@ -123,9 +119,10 @@ final class RefcountRebuild {
 
   private void countEntry(long d) throws ImageFormatException {
     if ((d & Qcow2Image.COMPRESSED) != 0) {
-      long coff = d & ((1L << csizeShift) - 1);
-      long sectors = ((d >>> csizeShift) & csizeMask) + 1;
-      addRange(coff & ~511L, sectors * 512);
+      long last = CompressedCluster.lastCluster(d, clusterBits);
+      for (long c = CompressedCluster.firstCluster(d, clusterBits); c <= last; c++) {
+        add(c);
+      }
     } else if ((d & Qcow2Image.OFFSET_MASK) != 0) {
       add((d & Qcow2Image.OFFSET_MASK) >>> clusterBits);
     }
@@ -143,7 +140,7 @@ final class RefcountRebuild {
       int idLen = Short.toUnsignedInt(h.getShort(12));
       int nameLen = Short.toUnsignedInt(h.getShort(14));
       long extra = Integer.toUnsignedLong(h.getInt(36));
-      if (l1Size * 8 > Qcow2Header.MAX_L1_BYTES || extra > 1024 || (l1Off & (clusterSize - 1)) != 0) {
+      if (l1Size * 8 > Qcow2Header.MAX_L1_BYTES || extra > 1024 || (l1Off & (clusterSize - 1)) != 0 || l1Off < 0) {
         throw new ImageFormatException(where + ": snapshot " + i + " has an invalid L1 table or extra data; run qemu-img check");
       }
       long[] table = new long[(int) l1Size];

@@ -383,7 +383,7 @@ final class RefcountTable {
     }
     Block b = cache.get(off);
     if (b == null) {
-      if ((off & (clusterSize - 1)) != 0 || off >= file.size()) {
+      if ((off & (clusterSize - 1)) != 0 || off < 0 || off >= file.size()) {
         throw new ImageFormatException(where + ": refcount block 0x" + Long.toHexString(off) + " (reftable entry " + bi
             + ") is unaligned or lies past the end of the file (" + file.size() + ")");
       }

@@ -315,6 +315,53 @@ class Qcow2HostileImageTest {
     readFails(p, false, "compressed cluster at 0x50000", "not valid deflate data");
   }
 
+  /** One corrupted byte: {@code xor} applied at file offset {@code at}. */
+  record Flip(int at, int xor) {}
+
+  @Test
+  void randomlyCorruptedMetadataFailsCleanly() throws Exception {
+    Path template = qemuImage("t.qcow2", "4M");
+    QemuImg.io("-f", "qcow2", "-c", "write -P 0x11 0 300k", "-c", "write -c -P 0x22 1M 64k", "-c", "write -z 2M 64k",
+        template).assertExit(0);
+    QemuImg.img("snapshot", "-c", "s", template).assertExit(0);
+    QemuImg.io("-f", "qcow2", "-c", "write -P 0x33 100k 64k", template).assertExit(0);
+    byte[] good = Files.readAllBytes(template);
+    int metadataEnd = Math.min(good.length, 0x50000);
+    dev.blockbackup.testkit.Property.check("corrupt metadata fails cleanly", 150, r -> {
+      java.util.List<Flip> flips = new java.util.ArrayList<>();
+      int n = r.nextInt(1, 6);
+      for (int i = 0; i < n; i++) {
+        // mostly the header fields and the first bytes of each metadata cluster, where the pointers are
+        long at = r.nextBoolean() ? r.nextInt(120) : (r.nextInt(metadataEnd / 65536 + 1) * 65536L + r.nextInt(64));
+        flips.add(new Flip((int) Math.min(at, good.length - 1), r.nextInt(1, 256)));
+      }
+      return flips;
+    }, flips -> {
+      Path p = Files.createTempFile(dir, "fuzz", ".qcow2");
+      byte[] bad = good.clone();
+      for (Flip f : flips) {
+        bad[f.at()] ^= (byte) f.xor();
+      }
+      Files.write(p, bad);
+      assertTimeoutPreemptively(HANG_GUARD, () -> {
+        for (boolean ro : new boolean[] {true, false}) {
+          try (Qcow2Image img = Qcow2Image.open(p, ro)) {
+            long size = Math.min(img.size(), 8L << 20);
+            img.read(0, ByteBuffer.allocate((int) size));
+            img.blockStatus(0, size);
+            if (!ro) {
+              img.write(0, ByteBuffer.allocate(70_000));
+              img.discard(1 << 20, 1 << 16);
+              img.flush();
+            }
+          } catch (BlockIOException expected) {
+            // refused or failed with a block error: that is what we want
+          }
+        }
+      });
+    });
+  }
+
   @Test
   void backingFileLoopIsRefused() throws Exception {
     Path a = dir.resolve("a.qcow2");

@@ -448,6 +448,42 @@ class Qcow2ImageTest {
     QemuImg.assertCheckClean(top);
   }
 
+  @Test
+  void writeIntoPreallocatedZeroClusterReusesItInPlace() throws Exception {
+    Path p = dir.resolve("za.qcow2");
+    try (Qcow2Image img = Qcow2Image.create(p, Qcow2CreateOptions.of(1 << 20))) {
+      img.write(0, ByteBuffer.wrap(random(1, 65536)));
+      img.writeZeroes(0, 65536);
+      img.write(1000, ByteBuffer.wrap(filled(9, 100)));
+      byte[] expect = new byte[65536];
+      System.arraycopy(filled(9, 100), 0, expect, 1000, 100);
+      assertThat(read(img, 0, 65536)).isEqualTo(expect);
+    }
+    QemuImg.assertCheckClean(p);
+    List<QemuImg.MapEntry> map = QemuImg.map(p, "qcow2");
+    assertThat(map.get(0)).isEqualTo(new QemuImg.MapEntry(0, 65536, 0, true, false, true, 0x50000L));
+  }
+
+  @Test
+  void preallocatedImagesReadAndWrite() throws Exception {
+    for (String mode : new String[] {"metadata", "falloc", "full"}) {
+      Path p = dir.resolve("pre-" + mode + ".qcow2");
+      Path r = dir.resolve("pre-" + mode + ".raw");
+      QemuImg.img("create", "-f", "qcow2", "-o", "preallocation=" + mode, p, "4M").assertExit(0);
+      try (Qcow2Image img = Qcow2Image.open(p, false); RawImage raw = RawImage.create(r, 4 << 20)) {
+        assertThat(read(img, 0, 4 << 20)).isEqualTo(new byte[4 << 20]);
+        byte[] d = random(12, 300_000);
+        img.write(70_000, ByteBuffer.wrap(d));
+        raw.write(70_000, ByteBuffer.wrap(d));
+        img.writeZeroes(1 << 20, 1 << 20);
+        img.discard(3 << 20, 1 << 20);
+        assertThat(img.info().hostClustersInUse()).isGreaterThan(4);
+      }
+      QemuImg.assertCheckClean(p);
+      QemuImg.assertIdentical(p, "qcow2", r, "raw");
+    }
+  }
+
   /** Equal arrays; a failure names the first differing byte instead of printing megabytes. */
   static void assertSameBytes(byte[] actual, byte[] expected) {
     assertThat(actual.length).isEqualTo(expected.length);
