@@ -12,7 +12,8 @@ import java.util.SplittableRandom;
  *
  * <p>{@code -Dprops.tries=N} overrides every property's number of tries (a soak run uses many);
  * {@code -Dprops.seed=S} makes the first try use seed S, so a reported failure replays with
- * {@code -Dprops.seed=S -Dprops.tries=1}.
+ * {@code -Dprops.seed=S -Dprops.tries=1}. {@code -Dprops.shrinkRuns=N} bounds the re-runs spent
+ * shrinking (fewer when each run is slow).
  */
 public final class Property {
 
@@ -26,7 +27,7 @@ public final class Property {
     void run(List<O> ops) throws Exception;
   }
 
-  /** How many re-runs shrinking may spend before it reports what it has. */
+  /** How many re-runs shrinking may spend before it reports what it has ({@code -Dprops.shrinkRuns} overrides). */
   private static final int MAX_SHRINK_RUNS = 400;
 
   private Property() {}
@@ -66,7 +67,7 @@ public final class Property {
   private static <O> Shrunk<O> shrink(Run<O> run, List<O> ops, Throwable failure) {
     List<O> current = new ArrayList<>(ops);
     Throwable currentFailure = failure;
-    int budget = MAX_SHRINK_RUNS;
+    int budget = Integer.getInteger("props.shrinkRuns", MAX_SHRINK_RUNS);
     for (int chunk = Math.max(1, current.size() / 2); chunk >= 1 && budget > 0; chunk /= 2) {
       int start = 0;
       while (start < current.size() && budget > 0) {

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Times `qemu-img convert -f raw -O qcow2` against `blockbackup convert -f raw -O qcow2` on the same
+# 2 GiB raw image with a seeded layout (qemu-baselines.md "Test images"), alternating the two, with
+# the page-cache settle step before every timed run. Prints medians and the ratio ours/qemu
+# (target: <= 1.0). JVM start-up counts in our time; the copy alone is printed beside it.
+#
+# Environment: RUNS (default 5), BENCH_DIR (default /var/tmp/blockbackup-bench: not /tmp, which may
+# be a tmpfs), LAYOUT_SEED (default 1), SETTLE_MIB (default 3072, written to /dev/shm and deleted).
+set -euo pipefail
+root="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)"
+runs="${RUNS:-5}"
+dir="${BENCH_DIR:-/var/tmp/blockbackup-bench}"
+seed="${LAYOUT_SEED:-1}"
+jar="$root/cli/target/blockbackup.jar"
+
+command -v qemu-img >/dev/null || { echo "convert-vs-qemu: qemu-img is needed (apt-get install qemu-utils)" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "convert-vs-qemu: python3 is needed to make the test image" >&2; exit 1; }
+if [ ! -f "$jar" ]; then
+  (cd "$root" && ./mvnw -B -q -DskipTests package)
+fi
+mkdir -p "$dir"
+src="$dir/src-seed$seed.raw"
+
+# The test image is made once and kept: 2 GiB in regions of 64 KiB to 2 MiB, ~74.5% random data
+# (unique bytes), ~10.4% zeros written as data (allocated: only a content scan finds them), the
+# rest never written (holes).
+if [ ! -f "$src" ]; then
+  echo "making $src (once)..."
+  python3 - "$src.tmp" "$seed" <<'PY'
+import os, random, sys
+path, seed = sys.argv[1], int(sys.argv[2])
+size, unit = 2 << 30, 64 * 1024
+rnd = random.Random(seed)
+zeros = bytes(2 << 20)
+count = {"data": 0, "zero": 0, "hole": 0}
+with open(path, "wb") as f:
+    f.truncate(size)
+    pos = 0
+    while pos < size:
+        n = min(size - pos, unit * rnd.randint(1, 32))
+        r = rnd.random()
+        kind = "data" if r < 0.745 else "zero" if r < 0.849 else "hole"
+        if kind == "data":
+            os.pwrite(f.fileno(), os.urandom(n), pos)
+        elif kind == "zero":
+            os.pwrite(f.fileno(), zeros[:n], pos)
+        count[kind] += n
+        pos += n
+print("layout: " + ", ".join(f"{k} {v >> 20} MiB ({100 * v / size:.1f}%)" for k, v in count.items()))
+PY
+  mv "$src.tmp" "$src"
+fi
+
+settle() {
+  # This VM hands freed memory back to its host: fill and free page cache before timing, then idle.
+  sync
+  sleep 3
+  dd if=/dev/zero of=/dev/shm/bb-settle bs=1M count="${SETTLE_MIB:-3072}" status=none
+  rm -f /dev/shm/bb-settle
+}
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.6f\n", b - a}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+
+qemu_out="$dir/qemu.qcow2"
+ours_out="$dir/ours.qcow2"
+: > "$dir/qemu.times"
+: > "$dir/ours.times"
+: > "$dir/ours.copy"
+
+run_qemu() {
+  rm -f "$qemu_out"; settle
+  local t0 t1; t0=$(now)
+  qemu-img convert -f raw -O qcow2 "$src" "$qemu_out"
+  t1=$(now)
+  elapsed "$t0" "$t1" >> "$dir/qemu.times"
+}
+run_ours() {
+  rm -f "$ours_out"; settle
+  local t0 t1; t0=$(now)
+  java -jar "$jar" convert --timing -f raw -O qcow2 "$src" "$ours_out" 2> "$dir/ours.err"
+  t1=$(now)
+  elapsed "$t0" "$t1" >> "$dir/ours.times"
+  # "convert: 0.512 s (copy 0.501 s) for ...": the whole command inside the JVM, and the copy.
+  sed -n 's/^convert: \([0-9.]*\) s .*/\1/p' "$dir/ours.err" >> "$dir/ours.copy"
+}
+
+for i in $(seq 1 "$runs"); do
+  # Alternate who goes first, so neither always meets the other's leftovers.
+  if [ $((i % 2)) -eq 1 ]; then run_qemu; run_ours; else run_ours; run_qemu; fi
+  printf 'run %d/%d: qemu-img %.3f s, blockbackup %.3f s (in JVM %.3f s)\n' "$i" "$runs" \
+    "$(tail -1 "$dir/qemu.times")" "$(tail -1 "$dir/ours.times")" "$(tail -1 "$dir/ours.copy")"
+done
+
+echo "checking the outputs..."
+qemu-img compare -f raw -F qcow2 "$src" "$ours_out"
+qemu-img compare -f qcow2 -F qcow2 "$qemu_out" "$ours_out"
+if qemu-img check -q "$ours_out"; then
+  echo "qemu-img check: clean"
+else
+  echo "qemu-img check: our output is NOT clean" >&2
+  exit 1
+fi
+
+startup=$(for _ in 1 2 3 4 5; do t0=$(now); java -jar "$jar" --version >/dev/null; t1=$(now); elapsed "$t0" "$t1"; done | median)
+q=$(median < "$dir/qemu.times")
+o=$(median < "$dir/ours.times")
+c=$(median < "$dir/ours.copy")
+printf '\n%-44s %s\n' "median of $runs runs (2 GiB raw -> qcow2)" "seconds"
+printf '%-44s %.3f\n' "qemu-img convert" "$q"
+printf '%-44s %.3f\n' "blockbackup convert (whole process)" "$o"
+printf '%-44s %.3f\n' "blockbackup convert (inside the JVM)" "$c"
+printf '%-44s %.3f\n' "JVM start-up (java -jar ... --version)" "$startup"
+printf '%-44s %s  (target <= 1.0)\n' "ratio ours/qemu (whole process)" "$(ratio "$o" "$q")"
+printf '%-44s %s\n' "ratio ours/qemu (inside the JVM)" "$(ratio "$c" "$q")"
+printf '%-44s qemu %s, ours %s\n' "output file sizes" "$(du -h --apparent-size "$qemu_out" | cut -f1)" \
+  "$(du -h --apparent-size "$ours_out" | cut -f1)"

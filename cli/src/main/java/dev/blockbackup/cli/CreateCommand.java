@@ -1,0 +1,137 @@
+package dev.blockbackup.cli;
+
+import dev.blockbackup.formats.BlockDevice;
+import dev.blockbackup.formats.BlockIOException;
+import dev.blockbackup.formats.ImageFormat;
+import dev.blockbackup.formats.RawImage;
+import dev.blockbackup.formats.qcow2.Qcow2CreateOptions;
+import dev.blockbackup.formats.qcow2.Qcow2Image;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.concurrent.Callable;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Model.CommandSpec;
+import picocli.CommandLine.Option;
+import picocli.CommandLine.ParameterException;
+import picocli.CommandLine.Parameters;
+import picocli.CommandLine.Spec;
+
+/** {@code blockbackup create}: qemu-img create for raw and qcow2 (v3, 16-bit refcounts). */
+@Command(
+    name = "create",
+    description = {
+      "Create a new disk image FILE of SIZE bytes, as qemu-img create does.",
+      "SIZE takes K, M, G, T, P, E suffixes (powers of 1024, either case) or plain bytes; with -b it defaults to"
+          + " the backing file's size.",
+      "Examples:",
+      "  blockbackup create -f qcow2 disk.qcow2 10G",
+      "  blockbackup create -f qcow2 -o cluster_size=1M big.qcow2 100G",
+      "  blockbackup create -f qcow2 -b base.raw -F raw overlay.qcow2"
+    },
+    mixinStandardHelpOptions = true)
+final class CreateCommand implements Callable<Integer> {
+
+  @Spec CommandSpec spec;
+
+  @Option(names = "-f", paramLabel = "FMT", description = "Image format: raw (default) or qcow2.")
+  String format = "raw";
+
+  @Option(names = "-o", paramLabel = "OPTIONS",
+      description = "Format options key=value[,...]; qcow2: cluster_size, backing_file, backing_fmt, size."
+          + " '-o help' lists them.")
+  List<String> options;
+
+  @Option(names = "-b", paramLabel = "BACKING",
+      description = "Backing file (qcow2 only); a relative name is relative to FILE's directory.")
+  String backingFile;
+
+  @Option(names = "-F", paramLabel = "BACKING_FMT", description = "Format of the backing file: raw or qcow2.")
+  String backingFormat;
+
+  // Optional for picocli only so that "-o help" needs no file, as in qemu-img; checked in call().
+  @Parameters(index = "0", arity = "0..1", paramLabel = "FILE", description = "The image to create (overwritten if it exists).")
+  Path file;
+
+  @Parameters(index = "1", arity = "0..1", paramLabel = "SIZE", description = "Virtual size, e.g. 64M, 10G, 1048576.")
+  String size;
+
+  @Override
+  public Integer call() throws BlockIOException {
+    ImageFormat fmt = Images.format(format);
+    List<String> known = fmt == ImageFormat.QCOW2 ? FormatOptions.QCOW2_CREATE : List.of();
+    if (FormatOptions.isHelp(options)) {
+      spec.commandLine().getOut().println(FormatOptions.help(fmt, known));
+      return 0;
+    }
+    if (file == null) {
+      throw new ParameterException(spec.commandLine(), "Missing required parameter: 'FILE'");
+    }
+    FormatOptions opts = FormatOptions.parse(fmt, options, known);
+    String backing = backingFile != null ? backingFile : opts.get("backing_file");
+    String backingFmt = backingFormat != null ? backingFormat : opts.get("backing_fmt");
+    String sizeText = size != null ? size : opts.get("size");
+
+    if (fmt == ImageFormat.RAW) {
+      if (backing != null || backingFmt != null) {
+        throw new UserError("backing files are not supported by format raw (use -f qcow2)");
+      }
+      long bytes = requireSize(sizeText);
+      RawImage.create(file, bytes).close();
+      spec.commandLine().getOut().println("Formatting '" + file + "', fmt=raw size=" + bytes);
+      return 0;
+    }
+
+    if (backing == null && backingFmt != null) {
+      throw new UserError("-F " + backingFmt + " given without a backing file (-b)");
+    }
+    if (backing != null && backingFmt == null) {
+      // qemu-img 7.2 refuses this too: probing a backing file's format is unsafe.
+      throw new UserError("backing file '" + backing + "' given without its format (add -F raw or -F qcow2)");
+    }
+    if (backingFmt != null) {
+      Images.format(backingFmt);
+    }
+    if (backing != null && Path.of(Images.backingPath(file, backing)).toAbsolutePath().normalize()
+        .equals(file.toAbsolutePath().normalize())) {
+      // Creating it would destroy the very data the new image is to sit on.
+      throw new UserError("'" + file + "' cannot be its own backing file");
+    }
+    long bytes = sizeText != null || backing == null ? requireSize(sizeText) : backingSize(backing, backingFmt);
+    int clusterSize = opts.clusterSize(Qcow2CreateOptions.DEFAULT_CLUSTER_SIZE);
+    Qcow2CreateOptions o;
+    try {
+      // QEMU counts the size in sectors: 1000 bytes make a 1024-byte disk, and it says size=1000.
+      o = Qcow2CreateOptions.of(Sizes.roundUpToSector(bytes)).withClusterSize(clusterSize);
+      if (backing != null) {
+        o = o.withBacking(backing, backingFmt.toLowerCase(java.util.Locale.ROOT));
+      }
+    } catch (IllegalArgumentException e) {
+      throw new UserError(e.getMessage(), e);
+    }
+    Qcow2Image.create(file, o).close();
+    StringBuilder line = new StringBuilder("Formatting '").append(file).append("', fmt=qcow2 cluster_size=")
+        .append(clusterSize).append(" extended_l2=off compression_type=zlib size=").append(bytes);
+    if (backing != null) {
+      line.append(" backing_file=").append(backing).append(" backing_fmt=").append(o.backingFormat());
+    }
+    line.append(" lazy_refcounts=off refcount_bits=16");
+    spec.commandLine().getOut().println(line);
+    return 0;
+  }
+
+  private static long requireSize(String text) {
+    if (text == null) {
+      throw new UserError("image size missing (give SIZE, e.g. 64M, or -b BACKING to take its size)");
+    }
+    long bytes = Sizes.parse("image size", text);
+    return bytes;
+  }
+
+  /** The backing file's virtual size: what qemu-img create takes when SIZE is left out. */
+  private long backingSize(String backing, String backingFmt) throws BlockIOException {
+    Path where = Path.of(Images.backingPath(file, backing));
+    try (BlockDevice b = Images.open(where, Images.format(backingFmt), true)) {
+      return Sizes.roundUpToSector(b.size());
+    }
+  }
+}

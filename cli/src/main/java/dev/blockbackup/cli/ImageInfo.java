@@ -1,0 +1,135 @@
+package dev.blockbackup.cli;
+
+import com.fasterxml.jackson.core.util.DefaultIndenter;
+import com.fasterxml.jackson.core.util.DefaultPrettyPrinter;
+import com.fasterxml.jackson.core.util.Separators;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import dev.blockbackup.formats.BlockDevice;
+import dev.blockbackup.formats.BlockIOException;
+import dev.blockbackup.formats.ImageFormat;
+import dev.blockbackup.formats.qcow2.Qcow2Image;
+import dev.blockbackup.formats.qcow2.Qcow2Info;
+import java.io.IOException;
+import java.io.UncheckedIOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+
+/**
+ * What qemu-img info says about an image, held as its JSON. Kept apart from {@link InfoCommand}
+ * so that picocli's reflection over the command does not load Jackson at every start-up.
+ */
+final class ImageInfo {
+
+  private static final ObjectMapper MAPPER = new ObjectMapper();
+
+  private final ObjectNode j;
+
+  private ImageInfo(ObjectNode j) {
+    this.j = j;
+  }
+
+  /**
+   * The image's description as qemu-img info's JSON, fields in the order qemu-img 7.2 prints them
+   * (so that the two outputs can be read side by side).
+   */
+  static ImageInfo of(Path file, ImageFormat fmt) throws BlockIOException {
+    ObjectNode j = MAPPER.createObjectNode();
+    long fileLength = fileLength(file);
+    try (BlockDevice dev = Images.open(file, fmt, true)) {
+      if (dev instanceof Qcow2Image q) {
+        Qcow2Info i = q.info();
+        if (i.backingFormat() != null) {
+          j.put("backing-filename-format", i.backingFormat());
+        }
+        j.put("virtual-size", i.virtualSize());
+        j.put("filename", file.toString());
+        j.put("cluster-size", i.clusterSize());
+        j.put("format", "qcow2");
+        j.put("actual-size", Math.min(fileLength, i.hostClustersInUse() * i.clusterSize()));
+        ObjectNode spec = j.putObject("format-specific");
+        spec.put("type", "qcow2");
+        ObjectNode data = spec.putObject("data");
+        // qcow2_get_specific_info: v2 images have no feature bits, so QEMU shows only these.
+        data.put("compat", i.version() >= 3 ? "1.1" : "0.10");
+        data.put("compression-type", i.compressionType());
+        if (i.version() >= 3) {
+          data.put("lazy-refcounts", i.lazyRefcounts());
+        }
+        data.put("refcount-bits", i.refcountBits());
+        if (i.version() >= 3) {
+          data.put("corrupt", i.corrupt());
+          data.put("extended-l2", i.extendedL2());
+        }
+        if (i.backingFile() != null) {
+          j.put("full-backing-filename", Images.backingPath(file, i.backingFile()));
+          j.put("backing-filename", i.backingFile());
+        }
+        j.put("dirty-flag", i.dirty());
+      } else {
+        // The raw driver counts whole sectors: a 1000-byte file is a 1024-byte disk to qemu-img.
+        j.put("virtual-size", Sizes.roundUpToSector(dev.size()));
+        j.put("filename", file.toString());
+        j.put("format", "raw");
+        j.put("actual-size", fileLength);
+        j.put("dirty-flag", false);
+      }
+    }
+    return new ImageInfo(j);
+  }
+
+  /** qemu-img info's human form (bdrv_image_info_dump in QEMU 7.2). */
+  String human() {
+    StringBuilder s = new StringBuilder();
+    long virtual = j.get("virtual-size").asLong();
+    s.append("image: ").append(j.get("filename").asText()).append('\n');
+    s.append("file format: ").append(j.get("format").asText()).append('\n');
+    s.append("virtual size: ").append(Sizes.human(virtual)).append(" (").append(virtual).append(" bytes)\n");
+    s.append("disk size: ").append(Sizes.human(j.get("actual-size").asLong())).append('\n');
+    if (j.has("cluster-size")) {
+      s.append("cluster_size: ").append(j.get("cluster-size").asLong()).append('\n');
+    }
+    if (j.path("dirty-flag").asBoolean()) {
+      s.append("cleanly shut down: no\n");
+    }
+    if (j.has("backing-filename")) {
+      String backing = j.get("backing-filename").asText();
+      String full = j.get("full-backing-filename").asText();
+      s.append("backing file: ").append(backing);
+      if (!backing.equals(full)) {
+        s.append(" (actual path: ").append(full).append(')');
+      }
+      s.append('\n');
+      if (j.has("backing-filename-format")) {
+        s.append("backing file format: ").append(j.get("backing-filename-format").asText()).append('\n');
+      }
+    }
+    if (j.has("format-specific")) {
+      s.append("Format specific information:\n");
+      j.get("format-specific").get("data").fields().forEachRemaining(e ->
+          s.append("    ").append(e.getKey().replace('-', ' ')).append(": ").append(e.getValue().asText()).append('\n'));
+    }
+    return s.toString();
+  }
+
+  /** JSON indented with four spaces and {@code "key": value}, as qemu-img prints it. */
+  String json() {
+    DefaultPrettyPrinter pp = new DefaultPrettyPrinter(
+            Separators.createDefaultInstance().withObjectFieldValueSpacing(Separators.Spacing.AFTER))
+        .withObjectIndenter(new DefaultIndenter("    ", "\n"))
+        .withArrayIndenter(new DefaultIndenter("    ", "\n"));
+    try {
+      return MAPPER.writer(pp).writeValueAsString(j);
+    } catch (IOException e) {
+      throw new UncheckedIOException(e);
+    }
+  }
+
+  private static long fileLength(Path file) {
+    try {
+      return Files.size(file);
+    } catch (IOException e) {
+      throw new UserError("cannot open '" + file + "': " + e.getMessage(), e);
+    }
+  }
+}

@@ -1,0 +1,95 @@
+package dev.blockbackup.cli;
+
+import java.io.PrintWriter;
+import java.nio.charset.StandardCharsets;
+import java.util.concurrent.Callable;
+import picocli.CommandLine;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Model.CommandSpec;
+import picocli.CommandLine.Option;
+import picocli.CommandLine.ParseResult;
+import picocli.CommandLine.ScopeType;
+import picocli.CommandLine.Spec;
+
+/**
+ * The {@code blockbackup} command. Mistakes of the user's print one line, {@code blockbackup: ...},
+ * and exit 1; picocli's own usage errors exit 2 with a usage hint; {@code --debug} adds the stack
+ * trace to any failure.
+ */
+@Command(
+    name = "blockbackup",
+    mixinStandardHelpOptions = true,
+    version = "blockbackup 0.1.0",
+    description = "Block backup engine: create, inspect and convert raw and qcow2 images the way qemu-img does.",
+    subcommands = {CreateCommand.class, InfoCommand.class, ConvertCommand.class, CommandLine.HelpCommand.class})
+public final class Main implements Callable<Integer> {
+
+  /** Exit status of a failed command, as qemu-img's. */
+  static final int EXIT_FAILURE = 1;
+
+  @Option(names = "--debug", scope = ScopeType.INHERIT, description = "Print the stack trace of a failure.")
+  boolean debug;
+
+  @Spec CommandSpec spec;
+
+  public static void main(String[] args) {
+    PrintWriter out = new PrintWriter(System.out, true, StandardCharsets.UTF_8);
+    PrintWriter err = new PrintWriter(System.err, true, StandardCharsets.UTF_8);
+    int exit = run(out, err, args);
+    out.flush();
+    err.flush();
+    System.exit(exit);
+  }
+
+  /** Runs one command line, printing to {@code out} and {@code err}; returns the exit status. */
+  public static int run(PrintWriter out, PrintWriter err, String... args) {
+    CommandLine cmd = new CommandLine(new Main());
+    cmd.setOut(out);
+    cmd.setErr(err);
+    cmd.setExecutionExceptionHandler((e, line, parseResult) -> {
+      err.println("blockbackup: " + oneLine(describe(e)));
+      if (debugAsked(parseResult)) {
+        e.printStackTrace(err);
+      }
+      err.flush();
+      return EXIT_FAILURE;
+    });
+    try {
+      return cmd.execute(args);
+    } finally {
+      out.flush();
+      err.flush();
+    }
+  }
+
+  @Override
+  public Integer call() {
+    // "blockbackup" alone: say what there is, as picocli does for a missing subcommand.
+    throw new CommandLine.ParameterException(spec.commandLine(), "Missing required subcommand");
+  }
+
+  /** What to tell the user: the message of a mistake; the kind and message of anything else. */
+  private static String describe(Throwable e) {
+    if (e instanceof UserError) {
+      return e.getMessage();
+    }
+    if (e instanceof java.io.IOException && e.getMessage() != null) {
+      return e.getMessage();
+    }
+    // A bug of ours, not the user's: still one line, with --debug for the trace.
+    return "internal error: " + e + " (run with --debug for the stack trace)";
+  }
+
+  private static String oneLine(String s) {
+    return String.valueOf(s).strip().replaceAll("\\s*\\R\\s*", "; ");
+  }
+
+  private static boolean debugAsked(ParseResult r) {
+    for (ParseResult p = r; p != null; p = p.subcommand()) {
+      if (p.hasMatchedOption("--debug")) {
+        return true;
+      }
+    }
+    return false;
+  }
+}

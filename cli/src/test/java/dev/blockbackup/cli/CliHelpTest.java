@@ -1,0 +1,48 @@
+package dev.blockbackup.cli;
+
+import static org.assertj.core.api.Assertions.assertThat;
+
+import org.junit.jupiter.api.Test;
+
+class CliHelpTest {
+
+  @Test
+  void createListsQcow2OptionsWithoutNeedingAFile() {
+    Cli.Run r = Cli.run("create", "-f", "qcow2", "-o", "help").ok();
+    assertThat(r.out()).startsWith("Supported options for qcow2:")
+        .contains("cluster_size=").contains("backing_file=").contains("backing_fmt=").contains("size=");
+    assertThat(r.err()).isEmpty();
+  }
+
+  @Test
+  void convertListsTargetOptionsWithoutNeedingFiles() {
+    assertThat(Cli.run("convert", "-O", "qcow2", "-o", "help").ok().out()).contains("cluster_size=").doesNotContain("backing_file");
+    assertThat(Cli.run("convert", "-O", "raw", "-o", "?").ok().out()).contains("Supported options for raw:").contains("(none)");
+  }
+
+  @Test
+  void createWithoutFileIsAUsageError() {
+    Cli.Run r = Cli.run("create", "-f", "qcow2");
+    assertThat(r.exit()).isEqualTo(2);
+    assertThat(r.err()).contains("Missing required parameter: 'FILE'").contains("Usage: blockbackup create");
+  }
+
+  @Test
+  void convertWithoutTargetIsAUsageError() {
+    Cli.Run r = Cli.run("convert", "-O", "qcow2", "src.raw");
+    assertThat(r.exit()).isEqualTo(2);
+    assertThat(r.err()).contains("Missing required parameter: 'DST'").contains("Usage: blockbackup convert");
+  }
+
+  @Test
+  void infoHelpSaysHowActualSizeIsCounted() {
+    Cli.Run r = Cli.run("info", "--help").ok();
+    assertThat(r.out().replaceAll("\\s+", " ")).contains("actual-size").contains("st_blocks")
+        .contains("host clusters in use times the cluster size").contains("for raw the file's length");
+  }
+
+  @Test
+  void versionIsPrinted() {
+    assertThat(Cli.run("--version").ok().out()).startsWith("blockbackup ");
+  }
+}

@@ -1,0 +1,175 @@
+package dev.blockbackup.cli;
+
+import static org.assertj.core.api.Assertions.assertThat;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import dev.blockbackup.testkit.QemuImg;
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.stream.Collectors;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
+
+/**
+ * {@code create} and {@code info} agree with qemu-img: our info says what qemu-img info says
+ * (every field but actual-size, which Java cannot measure the same way), for images either
+ * tool made, and our create prints qemu-img create's line.
+ */
+@Tag("interop")
+class CliInfoTest {
+
+  private static final ObjectMapper JSON = new ObjectMapper();
+
+  @TempDir Path dir;
+
+  @BeforeEach
+  void bases() throws IOException {
+    Files.createDirectories(dir.resolve("sub"));
+    QemuImg.img("create", "-f", "raw", dir.resolve("base.raw"), "3M").assertExit(0);
+    QemuImg.img("create", "-f", "qcow2", dir.resolve("sub/base.qcow2"), "5M").assertExit(0);
+  }
+
+  /** Arguments of create, FILE last; "$" is the test's directory. */
+  @ParameterizedTest(name = "create {0}")
+  @ValueSource(strings = {
+    "-f qcow2 $/x.qcow2 64M",
+    "-f qcow2 -o cluster_size=4k $/x.qcow2 1G",
+    "-f qcow2 -o cluster_size=512 $/x.qcow2 10M",
+    "-f qcow2 -o cluster_size=2M $/x.qcow2 3G",
+    "-f qcow2 $/x.qcow2 1000",
+    "-f qcow2 -b $/base.raw -F raw $/x.qcow2",
+    "-f qcow2 -b base.raw -F raw $/x.qcow2 8M",
+    "-f qcow2 -b sub/base.qcow2 -F qcow2 $/x.qcow2",
+    "-f qcow2 -o backing_file=base.raw,backing_fmt=raw,cluster_size=16k $/x.qcow2",
+    "-f raw $/x.raw 64M",
+    "$/x.raw 1000",
+  })
+  void ourCreateMatchesQemuImgCreateAndInfo(String args) {
+    String[] a = args.replace("$", dir.toString()).split(" ");
+    Path file = Path.of(Arrays.stream(a).filter(s -> s.contains("/x.")).findFirst().orElseThrow());
+
+    String qemuLine = QemuImg.img(prepend("create", a)).assertExit(0).out();
+    String ourLine = Cli.run(prepend("create", a)).ok().out();
+    assertThat(ourLine).isEqualTo(qemuLine);
+
+    assertSameInfo(file);
+    if (file.toString().endsWith(".qcow2")) {
+      QemuImg.assertCheckClean(file);
+    }
+  }
+
+  /** Arguments of qemu-img create for images QEMU makes and we read. */
+  @ParameterizedTest(name = "qemu-img create {0}")
+  @ValueSource(strings = {
+    "-f qcow2 $/y.qcow2 64M",
+    "-f qcow2 -o cluster_size=1M $/y.qcow2 5G",
+    "-f qcow2 -o lazy_refcounts=on $/y.qcow2 64M",
+    "-f qcow2 -o compat=0.10 $/y.qcow2 64M",
+    "-f qcow2 -b sub/base.qcow2 -F qcow2 $/y.qcow2",
+    "-f raw $/y.raw 7M",
+  })
+  void ourInfoReadsQemuImgsImagesAsQemuImgDoes(String args) {
+    String[] a = args.replace("$", dir.toString()).split(" ");
+    QemuImg.img(prepend("create", a)).assertExit(0);
+    assertSameInfo(Path.of(a[a.length - 1].contains("/y.") ? a[a.length - 1] : a[a.length - 2]));
+  }
+
+  @Test
+  void infoOfAnImageWithDataCountsItsClusters() throws IOException {
+    Path img = dir.resolve("d.qcow2");
+    QemuImg.img("create", "-f", "qcow2", img, "64M").assertExit(0);
+    QemuImg.io("-f", "qcow2", "-c", "write -P 7 0 1M", "-c", "write -P 8 10M 64k", img).assertExit(0);
+    JsonNode ours = ourJson(img);
+    assertThat(without(ours, "actual-size")).isEqualTo(without(QemuImg.info(img), "actual-size"));
+    // Header, L1, refcount table, one refblock, one L2 and 17 data clusters, all in use.
+    assertThat(ours.get("actual-size").asLong()).isBetween(21L * 65536, Files.size(img));
+  }
+
+  @Test
+  void dirtyImageIsReportedAsQemuImgDoes() {
+    Path img = dir.resolve("dirty.qcow2");
+    QemuImg.img("create", "-f", "qcow2", "-o", "lazy_refcounts=on", img, "16M").assertExit(0);
+    // qemu-io dies with the dirty bit set: lazy refcounts were never written back.
+    QemuImg.io("-f", "qcow2", "-c", "write -P 1 0 1M", "-c", "abort", img);
+    assertThat(QemuImg.info(img).get("dirty-flag").asBoolean()).isTrue();
+    assertSameInfo(img);
+    assertThat(Cli.run("info", img).ok().out()).contains("\ncleanly shut down: no\n");
+  }
+
+  @Test
+  void corruptBitIsReportedAsQemuImgDoes() throws IOException {
+    Path img = dir.resolve("corrupt.qcow2");
+    Cli.run("create", "-f", "qcow2", img, "16M").ok();
+    try (java.nio.channels.FileChannel c = java.nio.channels.FileChannel.open(img, java.nio.file.StandardOpenOption.WRITE)) {
+      // incompatible_features (header offset 72, big-endian): bit 1 is "corrupt".
+      c.write(java.nio.ByteBuffer.allocate(8).putLong(0, 2L), 72);
+    }
+    assertThat(QemuImg.info(img).get("format-specific").get("data").get("corrupt").asBoolean()).isTrue();
+    assertSameInfo(img);
+  }
+
+  @Test
+  void humanOutputHasQemuImgsLines() {
+    Path img = dir.resolve("h.qcow2");
+    Cli.run("create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", img).ok();
+    String ours = Cli.run("info", img).ok().out();
+    assertThat(ours).startsWith("image: " + img + "\nfile format: qcow2\nvirtual size: 3 MiB (3145728 bytes)\ndisk size: ");
+    assertThat(ours).contains("\nbacking file: base.raw (actual path: " + dir + "/base.raw)\nbacking file format: raw\n");
+  }
+
+  private void assertSameInfo(Path file) {
+    JsonNode qemu = QemuImg.info(file);
+    JsonNode ours = ourJson(file);
+    assertThat(without(ours, "actual-size")).isEqualTo(without(qemu, "actual-size"));
+    assertThat(ours.get("actual-size").asLong()).isPositive().isLessThanOrEqualTo(fileSize(file));
+
+    // Same human lines, but for the disk size line (st_blocks, which Java cannot read).
+    String qemuHuman = withoutDiskSize(QemuImg.img("info", file).assertExit(0).out());
+    String ourHuman = withoutDiskSize(Cli.run("info", file).ok().out());
+    assertThat(ourHuman).isEqualTo(qemuHuman);
+  }
+
+  private static JsonNode ourJson(Path file) {
+    Cli.Run r = Cli.run("info", "--output=json", file).ok();
+    try {
+      return JSON.readTree(r.out());
+    } catch (IOException e) {
+      throw new AssertionError("not JSON: " + r, e);
+    }
+  }
+
+  private static JsonNode without(JsonNode j, String field) {
+    ObjectNode copy = j.deepCopy();
+    copy.remove(field);
+    return copy;
+  }
+
+  private static String withoutDiskSize(String human) {
+    return human.lines().filter(l -> !l.startsWith("disk size: ")).collect(Collectors.joining("\n"));
+  }
+
+  private static long fileSize(Path p) {
+    try {
+      return Files.size(p);
+    } catch (IOException e) {
+      throw new AssertionError(e);
+    }
+  }
+
+  private static Object[] prepend(String first, String[] rest) {
+    List<Object> l = new ArrayList<>();
+    l.add(first);
+    l.addAll(Arrays.asList(rest));
+    return l.toArray();
+  }
+}
