@@ -2,6 +2,7 @@ package dev.blockbackup.cli;
 
 import dev.blockbackup.formats.BlockDevice;
 import dev.blockbackup.formats.BlockIOException;
+import dev.blockbackup.formats.CacheMode;
 import dev.blockbackup.formats.ImageFormat;
 import dev.blockbackup.formats.RawImage;
 import dev.blockbackup.formats.qcow2.Qcow2CreateOptions;
@@ -52,6 +53,11 @@ final class ConvertCommand implements Callable<Integer> {
   @Option(names = "-m", paramLabel = "N", description = "Parallel copy workers (default ${DEFAULT-VALUE}, as qemu-img's coroutines).")
   int workers = Converter.DEFAULT_WORKERS;
 
+  @Option(names = "-t", paramLabel = "CACHE", description = "Cache mode of DST: unsafe (the default, as qemu-img"
+      + " convert: no syncs, so the copy is durable only once the host flushes it) or writeback (crash-safe"
+      + " ordering and a flush at the end).")
+  String cache = CacheMode.UNSAFE.qemuName();
+
   @Option(names = "-p", description = "Show progress, as qemu-img does: (NN.NN/100%%).")
   boolean progress;
 
@@ -90,11 +96,17 @@ final class ConvertCommand implements Callable<Integer> {
       throw new UserError("source and target are the same file '" + target + "'");
     }
     int clusterSize = opts.clusterSize(Qcow2CreateOptions.DEFAULT_CLUSTER_SIZE);
+    CacheMode cacheMode;
+    try {
+      cacheMode = CacheMode.parse(cache);
+    } catch (BlockIOException e) {
+      throw new UserError("invalid -t: " + e.getMessage(), e);
+    }
 
     Converter.Result r;
     try (BlockDevice src = Images.open(source, srcFmt, true)) {
       long size = Sizes.roundUpToSector(src.size());
-      try (BlockDevice dst = createTarget(dstFmt, size, clusterSize)) {
+      try (BlockDevice dst = createTarget(dstFmt, size, clusterSize, cacheMode)) {
         // One L2 table of 8-byte entries maps clusterSize / 8 clusters.
         long l2Span = dstFmt == ImageFormat.QCOW2 ? (long) clusterSize * (clusterSize / 8) : 0;
         Converter converter = new Converter(src, dst, workers, compress, l2Span);
@@ -142,16 +154,17 @@ final class ConvertCommand implements Callable<Integer> {
     }
   }
 
-  private BlockDevice createTarget(ImageFormat fmt, long size, int clusterSize) throws BlockIOException {
+  private BlockDevice createTarget(ImageFormat fmt, long size, int clusterSize, CacheMode cacheMode)
+      throws BlockIOException {
     Path dir = target.toAbsolutePath().getParent();
     if (dir != null && !Files.isDirectory(dir)) {
       throw new UserError("cannot create '" + target + "': no such directory '" + dir + "'");
     }
     if (fmt == ImageFormat.RAW) {
-      return RawImage.create(target, size);
+      return RawImage.create(target, size, cacheMode);
     }
     try {
-      return Qcow2Image.create(target, Qcow2CreateOptions.of(size).withClusterSize(clusterSize));
+      return Qcow2Image.create(target, Qcow2CreateOptions.of(size).withClusterSize(clusterSize), cacheMode);
     } catch (IllegalArgumentException e) {
       throw new UserError("cannot create '" + target + "': " + e.getMessage(), e);
     }

@@ -50,6 +50,14 @@ class CliConvertTest {
   }
 
   @Test
+  void writebackCacheModeGivesTheSameCleanImage() {
+    Path out = dir.resolve("writeback.qcow2");
+    Cli.run("convert", "-t", "writeback", "-f", "raw", "-O", "qcow2", source.path, out).ok();
+    QemuImg.assertIdentical(source.path, "raw", out, "qcow2");
+    QemuImg.assertCheckClean(out);
+  }
+
+  @Test
   void compressedRawToQcow2IsIdenticalCleanAndCompressed() {
     Path out = dir.resolve("out.qcow2");
     Cli.run("convert", "-c", "-O", "qcow2", source.path, out).ok();

@@ -46,6 +46,7 @@ class CliUserErrorTest {
     m.add(Arguments.of("unknown format (info)", List.of("info", "-f", "vmdk", "$/disk.raw"), "unknown format 'vmdk'"));
     m.add(Arguments.of("unknown format (create)", List.of("create", "-f", "vhdx", "$/x.img", "1M"), "unknown format 'vhdx'"));
     m.add(Arguments.of("unknown target format", List.of("convert", "-O", "vdi", "$/disk.raw", "$/x.vdi"), "unknown format 'vdi'"));
+    m.add(Arguments.of("cache mode we do not offer", List.of("convert", "-t", "none", "-O", "qcow2", "$/disk.raw", "$/x.qcow2"), "unsupported cache mode 'none'"));
     m.add(Arguments.of("bad size suffix", List.of("create", "$/x.raw", "12Q"), "invalid image size '12Q'"));
     m.add(Arguments.of("size not a number", List.of("create", "$/x.raw", "big"), "invalid image size 'big'"));
     m.add(Arguments.of("size in fractions of a byte", List.of("create", "$/x.raw", "1.5"), "not a whole number of bytes"));

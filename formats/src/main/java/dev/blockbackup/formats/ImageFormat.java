@@ -48,9 +48,14 @@ public enum ImageFormat {
 
   /** Opens {@code path} in this format. */
   public BlockDevice open(Path path, boolean readOnly) throws BlockIOException {
+    return open(path, readOnly, CacheMode.WRITEBACK);
+  }
+
+  /** Opens {@code path} in this format with the given cache mode. */
+  public BlockDevice open(Path path, boolean readOnly, CacheMode cacheMode) throws BlockIOException {
     return switch (this) {
-      case RAW -> RawImage.open(path, readOnly);
-      case QCOW2 -> Qcow2Image.open(path, readOnly);
+      case RAW -> RawImage.open(path, readOnly, cacheMode);
+      case QCOW2 -> Qcow2Image.open(path, readOnly, cacheMode);
     };
   }
 }

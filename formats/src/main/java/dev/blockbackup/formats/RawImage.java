@@ -28,18 +28,26 @@ public final class RawImage implements BlockDevice {
   private final FileChannel channel;
   private final boolean readOnly;
   private final long size;
+  /** UNSAFE skips every sync, as QEMU's cache=unsafe. */
+  private final CacheMode cacheMode;
   private volatile boolean closed;
 
-  private RawImage(Path path, RandomAccessFile file, boolean readOnly) throws IOException {
+  private RawImage(Path path, RandomAccessFile file, boolean readOnly, CacheMode cacheMode) throws IOException {
     this.path = path;
     this.file = file;
     this.channel = file.getChannel();
     this.readOnly = readOnly;
     this.size = channel.size();
+    this.cacheMode = cacheMode;
   }
 
   /** Creates (or truncates) {@code path} as a sparse raw image of {@code size} bytes, open read-write. */
   public static RawImage create(Path path, long size) throws BlockIOException {
+    return create(path, size, CacheMode.WRITEBACK);
+  }
+
+  /** As {@link #create(Path, long)}, with the given cache mode. */
+  public static RawImage create(Path path, long size, CacheMode cacheMode) throws BlockIOException {
     if (size < 0) {
       throw new BlockIOException(BlockError.EINVAL, "image size (" + size + ") must not be negative");
     }
@@ -48,7 +56,7 @@ public final class RawImage implements BlockDevice {
       try {
         f.setLength(0);
         f.setLength(size);
-        return new RawImage(path, f, false);
+        return new RawImage(path, f, false, cacheMode);
       } catch (IOException | RuntimeException e) {
         f.close();
         throw e;
@@ -60,6 +68,11 @@ public final class RawImage implements BlockDevice {
 
   /** Opens an existing file as a raw image. */
   public static RawImage open(Path path, boolean readOnly) throws BlockIOException {
+    return open(path, readOnly, CacheMode.WRITEBACK);
+  }
+
+  /** As {@link #open(Path, boolean)}, with the given cache mode. */
+  public static RawImage open(Path path, boolean readOnly, CacheMode cacheMode) throws BlockIOException {
     if (!Files.exists(path)) {
       throw new BlockIOException(BlockError.EINVAL, "cannot open " + path + ": no such file", new NoSuchFileException(path.toString()));
     }
@@ -67,7 +80,7 @@ public final class RawImage implements BlockDevice {
       throw new BlockIOException(BlockError.EINVAL, "cannot open " + path + ": it is a directory");
     }
     try {
-      return new RawImage(path, new RandomAccessFile(path.toFile(), readOnly ? "r" : "rw"), readOnly);
+      return new RawImage(path, new RandomAccessFile(path.toFile(), readOnly ? "r" : "rw"), readOnly, cacheMode);
     } catch (IOException e) {
       throw BlockIOException.fromHost("cannot open " + path, e);
     }
@@ -124,7 +137,7 @@ public final class RawImage implements BlockDevice {
         pos += channel.write(src, pos);
       }
       if (WriteFlag.isSet(flags, WriteFlag.FUA)) {
-        channel.force(false);
+        sync();
       }
     } catch (IOException e) {
       throw failure("write", offset, e);
@@ -149,7 +162,7 @@ public final class RawImage implements BlockDevice {
         zeroByWriting(offset, length);
       }
       if (WriteFlag.isSet(flags, WriteFlag.FUA)) {
-        channel.force(false);
+        sync();
       }
     } catch (IOException e) {
       throw failure("write zeroes", offset, e);
@@ -220,7 +233,7 @@ public final class RawImage implements BlockDevice {
       return;
     }
     try {
-      channel.force(false);
+      sync();
     } catch (IOException e) {
       throw failure("flush", 0, e);
     }
@@ -244,7 +257,7 @@ public final class RawImage implements BlockDevice {
     }
     try {
       if (!readOnly) {
-        channel.force(false);
+        sync();
       }
     } catch (IOException e) {
       throw failure("flush on close", 0, e);
@@ -255,6 +268,12 @@ public final class RawImage implements BlockDevice {
       } catch (IOException e) {
         // the data was already flushed; a failing close of a descriptor loses nothing
       }
+    }
+  }
+
+  private void sync() throws IOException {
+    if (cacheMode != CacheMode.UNSAFE) {
+      channel.force(false);
     }
   }
 

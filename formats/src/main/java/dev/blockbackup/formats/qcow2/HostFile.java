@@ -1,5 +1,6 @@
 package dev.blockbackup.formats.qcow2;
 
+import dev.blockbackup.formats.CacheMode;
 import dev.blockbackup.formats.ImageFormatException;
 import java.io.IOException;
 import java.nio.ByteBuffer;
@@ -16,10 +17,13 @@ final class HostFile {
   private final FileChannel channel;
   /** The file's length as far as our own writes have grown it. */
   private final AtomicLong end;
+  /** Whether syncs reach the disk; cache=unsafe skips them all, crash ordering included. */
+  private final boolean syncs;
 
-  HostFile(FileChannel channel) throws IOException {
+  HostFile(FileChannel channel, CacheMode cacheMode) throws IOException {
     this.channel = channel;
     this.end = new AtomicLong(channel.size());
+    this.syncs = cacheMode != CacheMode.UNSAFE;
   }
 
   long size() {
@@ -60,7 +64,9 @@ final class HostFile {
   }
 
   void sync() throws IOException {
-    channel.force(false);
+    if (syncs) {
+      channel.force(false);
+    }
   }
 
   void close() throws IOException {

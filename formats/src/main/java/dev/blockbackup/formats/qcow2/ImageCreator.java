@@ -2,6 +2,7 @@ package dev.blockbackup.formats.qcow2;
 
 import dev.blockbackup.formats.BlockError;
 import dev.blockbackup.formats.BlockIOException;
+import dev.blockbackup.formats.CacheMode;
 import java.io.IOException;
 import java.io.RandomAccessFile;
 import java.nio.ByteBuffer;
@@ -18,7 +19,7 @@ final class ImageCreator {
   private ImageCreator() {}
 
   /** Creates (or truncates) {@code path} and writes the empty image, synced. */
-  static void write(Path path, Qcow2CreateOptions options) throws BlockIOException {
+  static void write(Path path, Qcow2CreateOptions options, CacheMode cacheMode) throws BlockIOException {
     int cs = options.clusterSize();
     int cb = Integer.numberOfTrailingZeros(cs);
     long size = options.size();
@@ -55,7 +56,7 @@ final class ImageCreator {
       throw new BlockIOException(BlockError.EINVAL, path + ": " + e.getMessage(), e);
     }
     try (RandomAccessFile f = new RandomAccessFile(path.toFile(), "rw")) {
-      HostFile hf = new HostFile(f.getChannel());
+      HostFile hf = new HostFile(f.getChannel(), cacheMode);
       f.setLength(0);
       hf.write(c0, 0);
       ByteBuffer rt = ByteBuffer.allocate((int) (rtc * cs));

@@ -2,6 +2,7 @@ package dev.blockbackup.formats.qcow2;
 
 import dev.blockbackup.formats.BlockDevice;
 import dev.blockbackup.formats.BlockError;
+import dev.blockbackup.formats.CacheMode;
 import dev.blockbackup.formats.BlockIOException;
 import dev.blockbackup.formats.Extent;
 import dev.blockbackup.formats.ImageFormat;
@@ -117,13 +118,14 @@ public final class Qcow2Image implements BlockDevice {
   /** The dirty bit as it is on disk now (a read-write open rebuilds the refcounts and clears it). */
   private boolean dirty;
 
-  private Qcow2Image(Path path, RandomAccessFile raf, boolean readOnly, Set<Path> chain, int depth, int l2Tables)
+  private Qcow2Image(
+      Path path, RandomAccessFile raf, boolean readOnly, CacheMode cacheMode, Set<Path> chain, int depth, int l2Tables)
       throws IOException {
     this.path = path;
     this.where = path.toString();
     this.raf = raf;
     this.readOnly = readOnly;
-    this.file = new HostFile(raf.getChannel());
+    this.file = new HostFile(raf.getChannel(), cacheMode);
     long fileSize = file.size();
     ByteBuffer fixed = ByteBuffer.allocate(Qcow2Header.V3_HEADER_LENGTH);
     file.read(fixed, 0);
@@ -248,7 +250,7 @@ public final class Qcow2Image implements BlockDevice {
       } else {
         throw new ImageFormatException(where + ": backing format '" + fmt + "' is not supported (raw, qcow2)");
       }
-      return format == ImageFormat.QCOW2 ? open(p, true, chain, depth + 1, 0) : RawImage.open(p, true);
+      return format == ImageFormat.QCOW2 ? open(p, true, CacheMode.WRITEBACK, chain, depth + 1, 0) : RawImage.open(p, true);
     } catch (ImageFormatException e) {
       // no cause: the inner message names the inner image already, and a deep chain would print
       // every level's message once per level
@@ -260,11 +262,16 @@ public final class Qcow2Image implements BlockDevice {
 
   /** Creates (or overwrites) {@code path} as a new v3 image and opens it read-write. */
   public static Qcow2Image create(Path path, Qcow2CreateOptions options) throws BlockIOException {
+    return create(path, options, CacheMode.WRITEBACK);
+  }
+
+  /** As {@link #create(Path, Qcow2CreateOptions)}, with the given cache mode. */
+  public static Qcow2Image create(Path path, Qcow2CreateOptions options, CacheMode cacheMode) throws BlockIOException {
     if (options == null) {
       throw new BlockIOException(BlockError.EINVAL, "no create options");
     }
-    ImageCreator.write(path, options);
-    return open(path, false);
+    ImageCreator.write(path, options, cacheMode);
+    return open(path, false, cacheMode);
   }
 
   /**
@@ -273,15 +280,21 @@ public final class Qcow2Image implements BlockDevice {
    * with the corrupt bit opens read-only only.
    */
   public static Qcow2Image open(Path path, boolean readOnly) throws BlockIOException {
-    return open(path, readOnly, new HashSet<>(), 0, 0);
+    return open(path, readOnly, CacheMode.WRITEBACK);
+  }
+
+  /** As {@link #open(Path, boolean)}, with the given cache mode (backing files are only read). */
+  public static Qcow2Image open(Path path, boolean readOnly, CacheMode cacheMode) throws BlockIOException {
+    return open(path, readOnly, cacheMode, new HashSet<>(), 0, 0);
   }
 
   /** Opens with an L2 cache of at most {@code l2Tables} tables, so tests can exercise eviction. */
   static Qcow2Image openWithSmallCache(Path path, boolean readOnly, int l2Tables) throws BlockIOException {
-    return open(path, readOnly, new HashSet<>(), 0, l2Tables);
+    return open(path, readOnly, CacheMode.WRITEBACK, new HashSet<>(), 0, l2Tables);
   }
 
-  private static Qcow2Image open(Path path, boolean readOnly, Set<Path> chain, int depth, int l2Tables)
+  private static Qcow2Image open(
+      Path path, boolean readOnly, CacheMode cacheMode, Set<Path> chain, int depth, int l2Tables)
       throws BlockIOException {
     if (!Files.exists(path)) {
       throw new BlockIOException(BlockError.EINVAL, "cannot open " + path + ": no such file");
@@ -296,7 +309,7 @@ public final class Qcow2Image implements BlockDevice {
         throw new ImageFormatException("backing file loop: " + real + " is already in the backing chain " + chain);
       }
       raf = new RandomAccessFile(path.toFile(), readOnly ? "r" : "rw");
-      return new Qcow2Image(path, raf, readOnly, chain, depth, l2Tables);
+      return new Qcow2Image(path, raf, readOnly, cacheMode, chain, depth, l2Tables);
     } catch (IOException | RuntimeException e) {
       if (raf != null) {
         try {
