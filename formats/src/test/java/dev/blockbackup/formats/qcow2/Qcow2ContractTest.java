@@ -101,6 +101,48 @@ class Qcow2ContractTest {
   }
 
   @Test
+  void fastZeroOfPartOfADataClusterFailsWithEnotsup() throws Exception {
+    try (Qcow2Image img = Qcow2Image.create(dir.resolve("d2.qcow2"), Qcow2CreateOptions.of(SIZE))) {
+      img.write(0, ByteBuffer.wrap(new byte[C]).put(100, (byte) 1));
+      assertFailsWith(BlockError.ENOTSUP, () -> img.writeZeroes(50, 100, WriteFlag.NO_FALLBACK));
+      assertFailsWith(BlockError.ENOTSUP, () -> img.writeZeroes(C / 2, 2L * C, WriteFlag.NO_FALLBACK));
+    }
+  }
+
+  /** Where the range already reads as zero without a backing file, no zero bytes need writing. */
+  @Test
+  void fastZeroOfPartOfAnUnallocatedClusterSucceeds() throws Exception {
+    try (Qcow2Image img = Qcow2Image.create(dir.resolve("d3.qcow2"), Qcow2CreateOptions.of(SIZE))) {
+      img.writeZeroes(C + 50, 100, WriteFlag.NO_FALLBACK);
+      img.writeZeroes(2L * C + 7, 3L * C, WriteFlag.NO_FALLBACK, WriteFlag.MAY_UNMAP);
+      assertThat(ModelRunner.firstNonZero(readAll(img), 0, (int) SIZE)).isEqualTo(-1);
+    }
+  }
+
+  @Test
+  void accessorsDescribeTheImageAndItsReadOnlyBacking() throws Exception {
+    Path base = dir.resolve("acc-base.raw");
+    QemuImg.img("create", "-q", "-f", "raw", base, SIZE / 2).assertExit(0);
+    Path p = dir.resolve("acc.qcow2");
+    try (Qcow2Image img = Qcow2Image.create(p,
+        Qcow2CreateOptions.of(SIZE).withClusterSize(4096).withBacking("acc-base.raw", "raw"))) {
+      assertThat(img.path()).isEqualTo(p);
+      assertThat(img.size()).isEqualTo(SIZE);
+      assertThat(img.alignment()).isEqualTo(4096);
+      assertThat(img.isReadOnly()).isFalse();
+      assertThat(img.backing()).isNotNull();
+      assertThat(img.backing().size()).isEqualTo(SIZE / 2);
+      assertThat(img.backing().isReadOnly()).isTrue();
+      assertThat(img.info().version()).isEqualTo(3);
+      assertThat(img.info().refcountBits()).isEqualTo(16);
+    }
+    try (Qcow2Image img = Qcow2Image.create(dir.resolve("acc2.qcow2"), Qcow2CreateOptions.of(SIZE))) {
+      assertThat(img.backing()).isNull();
+      assertThat(img.alignment()).isEqualTo(Qcow2CreateOptions.DEFAULT_CLUSTER_SIZE);
+    }
+  }
+
+  @Test
   void anUnknownIncompatibleFeatureIsRefusedAtOpen() throws Exception {
     Path p = dir.resolve("e.qcow2");
     QemuImg.img("create", "-q", "-f", "qcow2", p, SIZE).assertExit(0);

@@ -15,6 +15,9 @@ import org.junit.jupiter.params.provider.MethodSource;
  * Acceptance 1: random write / writeZeroes / discard / flush / reopen sequences on qcow2 images,
  * with and without a backing file, read back exactly as a byte-array model says, and leave an image
  * that qemu-img check finds clean and qemu-img compare finds equal to the model.
+ *
+ * <p>The default run makes 354 tries in about 30 s. A soak run: {@code -Dprops.tries=250} (2750
+ * tries, about 5 minutes); a reported failure replays with its {@code -Dprops.seed}.
  */
 @Tag("interop")
 class Qcow2ModelPropertyTest {

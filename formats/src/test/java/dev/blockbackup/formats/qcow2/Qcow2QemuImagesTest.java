@@ -64,7 +64,8 @@ class Qcow2QemuImagesTest {
         new Scenario("internal snapshot then more writes", Qcow2QemuImagesTest::snapshot),
         new Scenario("refcount_bits=1, 64K clusters", d -> patterns(d, 64 * K, ",refcount_bits=1")),
         new Scenario("refcount_bits=64, 4K clusters", d -> patterns(d, 4 * K, ",refcount_bits=64")),
-        new Scenario("lazy_refcounts=on, crashed (dirty bit set)", Qcow2QemuImagesTest::dirtyLazy));
+        new Scenario("lazy_refcounts=on, crashed (dirty bit set)", Qcow2QemuImagesTest::dirtyLazy),
+        new Scenario("resized larger, written, then shrunk", Qcow2QemuImagesTest::resized));
   }
 
   // ---- the images ------------------------------------------------------------------------------
@@ -228,6 +229,21 @@ class Qcow2QemuImagesTest {
         + " 70000", "-c", "write -z " + 64 * K + " " + 64 * K, "-c", "abort", img);
     assertThat(r.exit()).as("qemu-io abort exits by a signal: %s", r).isNotZero();
     assertThat(QemuImg.info(img).path("dirty-flag").asBoolean()).as("dirty flag after the crash").isTrue();
+    return new Built(img);
+  }
+
+  /**
+   * qemu-img resize: growing moves the L1 table to a larger one; shrinking keeps the larger L1, so
+   * l1_size exceeds what the virtual size needs (allowed by the spec).
+   */
+  static Built resized(Path d) {
+    Path img = d.resolve("resized.qcow2");
+    QemuImg.img("create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", img, M).assertExit(0);
+    io(img, "qcow2", "write -P 0x71 0 " + 300 * K);
+    QemuImg.img("resize", "-q", img, 9 * M).assertExit(0);
+    io(img, "qcow2", "write -P 0x72 " + (8 * M + 1000) + " 9000", "write -P 0x73 " + (3 * M - 10) + " 20");
+    QemuImg.img("resize", "-q", "--shrink", img, 5 * M + 512).assertExit(0);
+    io(img, "qcow2", "write -P 0x74 " + (5 * M - 700) + " 1212");
     return new Built(img);
   }
 
