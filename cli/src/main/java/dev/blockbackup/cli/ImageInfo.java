@@ -36,37 +36,38 @@ final class ImageInfo {
   static ImageInfo of(Path file, ImageFormat fmt) throws BlockIOException {
     ObjectNode j = MAPPER.createObjectNode();
     long fileLength = fileLength(file);
-    try (BlockDevice dev = Images.open(file, fmt, true)) {
-      if (dev instanceof Qcow2Image q) {
-        Qcow2Info i = q.info();
-        if (i.backingFormat() != null) {
-          j.put("backing-filename-format", i.backingFormat());
-        }
-        j.put("virtual-size", i.virtualSize());
-        j.put("filename", file.toString());
-        j.put("cluster-size", i.clusterSize());
-        j.put("format", "qcow2");
-        j.put("actual-size", Math.min(fileLength, i.hostClustersInUse() * i.clusterSize()));
-        ObjectNode spec = j.putObject("format-specific");
-        spec.put("type", "qcow2");
-        ObjectNode data = spec.putObject("data");
-        // qcow2_get_specific_info: v2 images have no feature bits, so QEMU shows only these.
-        data.put("compat", i.version() >= 3 ? "1.1" : "0.10");
-        data.put("compression-type", i.compressionType());
-        if (i.version() >= 3) {
-          data.put("lazy-refcounts", i.lazyRefcounts());
-        }
-        data.put("refcount-bits", i.refcountBits());
-        if (i.version() >= 3) {
-          data.put("corrupt", i.corrupt());
-          data.put("extended-l2", i.extendedL2());
-        }
-        if (i.backingFile() != null) {
-          j.put("full-backing-filename", Images.backingPath(file, i.backingFile()));
-          j.put("backing-filename", i.backingFile());
-        }
-        j.put("dirty-flag", i.dirty());
-      } else {
+    if (fmt == ImageFormat.QCOW2) {
+      // Like qemu-img info, read the header without opening the backing chain, which may be missing.
+      Qcow2Info i = Images.inspectQcow2(file);
+      if (i.backingFormat() != null) {
+        j.put("backing-filename-format", i.backingFormat());
+      }
+      j.put("virtual-size", i.virtualSize());
+      j.put("filename", file.toString());
+      j.put("cluster-size", i.clusterSize());
+      j.put("format", "qcow2");
+      j.put("actual-size", Math.min(fileLength, i.hostClustersInUse() * i.clusterSize()));
+      ObjectNode spec = j.putObject("format-specific");
+      spec.put("type", "qcow2");
+      ObjectNode data = spec.putObject("data");
+      // qcow2_get_specific_info: v2 images have no feature bits, so QEMU shows only these.
+      data.put("compat", i.version() >= 3 ? "1.1" : "0.10");
+      data.put("compression-type", i.compressionType());
+      if (i.version() >= 3) {
+        data.put("lazy-refcounts", i.lazyRefcounts());
+      }
+      data.put("refcount-bits", i.refcountBits());
+      if (i.version() >= 3) {
+        data.put("corrupt", i.corrupt());
+        data.put("extended-l2", i.extendedL2());
+      }
+      if (i.backingFile() != null) {
+        j.put("full-backing-filename", Images.backingPath(file, i.backingFile()));
+        j.put("backing-filename", i.backingFile());
+      }
+      j.put("dirty-flag", i.dirty());
+    } else {
+      try (BlockDevice dev = Images.open(file, fmt, true)) {
         // The raw driver counts whole sectors: a 1000-byte file is a 1024-byte disk to qemu-img.
         j.put("virtual-size", Sizes.roundUpToSector(dev.size()));
         j.put("filename", file.toString());

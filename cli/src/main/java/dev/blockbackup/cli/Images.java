@@ -3,6 +3,8 @@ package dev.blockbackup.cli;
 import dev.blockbackup.formats.BlockDevice;
 import dev.blockbackup.formats.BlockIOException;
 import dev.blockbackup.formats.ImageFormat;
+import dev.blockbackup.formats.qcow2.Qcow2Image;
+import dev.blockbackup.formats.qcow2.Qcow2Info;
 import java.nio.file.Files;
 import java.nio.file.Path;
 
@@ -56,6 +58,19 @@ final class Images {
       return format.open(path, readOnly);
     } catch (BlockIOException | IllegalArgumentException e) {
       throw new UserError("cannot open '" + path + "' as " + format.qemuName() + ": " + withoutPath(e.getMessage(), path), e);
+    }
+  }
+
+  /**
+   * The header of a qcow2 image, read without its backing chain (which may be missing), as
+   * qemu-img info reads it; or a UserError saying why not.
+   */
+  static Qcow2Info inspectQcow2(Path path) {
+    checkExists(path);
+    try {
+      return Qcow2Image.inspect(path);
+    } catch (BlockIOException | IllegalArgumentException e) {
+      throw new UserError("cannot open '" + path + "' as qcow2: " + withoutPath(e.getMessage(), path), e);
     }
   }
 

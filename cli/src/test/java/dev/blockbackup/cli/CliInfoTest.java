@@ -119,6 +119,20 @@ class CliInfoTest {
   }
 
   @Test
+  void overlayWhoseBackingFileIsMissingIsDescribedAsQemuImgDoes() throws IOException {
+    Path base = dir.resolve("gone.raw");
+    Cli.run("create", base, "2M").ok();
+    Path img = dir.resolve("orphan.qcow2");
+    Cli.run("create", "-f", "qcow2", "-b", "gone.raw", "-F", "raw", img).ok();
+    java.nio.file.Files.delete(base);
+    assertSameInfo(img);
+    // Opening it for I/O still needs the backing file, and says so in one line.
+    Cli.Run r = Cli.run("convert", "-O", "raw", img, dir.resolve("flat.raw"));
+    assertThat(r.exit()).isEqualTo(1);
+    assertThat(r.err().trim()).contains("gone.raw").doesNotContain("\n");
+  }
+
+  @Test
   void humanOutputHasQemuImgsLines() {
     Path img = dir.resolve("h.qcow2");
     Cli.run("create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", img).ok();

@@ -118,9 +118,8 @@ public final class Qcow2Image implements BlockDevice {
   /** The dirty bit as it is on disk now (a read-write open rebuilds the refcounts and clears it). */
   private boolean dirty;
 
-  private Qcow2Image(
-      Path path, RandomAccessFile raf, boolean readOnly, CacheMode cacheMode, Set<Path> chain, int depth, int l2Tables)
-      throws IOException {
+  private Qcow2Image(Path path, RandomAccessFile raf, boolean readOnly, CacheMode cacheMode, Set<Path> chain,
+      int depth, int l2Tables, boolean withBacking) throws IOException {
     this.path = path;
     this.where = path.toString();
     this.raf = raf;
@@ -192,7 +191,7 @@ public final class Qcow2Image implements BlockDevice {
 
     this.map = new ClusterMap(where, file, version, clusterBits, l1Offset, l1, l2, refcounts, this::addPendingFree);
     // the backing chain first: an image whose chain cannot be opened is not touched
-    this.backing = header.backingFile == null ? null : openBacking(chain, depth);
+    this.backing = header.backingFile == null || !withBacking ? null : openBacking(chain, depth);
     try {
       if (!readOnly && (header.incompatible & Qcow2Header.INCOMPAT_DIRTY) != 0) {
         // QEMU repairs a dirty image (lazy refcounts left unwritten) on a read-write open
@@ -250,7 +249,7 @@ public final class Qcow2Image implements BlockDevice {
       } else {
         throw new ImageFormatException(where + ": backing format '" + fmt + "' is not supported (raw, qcow2)");
       }
-      return format == ImageFormat.QCOW2 ? open(p, true, CacheMode.WRITEBACK, chain, depth + 1, 0) : RawImage.open(p, true);
+      return format == ImageFormat.QCOW2 ? open(p, true, CacheMode.WRITEBACK, chain, depth + 1, 0, true) : RawImage.open(p, true);
     } catch (ImageFormatException e) {
       // no cause: the inner message names the inner image already, and a deep chain would print
       // every level's message once per level
@@ -285,17 +284,27 @@ public final class Qcow2Image implements BlockDevice {
 
   /** As {@link #open(Path, boolean)}, with the given cache mode (backing files are only read). */
   public static Qcow2Image open(Path path, boolean readOnly, CacheMode cacheMode) throws BlockIOException {
-    return open(path, readOnly, cacheMode, new HashSet<>(), 0, 0);
+    return open(path, readOnly, cacheMode, new HashSet<>(), 0, 0, true);
+  }
+
+  /**
+   * What the header of {@code path} says, read without opening its backing chain, which need not
+   * exist: {@code qemu-img info} opens images the same way (BDRV_O_NO_BACKING). The image is
+   * validated as by {@link #open} and not changed.
+   */
+  public static Qcow2Info inspect(Path path) throws BlockIOException {
+    try (Qcow2Image img = open(path, true, CacheMode.WRITEBACK, new HashSet<>(), 0, 0, false)) {
+      return img.info();
+    }
   }
 
   /** Opens with an L2 cache of at most {@code l2Tables} tables, so tests can exercise eviction. */
   static Qcow2Image openWithSmallCache(Path path, boolean readOnly, int l2Tables) throws BlockIOException {
-    return open(path, readOnly, CacheMode.WRITEBACK, new HashSet<>(), 0, l2Tables);
+    return open(path, readOnly, CacheMode.WRITEBACK, new HashSet<>(), 0, l2Tables, true);
   }
 
-  private static Qcow2Image open(
-      Path path, boolean readOnly, CacheMode cacheMode, Set<Path> chain, int depth, int l2Tables)
-      throws BlockIOException {
+  private static Qcow2Image open(Path path, boolean readOnly, CacheMode cacheMode, Set<Path> chain, int depth,
+      int l2Tables, boolean withBacking) throws BlockIOException {
     if (!Files.exists(path)) {
       throw new BlockIOException(BlockError.EINVAL, "cannot open " + path + ": no such file");
     }
@@ -309,7 +318,7 @@ public final class Qcow2Image implements BlockDevice {
         throw new ImageFormatException("backing file loop: " + real + " is already in the backing chain " + chain);
       }
       raf = new RandomAccessFile(path.toFile(), readOnly ? "r" : "rw");
-      return new Qcow2Image(path, raf, readOnly, cacheMode, chain, depth, l2Tables);
+      return new Qcow2Image(path, raf, readOnly, cacheMode, chain, depth, l2Tables, withBacking);
     } catch (IOException | RuntimeException e) {
       if (raf != null) {
         try {
