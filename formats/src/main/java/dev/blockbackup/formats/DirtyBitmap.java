@@ -18,8 +18,8 @@ public final class DirtyBitmap {
   /** The smallest granularity QEMU accepts (block-dirty-bitmap-add, qcow2 granularity_bits 9). */
   public static final int MIN_GRANULARITY = 512;
 
-  /** At most 2^34 granules: the serialized form (2 GiB) must still fit in one Java array. */
-  public static final long MAX_GRANULES = 1L << 34;
+  /** The most granules: toBytes() must still fit in one Java array (just under 2 GiB). */
+  public static final long MAX_GRANULES = 8L * (Integer.MAX_VALUE - 8);
 
   /** One run of dirty bytes, as QEMU's bdrv_dirty_bitmap_next_dirty_area reports it. */
   public record Area(long offset, long length) {
@@ -122,14 +122,14 @@ public final class DirtyBitmap {
    */
   public void reset(long offset, long length) {
     checkRange(offset, length);
+    if (length == 0) {
+      return; // as hbitmap_reset, which returns before its alignment asserts
+    }
     long mask = granularity - 1;
     if ((offset & mask) != 0 || ((length & mask) != 0 && offset + length != size)) {
       throw new IllegalArgumentException(
           "reset range [" + offset + ", +" + length + ") must be aligned to the granularity "
               + granularity + " (or end at the size " + size + ")");
-    }
-    if (length == 0) {
-      return;
     }
     long first = offset >>> shift;
     long end = ((offset + length - 1) >>> shift) + 1;

@@ -311,6 +311,13 @@ class DirtyBitmapTest {
   }
 
   @Test
+  void tooManyGranulesForOneSerializedArrayAreRefused() {
+    assertThatThrownBy(() -> new DirtyBitmap((DirtyBitmap.MAX_GRANULES + 1) * 512, 512))
+        .isInstanceOf(IllegalArgumentException.class)
+        .hasMessageContaining(String.valueOf(DirtyBitmap.MAX_GRANULES));
+  }
+
+  @Test
   void aFullBitmapCountsExactlyTheSizeWhenTheLastGranuleIsShort() {
     DirtyBitmap bitmap = new DirtyBitmap(10_000, 4096);
     bitmap.setAll();
@@ -327,6 +334,8 @@ class DirtyBitmapTest {
         .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("4096");
     assertThatThrownBy(() -> bitmap.reset(0, 5000))
         .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("[0, +5000)");
+    bitmap.reset(100, 0); // empty: nothing to align, as hbitmap_reset
+    assertThat(bitmap.count()).isEqualTo(10_000);
     bitmap.reset(8192, 10_000 - 8192);
     assertThat(bitmap.isDirty(9_999)).isFalse();
     assertThat(bitmap.count()).isEqualTo(8192);
