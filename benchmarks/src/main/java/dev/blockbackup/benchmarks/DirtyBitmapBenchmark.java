@@ -17,9 +17,9 @@ import org.openjdk.jmh.annotations.Warmup;
 /**
  * DirtyBitmap on the size the issue names: a 1 TiB disk at 64 KiB granularity (16 Mi granules, a
  * 2 MiB bit array). {@code walkDirtyAreas} visits every dirty area of a bitmap with 0.01% random
- * dirty granules (about 1680), as the background copier walks its copy bitmap; a scan bit by bit
- * would take milliseconds, the summary levels should make it microseconds. {@code setOneGranule}
- * is the per-guest-write cost of dirty tracking.
+ * dirty granules (about 1680), as the background copier walks its copy bitmap, so it measures how
+ * well the summary levels skip the clean words between them. {@code setOneGranule} is the
+ * per-guest-write cost of dirty tracking.
  */
 @BenchmarkMode(Mode.AverageTime)
 @Warmup(iterations = 3, time = 2)
