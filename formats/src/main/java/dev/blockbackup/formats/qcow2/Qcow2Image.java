@@ -336,7 +336,8 @@ public final class Qcow2Image implements BlockDevice {
 
   /**
    * Writes one whole cluster at cluster-aligned {@code offset} compressed with deflate, into a
-   * guest cluster that must be unallocated (EIO otherwise, as QEMU). {@code cluster} holds exactly
+   * guest cluster that holds no host cluster: unallocated, or a plain zero cluster (as QEMU accepts);
+   * a cluster holding data, or a preallocated zero cluster, fails with EIO as in QEMU. {@code cluster} holds exactly
    * one cluster, or less for the image's last partial cluster. When the data does not compress to
    * under one cluster it is written as a normal cluster.
    */
