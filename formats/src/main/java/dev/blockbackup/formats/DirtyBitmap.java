@@ -399,15 +399,21 @@ public final class DirtyBitmap {
     int firstWord = (int) (from >>> 6);
     int lastWord = (int) ((to - 1) >>> 6);
     for (int w = firstWord; w <= lastWord; w++) {
-      long mask = -1L;
-      if (w == firstWord) {
-        mask &= -1L << from;
-      }
-      if (w == lastWord) {
-        mask &= -1L >>> (63 - ((to - 1) & 63));
-      }
+      long mask = wordMask(w, firstWord, lastWord, from, to);
       orWord(w, mask);
     }
+  }
+
+  /** The bits of word {@code w} (between firstWord and lastWord) that lie in [from, to). */
+  private static long wordMask(int w, int firstWord, int lastWord, long from, long to) {
+    long mask = -1L;
+    if (w == firstWord) {
+      mask &= -1L << from;
+    }
+    if (w == lastWord) {
+      mask &= -1L >>> (63 - ((to - 1) & 63));
+    }
+    return mask;
   }
 
   private void orWord(int w, long mask) {
@@ -431,13 +437,7 @@ public final class DirtyBitmap {
     int firstWord = (int) (from >>> 6);
     int lastWord = (int) ((to - 1) >>> 6);
     for (int w = firstWord; w <= lastWord; w++) {
-      long mask = -1L;
-      if (w == firstWord) {
-        mask &= -1L << from;
-      }
-      if (w == lastWord) {
-        mask &= -1L >>> (63 - ((to - 1) & 63));
-      }
+      long mask = wordMask(w, firstWord, lastWord, from, to);
       long old = words[w];
       long now = old & ~mask;
       if (now != old) {
@@ -460,13 +460,7 @@ public final class DirtyBitmap {
     int lastWord = (int) ((to - 1) >>> 6);
     long n = 0;
     for (int w = firstWord; w <= lastWord; w++) {
-      long mask = -1L;
-      if (w == firstWord) {
-        mask &= -1L << from;
-      }
-      if (w == lastWord) {
-        mask &= -1L >>> (63 - ((to - 1) & 63));
-      }
+      long mask = wordMask(w, firstWord, lastWord, from, to);
       n += Long.bitCount(words[w] & mask);
     }
     return n;
