@@ -67,8 +67,8 @@ public abstract class Job {
     private long progressTotal;
     /** Rate limit in bytes per second; 0 = unlimited. */
     private long speed;
-    /** The manager that lists this job, set at registration. */
-    private JobManager manager;
+    /** The manager that lists this job, set once at registration; read when delivering events. */
+    private volatile JobManager manager;
 
     private final CopyOnWriteArrayList<JobListener> listeners = new CopyOnWriteArrayList<>();
     /** Events queued under lock, delivered by flushEvents() outside it. */
@@ -769,9 +769,13 @@ public abstract class Job {
     /**
      * Delivers queued events in order. Whoever holds dispatchLock delivers everyone's events; a
      * thread that finds it taken leaves its events to the holder, which re-checks the queue after
-     * letting go.
+     * letting go. Events a listener causes are delivered after the current event, never nested.
      */
     private void flushEvents() {
+        if (dispatchLock.isHeldByCurrentThread()) {
+            // A listener called a verb: its events wait until every listener has seen this one.
+            return;
+        }
         while (!pendingEvents.isEmpty()) {
             if (!dispatchLock.tryLock()) {
                 return;

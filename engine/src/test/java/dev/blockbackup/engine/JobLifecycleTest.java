@@ -382,4 +382,38 @@ class JobLifecycleTest {
         assertThat(job.concludedFuture().get(TIMEOUT.toSeconds(), TimeUnit.SECONDS))
                 .isEqualTo(concluded);
     }
+
+    @Test
+    void aListenerMayCallVerbsWhileAnEventIsDelivered() throws Exception {
+        TestJob job = register(new TestJob("job0", true, false, false));
+        job.addListener(e -> {
+            if (e instanceof JobStatusChange c && c.status() == concluded) {
+                job.dismiss();
+            }
+        });
+        job.start();
+        job.finish.countDown();
+        recorder.awaitStatus(null_);
+        assertThat(recorder.statuses()).containsExactly(created, running, waiting, pending, concluded, null_);
+    }
+
+    @Test
+    void theBodyRunsOnTheGivenExecutor() throws Exception {
+        java.util.concurrent.ExecutorService pool = java.util.concurrent.Executors.newSingleThreadExecutor(
+                r -> new Thread(r, "test-pool"));
+        try {
+            String[] bodyThread = new String[1];
+            Job job = manager.register(new Job("job0", "backup") {
+                @Override
+                protected void run() {
+                    bodyThread[0] = Thread.currentThread().getName();
+                }
+            });
+            job.start(pool);
+            recorder.awaitStatus(null_);
+            assertThat(bodyThread[0]).isEqualTo("test-pool");
+        } finally {
+            pool.shutdownNow();
+        }
+    }
 }
