@@ -147,8 +147,14 @@ public abstract class Job {
     /** JobDriver.complete: the user asked a READY job to finish; called outside the lock. */
     protected void onComplete() {}
 
-    /** JobDriver.change (job-change, QEMU 8.2+); called outside the lock. */
-    protected void onChange() {}
+    /**
+     * JobDriver.change (block-job-change since QEMU 8.2, job-change in newer QEMU); called outside
+     * the lock. A job type without options to change refuses, as QEMU does for a driver without
+     * a change callback; backup has none.
+     */
+    protected void onChange() {
+        throw new JobException("Job type does not support change");
+    }
 
     // ---------------------------------------------------------------- queries
 

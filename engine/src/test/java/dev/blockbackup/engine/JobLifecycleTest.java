@@ -416,4 +416,16 @@ class JobLifecycleTest {
             pool.shutdownNow();
         }
     }
+
+    @Test
+    void changeIsRefusedByAJobTypeWithNothingToChange() {
+        Job job = manager.register(new Job("job0", "backup") {
+            @Override
+            protected void run() {}
+        });
+        assertThatThrownBy(job::change)
+                .isInstanceOf(JobException.class)
+                .hasMessage("Job type does not support change");
+        job.cancel();
+    }
 }
