@@ -6,9 +6,9 @@ package dev.blockbackup.engine;
  */
 public final class JobCancelledException extends RuntimeException {
 
-    private static final long serialVersionUID = 1L;
+  private static final long serialVersionUID = 1L;
 
-    JobCancelledException(String id) {
-        super("Job '" + id + "' was cancelled");
-    }
+  JobCancelledException(String id) {
+    super("Job '" + id + "' was cancelled");
+  }
 }

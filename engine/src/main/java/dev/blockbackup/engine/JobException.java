@@ -9,14 +9,14 @@ package dev.blockbackup.engine;
  */
 public final class JobException extends RuntimeException {
 
-    private static final long serialVersionUID = 1L;
+  private static final long serialVersionUID = 1L;
 
-    JobException(String message) {
-        super(message);
-    }
+  JobException(String message) {
+    super(message);
+  }
 
-    static JobException verbRefused(String id, JobStatus status, JobVerb verb) {
-        return new JobException("Job '" + id + "' in state '" + status.qapiName()
-                + "' cannot accept command verb '" + verb.qapiName() + "'");
-    }
+  static JobException verbRefused(String id, JobStatus status, JobVerb verb) {
+    return new JobException("Job '" + id + "' in state '" + status.qapiName()
+        + "' cannot accept command verb '" + verb.qapiName() + "'");
+  }
 }

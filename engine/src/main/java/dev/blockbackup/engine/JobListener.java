@@ -8,5 +8,5 @@ package dev.blockbackup.engine;
  */
 @FunctionalInterface
 public interface JobListener {
-    void onEvent(JobEvent event);
+  void onEvent(JobEvent event);
 }

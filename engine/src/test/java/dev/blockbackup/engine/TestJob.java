@@ -11,102 +11,102 @@ import java.util.concurrent.atomic.AtomicInteger;
  */
 final class TestJob extends Job {
 
-    static final long LEN = 1 << 20;
-    /** Bound on how long a forgotten test job keeps running. */
-    private static final long GIVE_UP_NANOS = TimeUnit.SECONDS.toNanos(60);
+  static final long LEN = 1 << 20;
+  /** Bound on how long a forgotten test job keeps running. */
+  private static final long GIVE_UP_NANOS = TimeUnit.SECONDS.toNanos(60);
 
-    final CountDownLatch finish = new CountDownLatch(1);
-    /** Reached once run() has started looping. */
-    final CountDownLatch running = new CountDownLatch(1);
-    private volatile CountDownLatch abortHold;
-    volatile RuntimeException failWith;
-    private final boolean declareReady;
+  final CountDownLatch finish = new CountDownLatch(1);
+  /** Reached once run() has started looping. */
+  final CountDownLatch running = new CountDownLatch(1);
+  private volatile CountDownLatch abortHold;
+  volatile RuntimeException failWith;
+  private final boolean declareReady;
 
-    final AtomicInteger commits = new AtomicInteger();
-    final AtomicInteger aborts = new AtomicInteger();
-    final AtomicInteger cleans = new AtomicInteger();
-    final AtomicInteger changes = new AtomicInteger();
-    final AtomicInteger completes = new AtomicInteger();
-    volatile long speedSeen = -1;
+  final AtomicInteger commits = new AtomicInteger();
+  final AtomicInteger aborts = new AtomicInteger();
+  final AtomicInteger cleans = new AtomicInteger();
+  final AtomicInteger changes = new AtomicInteger();
+  final AtomicInteger completes = new AtomicInteger();
+  volatile long speedSeen = -1;
 
-    TestJob(String id, boolean autoFinalize, boolean autoDismiss, boolean declareReady) {
-        super(id, declareReady ? "mirror" : "backup", autoFinalize, autoDismiss);
-        this.declareReady = declareReady;
+  TestJob(String id, boolean autoFinalize, boolean autoDismiss, boolean declareReady) {
+    super(id, declareReady ? "mirror" : "backup", autoFinalize, autoDismiss);
+    this.declareReady = declareReady;
+  }
+
+  TestJob(String id) {
+    this(id, true, true, false);
+  }
+
+  /** Makes abort() block until {@code gate} opens. */
+  TestJob holdInAbort(CountDownLatch gate) {
+    abortHold = gate;
+    return this;
+  }
+
+  @Override
+  protected void run() throws Exception {
+    progressSetRemaining(LEN);
+    if (declareReady) {
+      transitionToReady();
     }
-
-    TestJob(String id) {
-        this(id, true, true, false);
+    running.countDown();
+    long deadline = System.nanoTime() + GIVE_UP_NANOS;
+    while (!finish.await(2, TimeUnit.MILLISECONDS)) {
+      pausePoint();
+      if (System.nanoTime() - deadline > 0) {
+        throw new IllegalStateException("test job '" + id() + "' was never finished");
+      }
     }
-
-    /** Makes abort() block until {@code gate} opens. */
-    TestJob holdInAbort(CountDownLatch gate) {
-        abortHold = gate;
-        return this;
+    pausePoint();
+    RuntimeException f = failWith;
+    if (f != null) {
+      throw f;
     }
+    progressUpdate(LEN);
+  }
 
-    @Override
-    protected void run() throws Exception {
-        progressSetRemaining(LEN);
-        if (declareReady) {
-            transitionToReady();
-        }
-        running.countDown();
-        long deadline = System.nanoTime() + GIVE_UP_NANOS;
-        while (!finish.await(2, TimeUnit.MILLISECONDS)) {
-            pausePoint();
-            if (System.nanoTime() - deadline > 0) {
-                throw new IllegalStateException("test job '" + id() + "' was never finished");
-            }
-        }
-        pausePoint();
-        RuntimeException f = failWith;
-        if (f != null) {
-            throw f;
-        }
-        progressUpdate(LEN);
-    }
+  @Override
+  protected void commit() {
+    commits.incrementAndGet();
+  }
 
-    @Override
-    protected void commit() {
-        commits.incrementAndGet();
+  @Override
+  protected void abort() {
+    aborts.incrementAndGet();
+    CountDownLatch gate = abortHold;
+    if (gate != null) {
+      try {
+        gate.await(60, TimeUnit.SECONDS);
+      } catch (InterruptedException e) {
+        Thread.currentThread().interrupt();
+      }
     }
+  }
 
-    @Override
-    protected void abort() {
-        aborts.incrementAndGet();
-        CountDownLatch gate = abortHold;
-        if (gate != null) {
-            try {
-                gate.await(60, TimeUnit.SECONDS);
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-            }
-        }
-    }
+  @Override
+  protected void clean() {
+    cleans.incrementAndGet();
+  }
 
-    @Override
-    protected void clean() {
-        cleans.incrementAndGet();
-    }
+  @Override
+  protected void onSpeedChanged(long bytesPerSecond) {
+    speedSeen = bytesPerSecond;
+  }
 
-    @Override
-    protected void onSpeedChanged(long bytesPerSecond) {
-        speedSeen = bytesPerSecond;
-    }
+  @Override
+  protected boolean canComplete() {
+    return declareReady;
+  }
 
-    @Override
-    protected boolean canComplete() {
-        return declareReady;
-    }
+  @Override
+  protected void onComplete() {
+    completes.incrementAndGet();
+    finish.countDown();
+  }
 
-    @Override
-    protected void onComplete() {
-        completes.incrementAndGet();
-        finish.countDown();
-    }
-
-    @Override
-    protected void onChange() {
-        changes.incrementAndGet();
-    }
+  @Override
+  protected void onChange() {
+    changes.incrementAndGet();
+  }
 }
