@@ -48,25 +48,28 @@ public abstract class Job {
   /** Signalled on every change of the fields below. */
   private final Condition changed = lock.newCondition();
 
-  /** Current status; guarded by lock. */
-  private JobStatus status = JobStatus.undefined;
+  // The fields below are written only under the lock. Those a getter returns are volatile, so a
+  // getter reads them without taking the lock (one field, one consistent value).
+
+  /** Current status. */
+  private volatile JobStatus status = JobStatus.undefined;
   /** QEMU's pause_count: internal pauses (drains) plus one user pause; 1 until start(). */
-  private int pauseCount = 1;
+  private volatile int pauseCount = 1;
   /** A user pause (job-pause, or an error with action=stop) is counted in pauseCount. */
-  private boolean userPaused;
+  private volatile boolean userPaused;
   /** Cancel was requested (backup always force-cancels). */
-  private boolean cancelled;
+  private volatile boolean cancelled;
   /** start() was called: the body ran or is running. */
   private boolean started;
   /** job-finalize arrived while PENDING with auto-finalize=false. */
   private boolean finalizeRequested;
   /** Why the job failed (QEMU's job->err), or null. */
-  private String error;
+  private volatile String error;
   /** Progress: bytes done and bytes expected in total (QEMU's ProgressMeter). */
-  private long progressCurrent;
-  private long progressTotal;
+  private volatile long progressCurrent;
+  private volatile long progressTotal;
   /** Rate limit in bytes per second; 0 = unlimited. */
-  private long speed;
+  private volatile long speed;
   /** The manager that lists this job, set once at registration; read when delivering events. */
   private volatile JobManager manager;
 
@@ -168,12 +171,7 @@ public abstract class Job {
   }
 
   public final JobStatus status() {
-    lock.lock();
-    try {
-      return status;
-    } finally {
-      lock.unlock();
-    }
+    return status;
   }
 
   public final boolean autoFinalize() {
@@ -186,71 +184,36 @@ public abstract class Job {
 
   /** query-jobs current-progress. */
   public final long currentProgress() {
-    lock.lock();
-    try {
-      return progressCurrent;
-    } finally {
-      lock.unlock();
-    }
+    return progressCurrent;
   }
 
   /** query-jobs total-progress. */
   public final long totalProgress() {
-    lock.lock();
-    try {
-      return progressTotal;
-    } finally {
-      lock.unlock();
-    }
+    return progressTotal;
   }
 
   /** The rate limit in bytes per second, 0 for none. */
   public final long speed() {
-    lock.lock();
-    try {
-      return speed;
-    } finally {
-      lock.unlock();
-    }
+    return speed;
   }
 
   /** query-jobs error: why the job failed ("Operation canceled" after a cancel), or null. */
   public final String error() {
-    lock.lock();
-    try {
-      return error;
-    } finally {
-      lock.unlock();
-    }
+    return error;
   }
 
   /** query-block-jobs paused: the pause counter is above zero. */
   public final boolean isPaused() {
-    lock.lock();
-    try {
-      return pauseCount > 0;
-    } finally {
-      lock.unlock();
-    }
+    return pauseCount > 0;
   }
 
   /** Whether a user pause (or an error with action=stop) holds the job. */
   public final boolean isUserPaused() {
-    lock.lock();
-    try {
-      return userPaused;
-    } finally {
-      lock.unlock();
-    }
+    return userPaused;
   }
 
   public final boolean isCancelled() {
-    lock.lock();
-    try {
-      return cancelled;
-    } finally {
-      lock.unlock();
-    }
+    return cancelled;
   }
 
   public final void addListener(JobListener listener) {
