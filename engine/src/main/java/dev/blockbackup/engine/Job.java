@@ -68,6 +68,8 @@ public abstract class Job {
   /** Progress: bytes done and bytes expected in total (QEMU's ProgressMeter). */
   private volatile long progressCurrent;
   private volatile long progressTotal;
+  /** Counts {@link #wake()} calls, so a sleeper notices one that came while it was not waiting. */
+  private long wakeups;
   /** Rate limit in bytes per second; 0 = unlimited. */
   private volatile long speed;
   /** The manager that lists this job, set once at registration; read when delivering events. */
@@ -369,6 +371,39 @@ public abstract class Job {
     }
   }
 
+  /**
+   * job_sleep_ns: waits up to {@code nanos}, or less when the job is cancelled, asked to pause,
+   * given a new speed or {@linkplain #wake() woken}. Call {@link #pausePoint()} afterwards.
+   */
+  protected final void sleep(long nanos) {
+    lock.lock();
+    try {
+      long left = nanos;
+      long seen = wakeups;
+      while (left > 0 && !cancelled && pauseCount == 0 && seen == wakeups) {
+        try {
+          left = changed.awaitNanos(left);
+        } catch (InterruptedException e) {
+          Thread.currentThread().interrupt();
+          return;
+        }
+      }
+    } finally {
+      lock.unlock();
+    }
+  }
+
+  /** job_enter: ends a {@link #sleep} early, e.g. because something the body waits for happened. */
+  protected final void wake() {
+    lock.lock();
+    try {
+      wakeups++;
+      changed.signalAll();
+    } finally {
+      lock.unlock();
+    }
+  }
+
   /** job_transition_to_ready: RUNNING -> READY and BLOCK_JOB_READY; for jobs that complete. */
   protected final void transitionToReady() {
     lock.lock();
@@ -636,6 +671,8 @@ public abstract class Job {
         throw new JobException("Parameter 'speed' expects a non-negative value");
       }
       speed = bytesPerSecond;
+      wakeups++; // a sleeping rate-limited body recomputes its delay (block_job_set_speed)
+      changed.signalAll();
     } finally {
       unlockAndFlush();
     }

@@ -58,6 +58,25 @@ public interface BlockDevice extends Closeable {
   void flush() throws BlockIOException;
 
   /**
+   * Whether {@link #writeCompressed} works here (QEMU's bdrv_co_pwritev_compressed support): a
+   * backup with compress=true refuses a target without it.
+   */
+  default boolean supportsCompressedWrites() {
+    return false;
+  }
+
+  /**
+   * Writes one whole cluster (from {@link #alignment()}-aligned {@code offset}, exactly one cluster
+   * long, or less for the last partial cluster) compressed, into a cluster that holds no data in
+   * this layer yet.
+   *
+   * @throws BlockIOException ENOTSUP where {@link #supportsCompressedWrites()} is false
+   */
+  default void writeCompressed(long offset, ByteBuffer cluster) throws BlockIOException {
+    throw new BlockIOException(BlockError.ENOTSUP, "compressed writes are not supported by this device");
+  }
+
+  /**
    * Describes {@code [offset, offset+length)} as contiguous extents, in order, starting at {@code
    * offset}. They cover at least a non-empty prefix of the range and never reach past it; callers
    * that need the whole range ask again from where the answer ended.

@@ -64,6 +64,16 @@ public abstract class ForwardingBlockDevice implements BlockDevice {
   }
 
   @Override
+  public boolean supportsCompressedWrites() {
+    return delegate.supportsCompressedWrites();
+  }
+
+  @Override
+  public void writeCompressed(long offset, ByteBuffer cluster) throws BlockIOException {
+    delegate.writeCompressed(offset, cluster);
+  }
+
+  @Override
   public List<Extent> blockStatus(long offset, long length) throws BlockIOException {
     return delegate.blockStatus(offset, length);
   }

@@ -341,6 +341,12 @@ public final class Qcow2Image implements BlockDevice {
    * one cluster, or less for the image's last partial cluster. When the data does not compress to
    * under one cluster it is written as a normal cluster.
    */
+  @Override
+  public boolean supportsCompressedWrites() {
+    return !readOnly;
+  }
+
+  @Override
   public void writeCompressed(long offset, ByteBuffer cluster) throws BlockIOException {
     checkWritable();
     if ((offset & (clusterSize - 1)) != 0) {

@@ -1,0 +1,357 @@
+package dev.blockbackup.engine;
+
+import dev.blockbackup.engine.JobEvent.ErrorAction;
+import dev.blockbackup.engine.JobEvent.IoOperation;
+import dev.blockbackup.formats.BlockDevice;
+import dev.blockbackup.formats.BlockIOException;
+import dev.blockbackup.formats.Extent;
+import java.util.List;
+import java.util.Objects;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Semaphore;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.atomic.AtomicReference;
+
+/**
+ * QEMU's backup job (blockdev-backup): a point-in-time copy of a node that keeps being written.
+ *
+ * <p>{@link #create} inserts a {@link CopyBeforeWrite} filter above the node while the node is
+ * drained: that instant is the point in time. From then on a guest write to a cluster not yet
+ * copied first copies the old content to the target. {@link #start()} runs the background copier
+ * for sync=full and sync=top (which first drops the clusters the source's top layer does not
+ * allocate); sync=none copies only what guests overwrite and runs until cancelled. The filter stays
+ * until the job is finalized or aborted.
+ *
+ * <p>Background errors follow on-source-error (reads) and on-target-error (writes); errors of
+ * copy-before-write follow on-cbw-error instead. Rate limits apply to the background copier only.
+ */
+public final class BackupJob extends Job {
+
+  /** The smallest job cluster: QEMU's BACKUP_CLUSTER_SIZE_DEFAULT. */
+  public static final int MIN_CLUSTER_SIZE = 64 * 1024;
+
+  /** Upper bound on background worker threads: blocking file I/O on more only contends. */
+  private static final int MAX_THREADS = Math.max(2, 2 * Runtime.getRuntime().availableProcessors());
+
+  private static final AtomicInteger FILTER_NAMES = new AtomicInteger();
+
+  private final BlockNode node;
+  private final BlockDevice source;
+  private final BlockDevice target;
+  private final BackupOptions options;
+  private final String filterNodeName;
+  private final BlockCopy bcs;
+  private final CopyBeforeWrite cbw;
+
+  private final RateLimit rateLimit = new RateLimit();
+  /** A new speed for the body to apply (-1 for none): set-speed comes from other threads. */
+  private final java.util.concurrent.atomic.AtomicLong newSpeed = new java.util.concurrent.atomic.AtomicLong(-1);
+  private final int threads;
+  private final Semaphore slots;
+  private final ExecutorService workers;
+  /** The first failure of a background copy since the body last looked. */
+  private final AtomicReference<BlockCopyException> backgroundError = new AtomicReference<>();
+  private volatile boolean filterRemoved;
+
+  private BackupJob(String id, BlockNode node, BlockDevice target, BackupOptions options, int clusterSize) {
+    super(id, "backup", options.autoFinalize(), options.autoDismiss());
+    this.node = node;
+    this.source = node.device();
+    this.target = target;
+    this.options = options;
+    this.filterNodeName = options.filterNodeName() != null
+        ? options.filterNodeName() : "#block" + FILTER_NAMES.incrementAndGet();
+    this.bcs = new BlockCopy(source, target, clusterSize, options.maxChunk(), options.compress(),
+        options.discardSource(), new BlockCopy.Progress() {
+          @Override
+          public void copied(long bytes) {
+            progressUpdate(bytes);
+          }
+
+          @Override
+          public void skipped(long bytes) {
+            progressSetRemaining(bcs.remainingBytes());
+          }
+        });
+    this.cbw = new CopyBeforeWrite(source, bcs, options.onCbwError(),
+        TimeUnit.SECONDS.toNanos(options.cbwTimeoutSeconds()), this::wake);
+    this.threads = Math.min(options.maxWorkers(), MAX_THREADS);
+    this.slots = new Semaphore(threads);
+    this.workers = Executors.newFixedThreadPool(threads, r -> {
+      Thread t = new Thread(r, "backup-" + id + "-worker");
+      t.setDaemon(true);
+      return t;
+    });
+    rateLimit.setSpeed(options.speed());
+  }
+
+  /**
+   * blockdev-backup: checks the arguments, registers the job with {@code manager} and inserts the
+   * copy-before-write filter above {@code node}, which fixes the point in time. The job is CREATED;
+   * {@link #start()} starts the background copy.
+   *
+   * @throws JobException for arguments QEMU refuses, with QEMU's message
+   */
+  public static BackupJob create(JobManager manager, BlockNode node, BlockDevice target, BackupOptions options) {
+    Objects.requireNonNull(manager, "manager");
+    Objects.requireNonNull(node, "node");
+    Objects.requireNonNull(target, "target");
+    Objects.requireNonNull(options, "options");
+    switch (options.sync()) {
+      case incremental, bitmap -> throw new JobException(
+          "must provide a valid bitmap name for '" + options.sync() + "' sync mode");
+      default -> { }
+    }
+    if (target == node || target == node.base() || target == node.device()) {
+      throw new JobException("Source and target cannot be the same");
+    }
+    if (target.isReadOnly()) {
+      throw new JobException("Target is read-only: a backup writes to it");
+    }
+    if (node.size() != target.size()) {
+      throw new JobException("Source and target must have the same size (source " + node.size()
+          + " bytes, target " + target.size() + " bytes)");
+    }
+    if (options.compress() && !target.supportsCompressedWrites()) {
+      throw new JobException("Compression is not supported for this drive");
+    }
+    int clusterSize = (int) Math.max(Math.max(MIN_CLUSTER_SIZE, options.minClusterSize()), target.alignment());
+    if (options.maxChunk() != 0 && options.maxChunk() < clusterSize) {
+      throw new JobException("Required max-chunk (" + options.maxChunk()
+          + ") is less than backup cluster size (" + clusterSize + ")");
+    }
+    String id = options.jobId() != null ? options.jobId() : node.name();
+    node.block("block device is in use by block job: backup");
+    BackupJob job;
+    try (BlockNode.Drained d = node.drain()) {
+      job = new BackupJob(id, node, target, options, clusterSize);
+      manager.register(job);
+      node.insertFilter(job.source, job.cbw);
+    } catch (RuntimeException e) {
+      node.unblock("block device is in use by block job: backup");
+      throw e;
+    }
+    return job;
+  }
+
+  // ---------------------------------------------------------------- queries
+
+  public BackupOptions options() {
+    return options;
+  }
+
+  /** The job cluster size: max(64 KiB, min-cluster-size, target cluster size). */
+  public int clusterSize() {
+    return bcs.clusterSize();
+  }
+
+  /** The copy-before-write filter this job inserted (until it is finalized). */
+  public CopyBeforeWrite filter() {
+    return cbw;
+  }
+
+  /** filter-node-name, or the name generated for the filter. */
+  public String filterNodeName() {
+    return filterNodeName;
+  }
+
+  /** A read-only view of the source at the job's point in time (snapshot-access over the filter). */
+  public SnapshotView snapshotView() {
+    return SnapshotView.of(cbw);
+  }
+
+  public BlockNode node() {
+    return node;
+  }
+
+  public BlockDevice target() {
+    return target;
+  }
+
+  // ---------------------------------------------------------------- the body
+
+  @Override
+  protected void onSpeedChanged(long bytesPerSecond) {
+    newSpeed.set(bytesPerSecond);
+    wake();
+  }
+
+  @Override
+  protected void run() throws Exception {
+    applySpeed();
+    progressSetRemaining(bcs.remainingBytes());
+    switch (options.sync()) {
+      case none -> waitForCancel();
+      case top -> {
+        bcs.setSkipUnallocated(true);
+        try {
+          dropUnallocated();
+        } finally {
+          bcs.setSkipUnallocated(false);
+        }
+        progressSetRemaining(bcs.remainingBytes());
+        backgroundCopy();
+      }
+      default -> backgroundCopy();
+    }
+    checkSnapshot();
+    target.flush();
+  }
+
+  /** sync=none: nothing to do in the background; copy-before-write goes on until cancel. */
+  private void waitForCancel() throws BlockIOException {
+    while (true) {
+      checkSnapshot();
+      pausePoint();
+      sleep(TimeUnit.MILLISECONDS.toNanos(100));
+    }
+  }
+
+  /**
+   * sync=top's scan (backup_run's skip-unallocated pass): clears the clusters that the source's
+   * top layer does not allocate at all; a cluster with any allocated byte is kept.
+   */
+  private void dropUnallocated() throws BlockIOException {
+    long len = bcs.size();
+    int c = bcs.clusterSize();
+    long pos = 0;
+    while (pos < len) {
+      pausePoint();
+      checkSnapshot();
+      List<Extent> extents = source.blockStatus(pos, Math.min(len - pos, 1L << 30));
+      for (Extent e : extents) {
+        if (!e.allocated()) {
+          long s = (e.offset() + c - 1) / c * c;
+          long end = e.end() == len ? len : e.end() / c * c;
+          if (end > s) {
+            bcs.resetRange(s, end - s);
+          }
+        }
+        pos = e.end();
+      }
+      if (extents.isEmpty()) {
+        break;
+      }
+    }
+  }
+
+  private void applySpeed() {
+    long s = newSpeed.getAndSet(-1);
+    if (s >= 0) {
+      rateLimit.setSpeed(s);
+    }
+  }
+
+  /** The background copier: claims dirty runs in order and copies them on the worker threads. */
+  private void backgroundCopy() throws BlockIOException {
+    long len = bcs.size();
+    long pos = 0;
+    try {
+      while (true) {
+        checkSnapshot();
+        if (isPaused()) {
+          // a pause stops the background copy: let what runs finish, then stop (copy-before-write
+          // goes on meanwhile)
+          awaitWorkers();
+          pausePoint();
+          pos = 0;
+          continue;
+        }
+        pausePoint();
+        BlockCopyException err = backgroundError.get();
+        if (err != null) {
+          awaitWorkers();
+          backgroundError.set(null);
+          handleError(err);
+          pos = 0;
+          continue;
+        }
+        applySpeed();
+        long delay = rateLimit.delayNanos(System.nanoTime());
+        if (delay > 0) {
+          sleep(delay);
+          continue;
+        }
+        if (!slots.tryAcquire(50, TimeUnit.MILLISECONDS)) {
+          continue;
+        }
+        BlockCopy.Task t = bcs.claim(pos, len);
+        if (t == null) {
+          slots.release();
+          if (pos > 0) {
+            pos = 0; // failed copies may have left dirty clusters behind us
+            continue;
+          }
+          awaitWorkers();
+          bcs.awaitIdle(0, len); // copy-before-write copies too: one may fail and leave work
+          if (backgroundError.get() == null && bcs.remainingBytes() == 0) {
+            return;
+          }
+          continue;
+        }
+        pos = t.end();
+        rateLimit.account(t.length);
+        workers.execute(() -> {
+          try {
+            bcs.run(t);
+          } catch (BlockCopyException e) {
+            backgroundError.compareAndSet(null, e);
+            wake();
+          } finally {
+            slots.release();
+          }
+        });
+      }
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+      throw new BlockIOException(dev.blockbackup.formats.BlockError.ECANCELED, "interrupted");
+    } finally {
+      awaitWorkers();
+    }
+  }
+
+  private void awaitWorkers() {
+    slots.acquireUninterruptibly(threads);
+    slots.release(threads);
+  }
+
+  /**
+   * block_job_error_action for a failed background copy: BLOCK_JOB_ERROR always; then fail
+   * (report), retry (ignore), or pause until job-resume and retry (stop).
+   */
+  private void handleError(BlockCopyException err) throws BlockIOException {
+    BlockdevOnError policy = err.isRead() ? options.onSourceError() : options.onTargetError();
+    ErrorAction action = policy.actionFor(err.error());
+    blockJobError(err.isRead() ? IoOperation.read : IoOperation.write, action);
+    switch (action) {
+      case report -> throw new BlockIOException(err.error(), err.error().strerror(), err);
+      case stop -> pausePoint(); // blockJobError user-paused us; job-resume retries
+      case ignore -> { }
+    }
+  }
+
+  /** Fails the job once copy-before-write has broken the snapshot (on-cbw-error=break-snapshot). */
+  private void checkSnapshot() throws BlockIOException {
+    BlockIOException broken = cbw.snapshotError();
+    if (broken != null) {
+      throw new BlockIOException(broken.error(), broken.error().strerror(), broken);
+    }
+  }
+
+  // ---------------------------------------------------------------- the end
+
+  /** backup_clean: the filter leaves the graph, the node is free for other jobs. */
+  @Override
+  protected void clean() {
+    if (!filterRemoved) {
+      filterRemoved = true;
+      try (BlockNode.Drained d = node.drain()) {
+        node.removeFilter(cbw, source);
+      }
+      node.unblock("block device is in use by block job: backup");
+    }
+    workers.shutdown();
+  }
+}

@@ -1,0 +1,440 @@
+package dev.blockbackup.engine;
+
+import dev.blockbackup.formats.BlockDevice;
+import dev.blockbackup.formats.BlockIOException;
+import dev.blockbackup.formats.DirtyBitmap;
+import dev.blockbackup.formats.Extent;
+import dev.blockbackup.formats.WriteFlag;
+import java.nio.ByteBuffer;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.locks.Condition;
+import java.util.concurrent.locks.ReentrantLock;
+
+/**
+ * QEMU's block-copy state: the copy bitmap (one bit per job cluster, set = still to copy) and the
+ * table of copies in flight, shared by the copy-before-write filter and the background copier.
+ *
+ * <p>A copier claims a run of dirty clusters by clearing their bits and listing the run as in
+ * flight, both under one lock, so two copiers never copy the same cluster. Whoever finds only
+ * in-flight clusters in its range waits for those copies and looks again; a failed copy puts its
+ * bits back, so a waiter then copies them itself. That is how each cluster is copied exactly once
+ * by whoever reaches it first, and a guest write that meets a background copy waits for it only.
+ *
+ * <p>Per copy, block status picks the method: an unallocated run in top mode is skipped, a zero
+ * run is written as write-zeroes, data is read and written, except that clusters whose content is
+ * all zeros are written as write-zeroes too, so the target stays sparse.
+ */
+final class BlockCopy {
+
+  /** Background chunk without x-perf max-chunk: max(cluster, 1 MiB), as QEMU's read/write method. */
+  static final long DEFAULT_CHUNK = 1 << 20;
+
+  /** What the job learns from copies: progress, and skipped work that shrinks the total. */
+  interface Progress {
+    void copied(long bytes);
+
+    void skipped(long bytes);
+  }
+
+  /** A run of clusters being copied: [offset, offset + length), length shrinking at most. */
+  static final class Task {
+    final long offset;
+    long length;
+    boolean finished;
+
+    Task(long offset, long length) {
+      this.offset = offset;
+      this.length = length;
+    }
+
+    long end() {
+      return offset + length;
+    }
+  }
+
+  private final BlockDevice source;
+  private final BlockDevice target;
+  private final long len;
+  private final int clusterSize;
+  private final boolean compress;
+  private final boolean discardSource;
+  private final int chunkCap;
+  private final Progress progress;
+
+  private final ReentrantLock lock = new ReentrantLock();
+  private final Condition taskEnded = lock.newCondition();
+  /** Dirty = still to be copied. Guarded by itself (DirtyBitmap locks) and changed under lock. */
+  private final DirtyBitmap copyBitmap;
+  /** Clusters whose point-in-time data is on the target (QEMU's CBW done bitmap, plus background). */
+  private final DirtyBitmap copied;
+  private final List<Task> inFlight = new ArrayList<>();
+  /** sync=top: skip what the source's top layer does not allocate (until its scan is done). */
+  private volatile boolean skipUnallocated;
+
+  private final ThreadLocal<ByteBuffer> buffers;
+  private static final ByteBuffer ZEROS = ByteBuffer.allocateDirect(1 << 16).asReadOnlyBuffer();
+
+  BlockCopy(BlockDevice source, BlockDevice target, int clusterSize, long maxChunk, boolean compress,
+      boolean discardSource, Progress progress) {
+    this.source = source;
+    this.target = target;
+    this.len = source.size();
+    this.clusterSize = clusterSize;
+    this.compress = compress;
+    this.discardSource = discardSource;
+    long chunk = compress ? clusterSize : Math.max(clusterSize, DEFAULT_CHUNK);
+    if (maxChunk > 0) {
+      chunk = Math.min(chunk, maxChunk);
+    }
+    this.chunkCap = (int) (chunk / clusterSize * clusterSize);
+    this.progress = progress;
+    this.copyBitmap = new DirtyBitmap(len, clusterSize);
+    this.copied = new DirtyBitmap(len, clusterSize);
+    copyBitmap.setAll(); // everything needs copying until the job narrows it (QEMU's block_copy_state_new)
+    int bufSize = chunkCap;
+    this.buffers = ThreadLocal.withInitial(() -> ByteBuffer.allocateDirect(bufSize));
+  }
+
+  int clusterSize() {
+    return clusterSize;
+  }
+
+  long size() {
+    return len;
+  }
+
+  int chunk() {
+    return chunkCap;
+  }
+
+  BlockDevice source() {
+    return source;
+  }
+
+  BlockDevice target() {
+    return target;
+  }
+
+  /** The copy bitmap; change it only through this class once copies may run. */
+  DirtyBitmap copyBitmap() {
+    return copyBitmap;
+  }
+
+  /** Clusters whose point-in-time content is on the target. */
+  boolean isCopied(long offset) {
+    return copied.isDirty(offset);
+  }
+
+  DirtyBitmap copiedBitmap() {
+    return copied;
+  }
+
+  void setSkipUnallocated(boolean skip) {
+    skipUnallocated = skip;
+  }
+
+  /** Bytes still to copy: dirty plus in flight (QEMU recomputes "remaining" this way). */
+  long remainingBytes() {
+    lock.lock();
+    try {
+      long n = copyBitmap.count();
+      for (Task t : inFlight) {
+        n += t.length;
+      }
+      return n;
+    } finally {
+      lock.unlock();
+    }
+  }
+
+  /** Marks [offset, offset+length), aligned to clusters (or ending at the size), clean: not needed. */
+  void resetRange(long offset, long length) {
+    lock.lock();
+    try {
+      copyBitmap.reset(offset, length);
+    } finally {
+      lock.unlock();
+    }
+  }
+
+  // ---------------------------------------------------------------- claiming
+
+  /**
+   * Claims the first dirty run in [from, end), at most one chunk: its bits are cleared and it is
+   * listed as in flight. Null when nothing in the range is dirty.
+   */
+  Task claim(long from, long end) {
+    lock.lock();
+    try {
+      return claimLocked(from, end);
+    } finally {
+      lock.unlock();
+    }
+  }
+
+  /** Whether any copy overlapping [from, end) is in flight. */
+  boolean anyInFlight(long from, long end) {
+    lock.lock();
+    try {
+      return overlapping(from, end) != null;
+    } finally {
+      lock.unlock();
+    }
+  }
+
+  private Task overlapping(long from, long end) {
+    for (Task t : inFlight) {
+      if (t.offset < end && from < t.end()) {
+        return t;
+      }
+    }
+    return null;
+  }
+
+  /** Waits until no copy overlapping [from, end) is in flight. */
+  void awaitIdle(long from, long end) {
+    lock.lock();
+    try {
+      Task t;
+      while ((t = overlapping(from, end)) != null) {
+        while (!t.finished) {
+          taskEnded.awaitUninterruptibly();
+        }
+      }
+    } finally {
+      lock.unlock();
+    }
+  }
+
+  /** Gives the tail of a task back: [offset+keep, end) is dirty again and no longer in flight. */
+  private void shrink(Task t, long keep) {
+    if (keep >= t.length) {
+      return;
+    }
+    lock.lock();
+    try {
+      copyBitmap.set(t.offset + keep, t.length - keep);
+      t.length = keep;
+      taskEnded.signalAll();
+    } finally {
+      lock.unlock();
+    }
+  }
+
+  private void finish(Task t, boolean ok) {
+    lock.lock();
+    try {
+      if (!ok) {
+        copyBitmap.set(t.offset, t.length);
+      }
+      t.finished = true;
+      inFlight.remove(t);
+      taskEnded.signalAll();
+    } finally {
+      lock.unlock();
+    }
+  }
+
+  // ---------------------------------------------------------------- copying
+
+  /**
+   * The copy-before-write call (block_copy): copies every dirty cluster that [offset,
+   * offset+length) touches and returns once the range is clean and no overlapping copy is in
+   * flight. Not rate limited. Fails only for its own failed copies; a failed copy of someone else
+   * leaves its clusters dirty, and this call copies them itself.
+   */
+  void copyRange(long offset, long length) throws BlockIOException {
+    if (length <= 0) {
+      return;
+    }
+    long start = offset / clusterSize * clusterSize;
+    long end = Math.min(len, roundUp(offset + length));
+    while (true) {
+      Task t;
+      lock.lock();
+      try {
+        t = claimLocked(start, end);
+        if (t == null) {
+          Task other = overlapping(start, end);
+          if (other == null) {
+            return;
+          }
+          while (!other.finished) {
+            taskEnded.awaitUninterruptibly();
+          }
+          continue;
+        }
+      } finally {
+        lock.unlock();
+      }
+      run(t);
+    }
+  }
+
+  private Task claimLocked(long start, long end) {
+    DirtyBitmap.Area a = copyBitmap.nextDirtyArea(start, end, chunkCap);
+    if (a == null) {
+      return null;
+    }
+    long s = a.offset() / clusterSize * clusterSize;
+    long e = Math.min(len, Math.min(roundUp(a.end()), s + chunkCap));
+    copyBitmap.reset(s, e - s);
+    Task t = new Task(s, e - s);
+    inFlight.add(t);
+    return t;
+  }
+
+  /**
+   * Copies a claimed task. On success its clusters count as copied; on failure they are dirty
+   * again and the exception says whether the read or the write failed.
+   */
+  void run(Task t) throws BlockCopyException {
+    boolean ok = false;
+    try {
+      ok = copy(t);
+    } finally {
+      if (!ok) {
+        finish(t, false);
+      }
+    }
+  }
+
+  /** Returns true once the task is finished as a success. */
+  private boolean copy(Task t) throws BlockCopyException {
+    long off = t.offset;
+    Extent e = firstExtent(off, t.length);
+    boolean statusKnown = e != null;
+    long keep = t.length;
+    if (statusKnown && e.end() < t.end()) {
+      // Shrink to the extent: whole clusters, at least one (QEMU's block_copy_block_status).
+      long aligned = (e.end() - off) / clusterSize * clusterSize;
+      if (aligned == 0) {
+        statusKnown = false; // less than a cluster of this kind: copy one cluster as data
+        aligned = Math.min(clusterSize, t.length);
+      }
+      keep = aligned;
+    }
+    shrink(t, keep);
+    long n = t.length;
+    if (statusKnown && skipUnallocated && !e.allocated()) {
+      finish(t, true);
+      progress.skipped(n);
+      return true;
+    }
+    if (statusKnown && e.zero() && !e.data()) {
+      writeZeroes(off, n);
+    } else {
+      ByteBuffer buf = buffers.get();
+      buf.clear().limit((int) n);
+      try {
+        source.read(off, buf);
+      } catch (BlockIOException ex) {
+        throw new BlockCopyException(ex, true);
+      }
+      buf.flip();
+      writeData(off, buf);
+    }
+    lock.lock();
+    try {
+      copied.set(off, n);
+    } finally {
+      lock.unlock();
+    }
+    finish(t, true);
+    progress.copied(n);
+    if (discardSource) {
+      try {
+        source.discard(off, n);
+      } catch (BlockIOException ignored) {
+        // discard-source only frees space; the copy itself succeeded
+      }
+    }
+    return true;
+  }
+
+  private Extent firstExtent(long off, long n) {
+    try {
+      List<Extent> ext = source.blockStatus(off, n);
+      return ext.isEmpty() ? null : ext.get(0);
+    } catch (BlockIOException e) {
+      return null; // an error here only costs us the shortcut: copy as data
+    }
+  }
+
+  /** Writes {@code buf} at {@code off}, turning runs of all-zero clusters into write-zeroes. */
+  private void writeData(long off, ByteBuffer buf) throws BlockCopyException {
+    int total = buf.remaining();
+    int pos = 0;
+    while (pos < total) {
+      int step = Math.min(clusterSize, total - pos);
+      boolean zero = isZero(buf, pos, step);
+      int runEnd = pos + step;
+      while (runEnd < total) {
+        int s = Math.min(clusterSize, total - runEnd);
+        if (isZero(buf, runEnd, s) != zero) {
+          break;
+        }
+        runEnd += s;
+      }
+      if (zero) {
+        writeZeroes(off + pos, runEnd - pos);
+      } else {
+        ByteBuffer slice = buf.duplicate();
+        slice.position(pos).limit(runEnd);
+        try {
+          if (compress) {
+            writeCompressed(off + pos, slice);
+          } else {
+            target.write(off + pos, slice);
+          }
+        } catch (BlockIOException ex) {
+          throw new BlockCopyException(ex, false);
+        }
+      }
+      pos = runEnd;
+    }
+  }
+
+  private void writeCompressed(long off, ByteBuffer data) throws BlockIOException {
+    int tc = target.alignment();
+    int pos = data.position();
+    while (pos < data.limit()) {
+      int n = Math.min(tc, data.limit() - pos);
+      ByteBuffer one = data.duplicate();
+      one.position(pos).limit(pos + n);
+      target.writeCompressed(off + (pos - data.position()), one);
+      pos += n;
+    }
+  }
+
+  private void writeZeroes(long off, long n) throws BlockCopyException {
+    try {
+      target.writeZeroes(off, n, WriteFlag.MAY_UNMAP);
+    } catch (BlockIOException ex) {
+      throw new BlockCopyException(ex, false);
+    }
+  }
+
+  private static boolean isZero(ByteBuffer buf, int from, int length) {
+    int pos = from;
+    int end = from + length;
+    while (pos < end) {
+      int n = Math.min(ZEROS.capacity(), end - pos);
+      ByteBuffer a = buf.duplicate();
+      a.limit(pos + n).position(pos);
+      ByteBuffer z = ZEROS.duplicate();
+      z.limit(n);
+      if (a.mismatch(z) >= 0) {
+        return false;
+      }
+      pos += n;
+    }
+    return true;
+  }
+
+  private long roundUp(long v) {
+    long r = (v + clusterSize - 1) / clusterSize * clusterSize;
+    return r;
+  }
+}
