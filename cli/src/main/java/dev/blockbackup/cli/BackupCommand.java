@@ -40,7 +40,7 @@ import picocli.CommandLine.Spec;
       "--sync full copies the whole disk, backing chain flattened. --sync top copies only what SRC's top"
           + " layer allocates, and TARGET (qcow2) gets SRC's backing file, as drive-backup does; for an image"
           + " without a backing file top is the same as full.",
-      "Progress is a redrawn bar on a terminal and a plain line per 10% otherwise (stdout); the last line"
+      "Progress is a redrawn bar on a terminal and a plain line per 10%% otherwise (stdout); the last line"
           + " is a summary. TARGET must not exist unless --existing is given.",
       "Examples:",
       "  blockbackup backup --sync full disk.qcow2 backup.qcow2",
