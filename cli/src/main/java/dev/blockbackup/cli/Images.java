@@ -2,6 +2,7 @@ package dev.blockbackup.cli;
 
 import dev.blockbackup.formats.BlockDevice;
 import dev.blockbackup.formats.BlockIOException;
+import dev.blockbackup.formats.CacheMode;
 import dev.blockbackup.formats.ImageFormat;
 import dev.blockbackup.formats.qcow2.Qcow2Image;
 import dev.blockbackup.formats.qcow2.Qcow2Info;
@@ -53,9 +54,14 @@ final class Images {
 
   /** Opens {@code path} in {@code format}, or a UserError saying why not. */
   static BlockDevice open(Path path, ImageFormat format, boolean readOnly) {
+    return open(path, format, readOnly, CacheMode.WRITEBACK);
+  }
+
+  /** As {@link #open(Path, ImageFormat, boolean)}, with the given cache mode. */
+  static BlockDevice open(Path path, ImageFormat format, boolean readOnly, CacheMode cacheMode) {
     checkExists(path);
     try {
-      return format.open(path, readOnly);
+      return format.open(path, readOnly, cacheMode);
     } catch (BlockIOException | IllegalArgumentException e) {
       throw new UserError("cannot open '" + path + "' as " + format.qemuName() + ": " + withoutPath(e.getMessage(), path), e);
     }

@@ -20,8 +20,10 @@ import picocli.CommandLine.Spec;
     name = "blockbackup",
     mixinStandardHelpOptions = true,
     version = "blockbackup 0.1.0",
-    description = "Block backup engine: create, inspect and convert raw and qcow2 images the way qemu-img does.",
-    subcommands = {CreateCommand.class, InfoCommand.class, ConvertCommand.class, CommandLine.HelpCommand.class})
+    description = "Block backup engine: create, inspect and convert raw and qcow2 images the way qemu-img does,"
+        + " and back them up with QEMU's backup job.",
+    subcommands = {CreateCommand.class, InfoCommand.class, ConvertCommand.class, BackupCommand.class,
+        CommandLine.HelpCommand.class})
 public final class Main implements Callable<Integer> {
 
   /** Exit status of a failed command, as qemu-img's. */

@@ -69,6 +69,21 @@ class CliUserErrorTest {
     m.add(Arguments.of("raw file opened as qcow2", List.of("info", "-f", "qcow2", "$/disk.raw"), "cannot open"));
     m.add(Arguments.of("qcow2 that fails validation", List.of("info", "$/bad.qcow2"), "cannot open"));
     m.add(Arguments.of("qcow2 that fails validation (convert)", List.of("convert", "-O", "raw", "$/bad.qcow2", "$/x.raw"), "cannot open"));
+    m.add(Arguments.of("no such file (backup)", List.of("backup", "--sync", "full", "nope.raw", "$/b.qcow2"), "cannot open 'nope.raw': no such file"));
+    m.add(Arguments.of("backup target exists", List.of("backup", "--sync", "full", "$/disk.raw", "$/bad.qcow2"), "exists (remove it, or give --existing"));
+    m.add(Arguments.of("backup --existing target missing", List.of("backup", "--sync", "full", "--existing", "$/disk.raw", "$/b.qcow2"), "does not exist"));
+    m.add(Arguments.of("backup onto its source", List.of("backup", "--sync", "full", "--existing", "$/disk.raw", "$/disk.raw"), "same file"));
+    m.add(Arguments.of("backup compress into raw", List.of("backup", "--sync", "full", "--compress", "--target-format", "raw", "$/disk.raw", "$/b.raw"), "--compress is not supported by target format raw"));
+    m.add(Arguments.of("backup sync none", List.of("backup", "--sync", "none", "$/disk.raw", "$/b.qcow2"), "--sync none copies only what a guest overwrites"));
+    m.add(Arguments.of("backup sync bitmap", List.of("backup", "--sync", "bitmap", "$/disk.raw", "$/b.qcow2"), "needs a dirty bitmap"));
+    m.add(Arguments.of("backup unknown sync", List.of("backup", "--sync", "half", "$/disk.raw", "$/b.qcow2"), "invalid --sync 'half'"));
+    m.add(Arguments.of("backup bad speed", List.of("backup", "--sync", "full", "--speed", "fast", "$/disk.raw", "$/b.qcow2"), "invalid speed 'fast'"));
+    m.add(Arguments.of("backup speed suffix", List.of("backup", "--sync", "full", "--speed", "10Q", "$/disk.raw", "$/b.qcow2"), "invalid speed '10Q'"));
+    m.add(Arguments.of("backup bad job id", List.of("backup", "--sync", "full", "--job-id", "1st", "$/disk.raw", "$/b.qcow2"), "Invalid job ID '1st'"));
+    m.add(Arguments.of("backup bad progress", List.of("backup", "--sync", "full", "--progress", "loud", "$/disk.raw", "$/b.qcow2"), "invalid --progress 'loud'"));
+    m.add(Arguments.of("backup -o with --existing", List.of("backup", "--sync", "full", "--existing", "-o", "cluster_size=4k", "--target-format", "qcow2", "$/disk.raw", "$/bad.qcow2"), "-o applies to a new target only"));
+    m.add(Arguments.of("backup compress into existing", List.of("backup", "--sync", "full", "--existing", "--compress", "--target-format", "qcow2", "$/disk.raw", "$/bad.qcow2"), "--compress needs a new target"));
+    m.add(Arguments.of("backup -o for raw target", List.of("backup", "--sync", "full", "--target-format", "raw", "-o", "cluster_size=4k", "$/disk.raw", "$/b.raw"), "invalid option 'cluster_size' for format raw"));
     return m.stream();
   }
 
@@ -110,6 +125,12 @@ class CliUserErrorTest {
     Cli.Run r = Cli.run();
     assertThat(r.exit()).isEqualTo(2);
     assertThat(r.err()).contains("Missing required subcommand").contains("Commands:");
+  }
+
+  @Test
+  void refusedBackupLeavesNoTargetBehind() {
+    Cli.run("backup", "--sync", "full", "--speed", "fast", dir.resolve("disk.raw"), dir.resolve("never.qcow2"));
+    assertThat(dir.resolve("never.qcow2")).doesNotExist();
   }
 
   @Test

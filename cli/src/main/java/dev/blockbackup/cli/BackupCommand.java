@@ -1,0 +1,293 @@
+package dev.blockbackup.cli;
+
+import dev.blockbackup.engine.BackupJob;
+import dev.blockbackup.engine.BackupOptions;
+import dev.blockbackup.engine.BlockNode;
+import dev.blockbackup.engine.JobException;
+import dev.blockbackup.engine.JobManager;
+import dev.blockbackup.engine.MirrorSyncMode;
+import dev.blockbackup.formats.BlockDevice;
+import dev.blockbackup.formats.BlockIOException;
+import dev.blockbackup.formats.CacheMode;
+import dev.blockbackup.formats.ImageFormat;
+import dev.blockbackup.formats.RawImage;
+import dev.blockbackup.formats.qcow2.Qcow2CreateOptions;
+import dev.blockbackup.formats.qcow2.Qcow2Image;
+import java.io.Console;
+import java.io.IOException;
+import java.io.PrintWriter;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.List;
+import java.util.Locale;
+import java.util.concurrent.Callable;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Model.CommandSpec;
+import picocli.CommandLine.Option;
+import picocli.CommandLine.Parameters;
+import picocli.CommandLine.Spec;
+
+/**
+ * {@code blockbackup backup}: the backup job run offline, as drive-backup with mode=absolute-paths
+ * would run it on an image no guest is using: the command creates TARGET, puts SRC in a node named
+ * {@value #NODE_NAME}, runs the job to the end and prints one summary line.
+ */
+@Command(
+    name = "backup",
+    description = {
+      "Back up SRC into a new image TARGET with the backup job (QEMU's drive-backup, run offline).",
+      "--sync full copies the whole disk, backing chain flattened. --sync top copies only what SRC's top"
+          + " layer allocates, and TARGET (qcow2) gets SRC's backing file, as drive-backup does; for an image"
+          + " without a backing file top is the same as full.",
+      "Progress is a redrawn bar on a terminal and a plain line per 10%% otherwise (stdout); the last line"
+          + " is a summary. TARGET must not exist unless --existing is given.",
+      "Examples:",
+      "  blockbackup backup --sync full disk.qcow2 backup.qcow2",
+      "  blockbackup backup --sync full --compress --speed 100M disk.raw backup.qcow2",
+      "  blockbackup backup --sync top overlay.qcow2 incr.qcow2"
+    },
+    mixinStandardHelpOptions = true)
+final class BackupCommand implements Callable<Integer> {
+
+  /** The source's node name, which is also the default job id (QEMU defaults job-id to the device name). */
+  static final String NODE_NAME = "drive0";
+
+  @Spec CommandSpec spec;
+
+  @Option(names = "-f", paramLabel = "FMT", description = "Format of SRC (raw or qcow2); probed when left out.")
+  String sourceFormat;
+
+  @Option(names = "--sync", required = true, paramLabel = "MODE", description = "full or top (QAPI MirrorSyncMode).")
+  String sync;
+
+  @Option(names = "--target-format", paramLabel = "FMT", description = "Format of TARGET: qcow2 (default) or raw;"
+      + " with --existing, probed when left out.")
+  String targetFormat;
+
+  @Option(names = "-o", paramLabel = "OPTIONS", description = "Options of a new TARGET: cluster_size=SIZE (qcow2)."
+      + " The job copies in clusters of max(64 KiB, TARGET's cluster size).")
+  List<String> options;
+
+  @Option(names = "--compress", description = "Write TARGET's clusters compressed (a new qcow2 TARGET only).")
+  boolean compress;
+
+  @Option(names = "--speed", paramLabel = "BYTES", description = "Rate limit in bytes per second with K, M, G"
+      + " suffixes (e.g. 100M); 0, the default, for none.")
+  String speed;
+
+  @Option(names = "--job-id", paramLabel = "ID", description = "The job's id, shown in progress and summary"
+      + " (default: the node name, " + NODE_NAME + ").")
+  String jobId;
+
+  @Option(names = "--existing", description = "Back up into TARGET, which exists and has SRC's size, instead of"
+      + " creating it (QEMU's mode=existing).")
+  boolean existing;
+
+  @Option(names = "-t", paramLabel = "CACHE", description = "Cache mode of TARGET: writeback (the default: the job"
+      + " flushes TARGET at the end, so a finished backup is on disk) or unsafe (no syncs at all).")
+  String cache = CacheMode.WRITEBACK.qemuName();
+
+  @Option(names = "--progress", paramLabel = "HOW", description = "auto (the default: a redrawn bar on a terminal,"
+      + " plain lines otherwise), bar, plain (a line per 10%%) or none.")
+  String progressHow = "auto";
+
+  @Option(names = {"-q", "--quiet"}, description = "Print no progress, only the summary (--progress none).")
+  boolean quiet;
+
+  @Parameters(index = "0", paramLabel = "SRC", description = "The image to back up; only read.")
+  Path source;
+
+  @Parameters(index = "1", paramLabel = "TARGET", description = "The backup image to create.")
+  Path target;
+
+  @Override
+  public Integer call() throws BlockIOException, InterruptedException {
+    MirrorSyncMode mode = syncMode(sync);
+    BackupProgress.Mode shown = quiet ? BackupProgress.Mode.QUIET : progressMode(progressHow);
+    ImageFormat srcFmt = Images.formatOf(source, sourceFormat);
+    long bytesPerSecond = speed == null ? 0 : Sizes.parse("speed", speed);
+    CacheMode cacheMode;
+    try {
+      cacheMode = CacheMode.parse(cache);
+    } catch (BlockIOException e) {
+      throw new UserError("invalid -t: " + e.getMessage(), e);
+    }
+    ImageFormat dstFmt = targetFormat(srcFmt);
+    if (compress && dstFmt != ImageFormat.QCOW2) {
+      throw new UserError("--compress is not supported by target format " + dstFmt.qemuName()
+          + " (use --target-format qcow2)");
+    }
+    if (compress && existing) {
+      // qcow2 writes a compressed cluster only where the image holds none yet (as QEMU does).
+      throw new UserError("--compress needs a new target: it cannot rewrite the clusters of an --existing one");
+    }
+    FormatOptions opts = FormatOptions.parse(dstFmt, options,
+        dstFmt == ImageFormat.QCOW2 ? FormatOptions.QCOW2_CONVERT : List.of());
+    if (existing && options != null) {
+      throw new UserError("-o applies to a new target only, not with --existing");
+    }
+
+    try (BlockDevice src = Images.open(source, srcFmt, true)) {
+      Backing backing = src instanceof Qcow2Image q ? Backing.of(q) : null;
+      if (mode == MirrorSyncMode.top && backing == null) {
+        mode = MirrorSyncMode.full; // drive-backup: sync=top of an image without backing is a full copy
+      }
+      if (mode == MirrorSyncMode.top && !existing && dstFmt != ImageFormat.QCOW2) {
+        throw new UserError("--sync top needs a qcow2 target to carry the backing file '" + backing.path()
+            + "' (use --target-format qcow2, or --sync full)");
+      }
+      BackupOptions jobOptions = BackupOptions.of(mode).withSpeed(bytesPerSecond).withCompress(compress)
+          .withJobId(jobId);
+      try (BlockDevice dst = existing
+          ? Images.open(target, dstFmt, false, cacheMode)
+          : createTarget(dstFmt, src.size(), opts, mode == MirrorSyncMode.top ? backing : null, cacheMode)) {
+        run(BlockNode.of(NODE_NAME, src), dst, dstFmt, jobOptions, shown);
+      }
+    }
+    return 0;
+  }
+
+  private static MirrorSyncMode syncMode(String name) {
+    return switch (name) {
+      case "full" -> MirrorSyncMode.full;
+      case "top" -> MirrorSyncMode.top;
+      case "none" -> throw new UserError("--sync none copies only what a guest overwrites and runs until"
+          + " cancelled; offline there is no guest (use --sync full or top)");
+      case "incremental", "bitmap" -> throw new UserError("--sync " + name
+          + " needs a dirty bitmap, which the offline backup does not take (use --sync full or top)");
+      default -> throw new UserError("invalid --sync '" + name + "' (use full or top)");
+    };
+  }
+
+  /** TARGET's format; checks that TARGET exists exactly when --existing says so. */
+  private ImageFormat targetFormat(ImageFormat srcFmt) {
+    boolean exists = Files.exists(target);
+    if (exists && sameFile(source, target)) {
+      throw new UserError("source and target are the same file '" + target + "'");
+    }
+    if (existing) {
+      if (!exists) {
+        throw new UserError("target '" + target + "' does not exist (leave out --existing to create it)");
+      }
+      return Images.formatOf(target, targetFormat);
+    }
+    if (exists) {
+      throw new UserError("target '" + target + "' exists (remove it, or give --existing to back up into it)");
+    }
+    return Images.format(targetFormat == null ? "qcow2" : targetFormat);
+  }
+
+  /** SRC's backing file: its path made absolute (mode=absolute-paths) and its format. */
+  record Backing(String path, String format) {
+    static Backing of(Qcow2Image image) {
+      BlockDevice b = image.backing();
+      if (b instanceof Qcow2Image q) {
+        return new Backing(q.path().toAbsolutePath().normalize().toString(), "qcow2");
+      }
+      if (b instanceof RawImage r) {
+        return new Backing(r.path().toAbsolutePath().normalize().toString(), "raw");
+      }
+      return null;
+    }
+  }
+
+  private BlockDevice createTarget(ImageFormat fmt, long size, FormatOptions opts, Backing backing,
+      CacheMode cacheMode) throws BlockIOException {
+    Path dir = target.toAbsolutePath().getParent();
+    if (dir != null && !Files.isDirectory(dir)) {
+      throw new UserError("cannot create '" + target + "': no such directory '" + dir + "'");
+    }
+    if (fmt == ImageFormat.RAW) {
+      return RawImage.create(target, size, cacheMode);
+    }
+    if (size % 512 != 0) {
+      throw new UserError("source size " + size + " is not a multiple of 512 bytes, which a qcow2 target needs"
+          + " (use --target-format raw)");
+    }
+    Qcow2CreateOptions o;
+    try {
+      o = Qcow2CreateOptions.of(size).withClusterSize(opts.clusterSize(Qcow2CreateOptions.DEFAULT_CLUSTER_SIZE));
+      if (backing != null) {
+        o = o.withBacking(backing.path(), backing.format());
+      }
+    } catch (IllegalArgumentException e) {
+      throw new UserError("cannot create '" + target + "': " + e.getMessage(), e);
+    }
+    return Qcow2Image.create(target, o, cacheMode);
+  }
+
+  /** Runs the job to its end, showing progress; a failed job becomes one error line. */
+  private void run(BlockNode node, BlockDevice dst, ImageFormat dstFmt, BackupOptions jobOptions,
+      BackupProgress.Mode shown) throws InterruptedException {
+    BackupJob job;
+    try {
+      job = BackupJob.create(new JobManager(), node, dst, jobOptions);
+    } catch (JobException e) {
+      throw new UserError("cannot start the backup: " + e.getMessage(), e);
+    }
+    PrintWriter out = spec.commandLine().getOut();
+    BackupProgress progress = new BackupProgress(shown, job.id());
+    if (shown == BackupProgress.Mode.PLAIN) {
+      out.println(startLine(job, dstFmt));
+    }
+    long start = System.nanoTime();
+    job.start();
+    // The job thread does the work; this one only looks at its progress, 5 times a second.
+    while (!job.awaitConcluded(Duration.ofMillis(200))) {
+      out.print(progress.update(job.currentProgress(), job.totalProgress(), System.nanoTime() - start));
+      out.flush();
+    }
+    long elapsed = System.nanoTime() - start;
+    out.print(progress.finish(job.currentProgress(), job.totalProgress(), elapsed));
+    out.flush();
+    if (job.error() != null) {
+      throw new UserError("backup '" + job.id() + "' failed: " + job.error());
+    }
+    out.println(BackupProgress.summary(job.id(), job.totalProgress(), elapsed, target.toString(), dstFmt.qemuName()));
+  }
+
+  private String startLine(BackupJob job, ImageFormat dstFmt) {
+    BackupOptions o = job.options();
+    return String.format(Locale.ROOT, "backup '%s': %s -> %s (%s), sync=%s, %s, cluster %s%s, speed %s",
+        job.id(), source, target, dstFmt.qemuName(), o.sync(), Sizes.human(job.node().size()),
+        Sizes.human(job.clusterSize()), o.compress() ? ", compressed" : "",
+        o.speed() == 0 ? "unlimited" : Sizes.human(o.speed()) + "/s");
+  }
+
+  /** A redrawn bar when a person watches a terminal, plain lines for logs and pipes. */
+  private static BackupProgress.Mode progressMode(String how) {
+    switch (how) {
+      case "bar" -> {
+        return BackupProgress.Mode.TERMINAL;
+      }
+      case "plain" -> {
+        return BackupProgress.Mode.PLAIN;
+      }
+      case "none" -> {
+        return BackupProgress.Mode.QUIET;
+      }
+      case "auto" -> { }
+      default -> throw new UserError("invalid --progress '" + how + "' (use auto, bar, plain or none)");
+    }
+    Console c = System.console();
+    if (c == null) {
+      return BackupProgress.Mode.PLAIN;
+    }
+    try {
+      // JDK 22+ returns a console even without a terminal; isTerminal() tells them apart.
+      Object terminal = Console.class.getMethod("isTerminal").invoke(c);
+      return Boolean.TRUE.equals(terminal) ? BackupProgress.Mode.TERMINAL : BackupProgress.Mode.PLAIN;
+    } catch (ReflectiveOperationException e) {
+      return BackupProgress.Mode.TERMINAL; // JDK 17 to 21: a console is a terminal
+    }
+  }
+
+  private static boolean sameFile(Path a, Path b) {
+    try {
+      return Files.isSameFile(a, b);
+    } catch (IOException e) {
+      return false;
+    }
+  }
+}
