@@ -300,6 +300,19 @@ class BackupErrorPolicyTest {
     assertLeftCleanly();
   }
 
+  /** A failed target flush is no copy error: no policy applies, the job fails with strerror. */
+  @Test
+  void failedTargetFlushFailsTheJobWithStrerror() throws Exception {
+    BackupJob job = create(BackupOptions.of(MirrorSyncMode.full).withOnTargetError(BlockdevOnError.ignore));
+    tgtFaults.inject(Rule.fail(Operation.flush, BlockError.EIO));
+    job.start();
+    assertThat(job.awaitConcluded(WAIT)).isTrue();
+    assertThat(job.error()).isEqualTo("Input/output error");
+    assertThat(completedEvent().error()).isEqualTo("Input/output error");
+    assertThat(errorEvents()).isEmpty();
+    assertLeftCleanly();
+  }
+
   // ---------------------------------------------------------------- ignore
 
   @ParameterizedTest
