@@ -256,10 +256,19 @@ class BackupErrorPolicyTest {
     assertThat(job.isUserPaused()).isTrue();
     assertThat(job.error()).isNull();
 
-    // Guest writes away from the fault, before and after it, each copied before it lands.
+    // Guest writes away from the fault, before and after it, each copied before it lands. The
+    // failed chunk was given back whole, so the clusters next to the fault are still to be copied:
+    // the writes there show copy-before-write working while the job is stopped.
+    BlockCopy bcs = job.filter().blockCopy();
+    assertThat(bcs.isCopied(FAULT - FAULT_LEN)).isFalse();
+    assertThat(bcs.isCopied(FAULT + FAULT_LEN)).isFalse();
     guestWrite(100, 200_000);
     guestWrite(SIZE - 300_000, 250_000);
     guestWrite(FAULT + FAULT_LEN, 10_000);
+    guestWrite(FAULT - 5000, 5000);
+    assertThat(bcs.isCopied(FAULT - FAULT_LEN)).isTrue();
+    assertThat(bcs.isCopied(FAULT + FAULT_LEN)).isTrue();
+    assertThat(bcs.isCopied(FAULT)).isFalse();
     // Read around the fault: a source fault fails reads of it through the node and the snapshot.
     assertThat(readAroundFault(node)).isEqualTo(aroundFault(model));
     assertThat(readAroundFault(job.snapshotView())).as("the snapshot still shows the point in time")
