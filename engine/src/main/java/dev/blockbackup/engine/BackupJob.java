@@ -180,6 +180,15 @@ public final class BackupJob extends Job {
 
   @Override
   protected void run() throws Exception {
+    try {
+      body();
+    } catch (BlockIOException e) {
+      // QEMU's job_update_rc: a job that fails with -errno reports strerror, whatever failed.
+      throw new BlockIOException(e.error(), e.error().strerror(), e);
+    }
+  }
+
+  private void body() throws Exception {
     applySpeed();
     progressSetRemaining(bcs.remainingBytes());
     switch (options.sync()) {
