@@ -22,6 +22,7 @@ import java.time.Duration;
 import java.util.List;
 import java.util.Locale;
 import java.util.concurrent.Callable;
+import java.util.concurrent.atomic.AtomicBoolean;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Model.CommandSpec;
 import picocli.CommandLine.Option;
@@ -232,11 +233,41 @@ final class BackupCommand implements Callable<Integer> {
       out.println(startLine(job, dstFmt));
     }
     long start = System.nanoTime();
-    job.start();
-    // The job thread does the work; this one only looks at its progress, 5 times a second.
-    while (!job.awaitConcluded(Duration.ofMillis(200))) {
-      out.print(progress.update(job.currentProgress(), job.totalProgress(), System.nanoTime() - start));
-      out.flush();
+    // Ctrl-C (SIGINT/SIGTERM) cancels the job as job-cancel would, and closes the target so its
+    // metadata is consistent (qemu-img check clean), before the JVM exits.
+    AtomicBoolean interrupted = new AtomicBoolean();
+    Thread onInterrupt = new Thread(() -> {
+      interrupted.set(true);
+      try {
+        job.cancel();
+      } catch (JobException alreadyEnding) {
+        // concluded or concluding on its own
+      }
+      try {
+        job.awaitConcluded(Duration.ofSeconds(30));
+        dst.close();
+      } catch (InterruptedException | BlockIOException e) {
+        // exiting anyway; the target may then need qemu-img check -r
+      }
+      System.err.println("blockbackup: backup '" + job.id() + "' cancelled");
+    }, "backup-interrupt");
+    Runtime.getRuntime().addShutdownHook(onInterrupt);
+    try {
+      job.start();
+      // The job thread does the work; this one only looks at its progress, 5 times a second.
+      while (!job.awaitConcluded(Duration.ofMillis(200))) {
+        out.print(progress.update(job.currentProgress(), job.totalProgress(), System.nanoTime() - start));
+        out.flush();
+      }
+      while (interrupted.get()) {
+        Thread.sleep(1000); // the hook closes the target; the JVM halts when it is done
+      }
+    } finally {
+      try {
+        Runtime.getRuntime().removeShutdownHook(onInterrupt);
+      } catch (IllegalStateException shuttingDown) {
+        // the hook is running
+      }
     }
     long elapsed = System.nanoTime() - start;
     out.print(progress.finish(job.currentProgress(), job.totalProgress(), elapsed));
