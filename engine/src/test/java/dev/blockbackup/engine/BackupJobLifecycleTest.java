@@ -75,6 +75,8 @@ class BackupJobLifecycleTest {
   private EventRecorder recorder;
   private final List<AutoCloseable> cleanups = new ArrayList<>();
   private int images;
+  /** The source of the job {@link #holdIn} made last. */
+  private Source held;
 
   @BeforeEach
   void setUp() {
@@ -212,6 +214,7 @@ class BackupJobLifecycleTest {
   /** A fresh backup "job0", driven into {@code status} and held there. */
   private BackupJob holdIn(JobStatus status) throws Exception {
     Source src = source("drive0");
+    held = src;
     BackupOptions slow = BackupOptions.of(MirrorSyncMode.full).withSpeed(SLOW).withMaxChunk(CLUSTER);
     switch (status) {
       case created -> {
@@ -377,6 +380,25 @@ class BackupJobLifecycleTest {
         assertThat(manager.get("job0")).isEmpty();
       }
     }
+  }
+
+  @Test
+  void abortingWaitsForGuestWritesInFlightThenConcludesCancelled() throws Exception {
+    BackupJob job = holdIn(JobStatus.aborting);
+    GatedTarget target = (GatedTarget) job.target();
+    Thread.sleep(100); // were clean not waiting for the write, the job would conclude meanwhile
+    assertThat(job.status()).isEqualTo(JobStatus.aborting);
+    assertThat(held.node().device()).as("filter still in place").isSameAs(job.filter());
+
+    target.gate.countDown();
+    assertThat(job.awaitConcluded(TIMEOUT)).isTrue();
+    recorder.awaitStatus(JobStatus.null_);
+    assertThat(eventNames()).containsExactly("created", "running", "aborting", "BLOCK_JOB_CANCELLED",
+        "concluded", "null");
+    assertThat(held.node().device()).isSameAs(held.node().base());
+    // the guest write went through, after its cluster's old content reached the target
+    assertThat(read(held.node(), 0, 4096)).isEqualTo(new byte[4096]);
+    assertThat(read(target, 0, CLUSTER)).isEqualTo(Arrays.copyOf(held.original(), CLUSTER));
   }
 
   // ---------------------------------------------------------------- event sequences (iotest 219)
