@@ -347,8 +347,15 @@ class BackupJobLifecycleTest {
       case pause -> {
         job.pause();
         assertThat(job.isUserPaused()).isTrue();
-        if (status == JobStatus.running) {
+        if (status == JobStatus.created) {
+          job.start(); // a job paused before it starts stops at its first pause point
+        }
+        if (status != JobStatus.paused) { // (held paused by a drain, it stays so after resume)
           awaitStatus(job, JobStatus.paused);
+          job.setSpeed(0);
+          job.resume();
+          awaitStatus(job, JobStatus.null_); // and, resumed, finishes the backup
+          assertThat(job.error()).isNull();
         }
       }
       case resume -> {
@@ -609,7 +616,13 @@ class BackupJobLifecycleTest {
     }
     assertThat(manager.list()).containsExactly(first);
 
-    // the refused job left the node free, and once dismissed the id is free too
+    // backup_clean released the node already: a concluded job does not keep it busy
+    BackupJob third = backup(src, rawTarget(SIZE), BackupOptions.of(MirrorSyncMode.full).withJobId("job1"));
+    third.start();
+    assertThat(third.awaitConcluded(TIMEOUT)).isTrue();
+    assertThat(third.error()).isNull();
+
+    // once dismissed, the id is free too
     first.dismiss();
     BackupJob second = backup(src, rawTarget(SIZE), BackupOptions.of(MirrorSyncMode.full));
     second.start();
