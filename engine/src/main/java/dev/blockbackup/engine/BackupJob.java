@@ -128,6 +128,9 @@ public final class BackupJob extends Job {
     try (BlockNode.Drained d = node.drain()) {
       job = new BackupJob(id, node, target, options, clusterSize);
       manager.register(job);
+      // block_job_create applies the speed argument as block-job-set-speed does, so query-jobs
+      // and the BLOCK_JOB_* events report it from the start
+      job.setSpeed(options.speed());
       node.insertFilter(job.source, job.cbw);
     } catch (RuntimeException e) {
       node.unblock("block device is in use by block job: backup");
