@@ -233,7 +233,16 @@ public abstract class Job {
 
   /** Waits until the job is CONCLUDED or NULL; false if the timeout passed first. */
   public final boolean awaitConcluded(Duration timeout) throws InterruptedException {
-    return awaitStatus(timeout, JobStatus.concluded, JobStatus.null_);
+    // The future completes after the final events went out, so a caller that returns from here
+    // has seen (through its listeners) how the job ended.
+    try {
+      concluded.get(timeout.toNanos(), java.util.concurrent.TimeUnit.NANOSECONDS);
+      return true;
+    } catch (java.util.concurrent.TimeoutException e) {
+      return false;
+    } catch (java.util.concurrent.ExecutionException e) {
+      return true; // never completed exceptionally; concluded all the same
+    }
   }
 
   /** Waits until the status is one of {@code wanted}; false if the timeout passed first. */
