@@ -14,6 +14,8 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.Comparator;
 import java.util.List;
 import java.util.Map;
 import java.util.SplittableRandom;
@@ -48,7 +50,8 @@ import org.junit.jupiter.params.provider.MethodSource;
  * <p>For sync=top (qcow2 source over a backing file) and sync=none the target starts as the job
  * expects it: a qcow2 overlay of the same backing file (top) or of a raw copy of the point in time
  * (none), or a raw file holding that content. So in every mode "target equals the point in time"
- * is the whole claim. sync=none also reads the {@link SnapshotView} while the writers run.
+ * is the whole claim. sync=none, and sync=full or top without auto-finalize (the filter then stays
+ * while the job is PENDING), also read the {@link SnapshotView} while the writers run and after.
  *
  * <p>The default run tries {@value #TRIES} random cases for each of the 12 (sync, source format,
  * target format) combinations; {@code -Dprops.tries=N} changes that, {@code -Dbackup.soak=true}
@@ -57,8 +60,8 @@ import org.junit.jupiter.params.provider.MethodSource;
 @Tag("interop")
 class BackupPointInTimePropertyTest {
 
-  /** Tries per combination in the default run: 12 combinations, so 144 backups (about 30 s on 2 cores). */
-  static final int TRIES = 12;
+  /** Tries per combination in the default run: 12 combinations, so 192 backups (about 30 s on 2 cores). */
+  static final int TRIES = 16;
   static final int WRITERS = 4;
   static final int KIB = 1024;
   static final int MIB = 1024 * KIB;
@@ -82,11 +85,13 @@ class BackupPointInTimePropertyTest {
   /**
    * One generated case besides its operations. {@code backingFmt} is set for sync=top over a qcow2
    * source; {@code dirtyTarget} fills a full-copy target with garbage first, which the job must
-   * overwrite everywhere.
+   * overwrite everywhere; without {@code autoFinalize} a sync=full or top job waits in PENDING with
+   * its filter in place, so the snapshot view is read during the writes and after them, as for
+   * sync=none.
    */
   record Case(MirrorSyncMode sync, Fmt src, int srcCluster, String backingFmt, int backingCluster, Fmt tgt,
       int tgtCluster, long size, long speed, int maxWorkers, long maxChunk, boolean startBeforeWriters,
-      boolean dirtyTarget, long layoutSeed) {
+      boolean dirtyTarget, boolean autoFinalize, long layoutSeed) {
 
     int jobCluster() {
       return tgt == Fmt.qcow2 ? Math.max(BackupJob.MIN_CLUSTER_SIZE, tgtCluster) : BackupJob.MIN_CLUSTER_SIZE;
@@ -160,7 +165,8 @@ class BackupPointInTimePropertyTest {
     long maxChunk = r.nextBoolean() ? 0 : (long) jobCluster << r.nextInt(5);
     boolean fullCopy = sync == MirrorSyncMode.full || (sync == MirrorSyncMode.top && backingFmt == null);
     return new Case(sync, src, srcCluster, backingFmt, backingCluster, tgt, tgtCluster, size, speed,
-        workers[r.nextInt(workers.length)], maxChunk, r.nextBoolean(), fullCopy && r.nextBoolean(), r.nextLong());
+        workers[r.nextInt(workers.length)], maxChunk, r.nextBoolean(), fullCopy && r.nextBoolean(),
+        sync == MirrorSyncMode.none || r.nextBoolean(), r.nextLong());
   }
 
   /**
@@ -308,7 +314,8 @@ class BackupPointInTimePropertyTest {
     // the job: its point in time is create()
     JobManager jobs = new JobManager();
     BackupOptions options = BackupOptions.of(c.sync()).withSpeed(c.speed()).withMaxWorkers(c.maxWorkers())
-        .withMaxChunk(c.maxChunk());
+        .withMaxChunk(c.maxChunk()).withAutoFinalize(c.autoFinalize());
+    boolean viewStays = c.sync() == MirrorSyncMode.none || !c.autoFinalize(); // the filter stays until we say
     BackupJob job = BackupJob.create(jobs, node, tgt, options);
     opened.job = job;
     assertThat(job.clusterSize()).as("job cluster size").isEqualTo(c.jobCluster());
@@ -348,7 +355,7 @@ class BackupPointInTimePropertyTest {
       }
       AtomicBoolean writing = new AtomicBoolean(true);
       Future<?> reader = null;
-      if (c.sync() == MirrorSyncMode.none) {
+      if (viewStays) {
         reader = pool.submit(() -> {
           SplittableRandom r = new SplittableRandom(c.layoutSeed() + 1);
           go.await();
@@ -387,6 +394,11 @@ class BackupPointInTimePropertyTest {
       assertThat(job.error()).isEqualTo("Operation canceled");
       assertThat(events).contains("BLOCK_JOB_CANCELLED");
     } else {
+      if (!c.autoFinalize()) {
+        assertThat(job.awaitStatus(DEADLINE, JobStatus.pending)).as("job pending, status %s", job.status()).isTrue();
+        assertSameBytes(pit, readAll(view), "the snapshot view of the pending job after the writes");
+        job.finalizeJob();
+      }
       awaitConcludedWithEvents(job);
       assertThat(job.error()).as("job error").isNull();
       assertThat(events).contains("BLOCK_JOB_COMPLETED").doesNotContain("BLOCK_JOB_ERROR");
@@ -451,7 +463,7 @@ class BackupPointInTimePropertyTest {
         }
         case 2 -> {
           dev.writeZeroes(pos, len, r.nextBoolean() ? new WriteFlag[] {WriteFlag.MAY_UNMAP} : new WriteFlag[0]);
-          java.util.Arrays.fill(model, (int) pos, (int) (pos + len), (byte) 0);
+          Arrays.fill(model, (int) pos, (int) (pos + len), (byte) 0);
         }
         case 3 -> { } // left as it is: unallocated, or the backing file's
         default -> {
@@ -477,7 +489,7 @@ class BackupPointInTimePropertyTest {
     int end = (int) (op.offset() + op.length());
     switch (op.kind()) {
       case write, writeZeroBytes -> System.arraycopy(data(op), 0, model, off, end - off);
-      case zeroes, zeroesUnmap -> java.util.Arrays.fill(model, off, end, (byte) 0);
+      case zeroes, zeroesUnmap -> Arrays.fill(model, off, end, (byte) 0);
       case discard -> replayDiscard(model, op.offset(), op.length(), c.src() == Fmt.qcow2 ? c.srcCluster() : 0);
     }
   }
@@ -493,14 +505,14 @@ class BackupPointInTimePropertyTest {
     long end = offset + length;
     if (cluster == 0) {
       if (end == size) {
-        java.util.Arrays.fill(model, (int) offset, (int) size, (byte) 0);
+        Arrays.fill(model, (int) offset, (int) size, (byte) 0);
       }
       return;
     }
     long from = (offset + cluster - 1) / cluster * cluster;
     long to = end == size ? size : end / cluster * cluster;
     if (from < to) {
-      java.util.Arrays.fill(model, (int) from, (int) to, (byte) 0);
+      Arrays.fill(model, (int) from, (int) to, (byte) 0);
     }
   }
 
@@ -550,7 +562,7 @@ class BackupPointInTimePropertyTest {
    * first differing offset and how many bytes differ (AssertJ would print megabytes).
    */
   static void assertSameBytes(byte[] expected, long at, byte[] actual, String what) {
-    int first = java.util.Arrays.mismatch(expected, (int) at, (int) at + actual.length, actual, 0, actual.length);
+    int first = Arrays.mismatch(expected, (int) at, (int) at + actual.length, actual, 0, actual.length);
     if (first < 0) {
       return;
     }
@@ -605,7 +617,7 @@ class BackupPointInTimePropertyTest {
 
   private static void deleteTree(Path p) {
     try (Stream<Path> s = Files.walk(p)) {
-      s.sorted(java.util.Comparator.reverseOrder()).forEach(x -> x.toFile().delete());
+      s.sorted(Comparator.reverseOrder()).forEach(x -> x.toFile().delete());
     } catch (Exception ignored) {
       // @TempDir removes what is left
     }
