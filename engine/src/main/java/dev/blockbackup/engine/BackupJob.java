@@ -71,8 +71,8 @@ public final class BackupJob extends Job {
           }
 
           @Override
-          public void skipped(long bytes) {
-            progressSetRemaining(bcs.remainingBytes());
+          public void remaining(long bytes) {
+            progressSetRemaining(bytes);
           }
         });
     this.cbw = new CopyBeforeWrite(source, bcs, options.onCbwError(),
@@ -193,7 +193,7 @@ public final class BackupJob extends Job {
 
   private void body() throws Exception {
     applySpeed();
-    progressSetRemaining(bcs.remainingBytes());
+    bcs.updateRemaining();
     switch (options.sync()) {
       case none -> waitForCancel();
       case top -> {
@@ -203,7 +203,7 @@ public final class BackupJob extends Job {
         } finally {
           bcs.setSkipUnallocated(false);
         }
-        progressSetRemaining(bcs.remainingBytes());
+        bcs.updateRemaining();
         backgroundCopy();
       }
       default -> backgroundCopy();

@@ -30,11 +30,16 @@ final class BlockCopy {
   /** Background chunk without x-perf max-chunk: max(cluster, 1 MiB), as QEMU's read/write method. */
   static final long DEFAULT_CHUNK = 1 << 20;
 
-  /** What the job learns from copies: progress, and skipped work that shrinks the total. */
+  /**
+   * What the job learns from copies: progress, and how much is left (which skipped work shrinks).
+   * Both are called under this class's lock, so a copy that ends is counted either as in flight
+   * (remaining) or as copied, never both or neither, whichever thread asks.
+   */
   interface Progress {
     void copied(long bytes);
 
-    void skipped(long bytes);
+    /** progress_set_remaining: {@code bytes} are still to copy (dirty or in flight). */
+    void remaining(long bytes);
   }
 
   /** A run of clusters being copied: [offset, offset + length), length shrinking at most. */
@@ -138,11 +143,25 @@ final class BlockCopy {
   long remainingBytes() {
     lock.lock();
     try {
-      long n = copyBitmap.count();
-      for (Task t : inFlight) {
-        n += t.length;
-      }
-      return n;
+      return remainingLocked();
+    } finally {
+      lock.unlock();
+    }
+  }
+
+  private long remainingLocked() {
+    long n = copyBitmap.count();
+    for (Task t : inFlight) {
+      n += t.length;
+    }
+    return n;
+  }
+
+  /** Reports {@link #remainingBytes} to the job under the lock, so no copy ends between count and report. */
+  void updateRemaining() {
+    lock.lock();
+    try {
+      progress.remaining(remainingLocked());
     } finally {
       lock.unlock();
     }
@@ -222,11 +241,14 @@ final class BlockCopy {
     }
   }
 
-  private void finish(Task t, boolean ok) {
+  /** Ends a task; a successful one counts {@code done} bytes as copied as it leaves the table. */
+  private void finish(Task t, boolean ok, long done) {
     lock.lock();
     try {
       if (!ok) {
         copyBitmap.set(t.offset, t.length);
+      } else if (done > 0) {
+        progress.copied(done);
       }
       t.finished = true;
       inFlight.remove(t);
@@ -295,7 +317,7 @@ final class BlockCopy {
       ok = copy(t);
     } finally {
       if (!ok) {
-        finish(t, false);
+        finish(t, false, 0);
       }
     }
   }
@@ -318,8 +340,8 @@ final class BlockCopy {
     shrink(t, keep);
     long n = t.length;
     if (statusKnown && skipUnallocated && !e.allocated()) {
-      finish(t, true);
-      progress.skipped(n);
+      finish(t, true, 0);
+      updateRemaining();
       return true;
     }
     if (statusKnown && e.zero() && !e.data()) {
@@ -341,8 +363,7 @@ final class BlockCopy {
     } finally {
       lock.unlock();
     }
-    finish(t, true);
-    progress.copied(n);
+    finish(t, true, n);
     if (discardSource) {
       try {
         source.discard(off, n);

@@ -114,7 +114,26 @@ public final class CopyBeforeWrite extends ForwardingBlockDevice {
       breakSnapshot(e);
       return;
     }
+    markDone(offset, length);
     waitForFrozenReads(offset, offset + length);
+  }
+
+  /**
+   * QEMU's done bitmap: once copy-before-write succeeded, the snapshot reads the clusters it
+   * covered from the target, also those it had nothing to copy for (sync=top's clusters the top
+   * layer does not allocate, whose point-in-time content the target's backing file holds): the
+   * source is about to hold the guest's data there.
+   */
+  private void markDone(long offset, long length) {
+    int c = bcs.clusterSize();
+    long start = offset / c * c;
+    long end = Math.min(size(), (offset + length + c - 1) / c * c);
+    lock.lock();
+    try {
+      bcs.copiedBitmap().set(start, end - start);
+    } finally {
+      lock.unlock();
+    }
   }
 
   private void copyWithTimeout(long offset, long length) throws BlockIOException {
