@@ -77,10 +77,10 @@ fi
 if [ "${BACKUP_CMD:-}" != main ] && [ -f "$cli_jar" ] \
     && java -jar "$cli_jar" backup --help 2>&1 | grep '^Usage: blockbackup backup' >/dev/null; then
   ours_kind="bin/blockbackup backup --sync full"
-  ours_cmd() { java -jar "$cli_jar" backup "$1" "$2" --sync full; }
+  ours=(java -jar "$cli_jar" backup --sync full)
 else
   ours_kind="FullBackupMain (the CLI has no backup command yet)"
-  ours_cmd() { java -cp "$bench_jar" dev.blockbackup.benchmarks.FullBackupMain "$1" "$2" ${MAX_WORKERS:+"$MAX_WORKERS"}; }
+  ours=(java -cp "$bench_jar" dev.blockbackup.benchmarks.FullBackupMain)
 fi
 echo "ours: $ours_kind"
 
@@ -102,18 +102,30 @@ ours_out="$dir/backup.qcow2"
 : > "$dir/ours.times"
 : > "$dir/ours.jvm"
 : > "$dir/ours.job"
+: > "$dir/qemu.cpu"
+: > "$dir/ours.cpu"
+
+# CPU seconds (user + sys) of each run too (a command, not a shell function: /usr/bin/time runs it): on a shared machine they move less than elapsed time.
+cpu() {
+  if [ -x /usr/bin/time ]; then
+    /usr/bin/time -f '%U %S' -o "$dir/cpu.tmp" "$@"
+    awk '{printf "%.2f\n", $1 + $2}' "$dir/cpu.tmp" >> "$dir/$who.cpu"
+  else
+    "$@"
+  fi
+}
 
 run_qemu() {
   rm -f "$qemu_out"; settle
-  local t0 t1; t0=$(now)
-  qemu-img convert -f qcow2 -O qcow2 "$src" "$qemu_out"
+  local t0 t1 who=qemu; t0=$(now)
+  cpu qemu-img convert -f qcow2 -O qcow2 "$src" "$qemu_out"
   t1=$(now)
   elapsed "$t0" "$t1" >> "$dir/qemu.times"
 }
 run_ours() {
   rm -f "$ours_out"; settle
-  local t0 t1; t0=$(now)
-  ours_cmd "$src" "$ours_out" 2> "$dir/ours.err"
+  local t0 t1 who=ours; t0=$(now)
+  cpu "${ours[@]}" "$src" "$ours_out" ${MAX_WORKERS:+"$MAX_WORKERS"} 2> "$dir/ours.err"
   t1=$(now)
   elapsed "$t0" "$t1" >> "$dir/ours.times"
   # FullBackupMain: "backup: 0.912 s (job 0.850 s) for 2048 MiB, ...": open to close, and the job.
@@ -124,8 +136,9 @@ run_ours() {
 for i in $(seq 1 "$runs"); do
   # Alternate who goes first, so neither always meets the other's leftovers.
   if [ $((i % 2)) -eq 1 ]; then run_qemu; run_ours; else run_ours; run_qemu; fi
-  printf 'run %d/%d: qemu-img convert %.3f s, backup %.3f s (in JVM %s s)\n' "$i" "$runs" \
-    "$(tail -1 "$dir/qemu.times")" "$(tail -1 "$dir/ours.times")" "$(tail -1 "$dir/ours.jvm" || true)"
+  printf 'run %d/%d: qemu-img convert %.3f s (cpu %s s), backup %.3f s (in JVM %s s, cpu %s s)\n' "$i" "$runs" \
+    "$(tail -1 "$dir/qemu.times")" "$(tail -1 "$dir/qemu.cpu")" "$(tail -1 "$dir/ours.times")" \
+    "$(tail -1 "$dir/ours.jvm")" "$(tail -1 "$dir/ours.cpu")"
 done
 
 echo "checking the outputs..."
@@ -149,6 +162,10 @@ printf '%-44s %.3f\n' "backup sync=full (whole process)" "$o"
 if [ "$j" != nan ]; then
   printf '%-44s %.3f\n' "backup sync=full (inside the JVM)" "$j"
   printf '%-44s %.3f\n' "backup sync=full (the job alone)" "$b"
+fi
+if [ -s "$dir/ours.cpu" ]; then
+  qc=$(median < "$dir/qemu.cpu"); oc=$(median < "$dir/ours.cpu")
+  printf '%-44s qemu-img %.2f, ours %.2f (ratio %s)\n' "CPU seconds, user + sys" "$qc" "$oc" "$(ratio "$oc" "$qc")"
 fi
 printf '%-44s %.3f\n' "JVM start-up (java -cp benchmarks.jar, -h)" "$startup"
 printf '%-44s %s  (target <= 1.0)\n' "ratio ours/qemu-img (whole process)" "$(ratio "$o" "$q")"
