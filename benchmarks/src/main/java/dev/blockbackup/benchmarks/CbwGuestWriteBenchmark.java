@@ -146,7 +146,10 @@ public class CbwGuestWriteBenchmark {
     }
 
     @Setup(Level.Iteration)
-    public void startJob() throws IOException {
+    public void startJob() throws IOException, InterruptedException {
+      // every iteration starts with no dirty page cache, as each of QEMU's reference runs did
+      // (their settle step): what the last one wrote must not throttle this one's writes
+      new ProcessBuilder("sync").inheritIO().start().waitFor();
       // a fresh walk: no cluster of this iteration has been written (or copied) yet
       SplittableRandom r = new SplittableRandom(1000 + iteration++);
       for (int i = clusters.length - 1; i > 0; i--) {
