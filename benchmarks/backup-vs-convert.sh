@@ -11,7 +11,9 @@
 #
 # Environment: RUNS (default 5), BENCH_DIR (default /var/tmp/blockbackup-bench: not /tmp, which may
 # be a tmpfs), LAYOUT_SEED (default 1), SETTLE_MIB (default 3072, written to /dev/shm and deleted),
-# MAX_WORKERS (FullBackupMain only: x-perf.max-workers, default the job's).
+# MAX_WORKERS (FullBackupMain only: x-perf.max-workers, default the job's), JAVA_OPTS (JVM options
+# for our side, e.g. -XX:TieredStopAtLevel=1: C2's compiler threads take a fifth of the CPU samples
+# of a one-second copy on two cores).
 set -euo pipefail
 root="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)"
 runs="${RUNS:-5}"
@@ -77,12 +79,12 @@ fi
 if [ "${BACKUP_CMD:-}" != main ] && [ -f "$cli_jar" ] \
     && java -jar "$cli_jar" backup --help 2>&1 | grep '^Usage: blockbackup backup' >/dev/null; then
   ours_kind="bin/blockbackup backup --sync full"
-  ours=(java -jar "$cli_jar" backup --sync full)
+  ours=(java ${JAVA_OPTS:-} -jar "$cli_jar" backup --sync full)
 else
   ours_kind="FullBackupMain (the CLI has no backup command yet)"
-  ours=(java -cp "$bench_jar" dev.blockbackup.benchmarks.FullBackupMain)
+  ours=(java ${JAVA_OPTS:-} -cp "$bench_jar" dev.blockbackup.benchmarks.FullBackupMain)
 fi
-echo "ours: $ours_kind"
+echo "ours: $ours_kind${JAVA_OPTS:+ (JAVA_OPTS=$JAVA_OPTS)}"
 
 settle() {
   # This VM hands freed memory back to its host: fill and free page cache before timing, then idle.
