@@ -3,6 +3,7 @@ package dev.blockbackup.benchmarks;
 import dev.blockbackup.engine.BackupJob;
 import dev.blockbackup.engine.BackupOptions;
 import dev.blockbackup.engine.BlockNode;
+import dev.blockbackup.engine.JobException;
 import dev.blockbackup.engine.JobManager;
 import dev.blockbackup.engine.MirrorSyncMode;
 import dev.blockbackup.formats.BlockDevice;
@@ -186,7 +187,14 @@ public class CbwGuestWriteBenchmark {
             + " use a bigger -p sizeMiB%n", format, sync, used, clusters.length, used - clusters.length);
       }
       if (job != null) {
-        job.cancel();
+        try {
+          job.cancel();
+        } catch (JobException e) {
+          // an unlimited sync=full may have finished and gone (auto-dismiss) by now
+          if (!job.concludedFuture().isDone()) {
+            throw e;
+          }
+        }
         if (!job.awaitConcluded(Duration.ofSeconds(60))) {
           throw new IllegalStateException("the job did not end within 60 s of cancel");
         }
