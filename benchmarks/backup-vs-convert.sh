@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# Times a full backup (blockdev-backup sync=full into a new qcow2) of a 2 GiB, 75%-full qcow2
+# against `qemu-img convert -f qcow2 -O qcow2` of the same image, alternating the two, with the
+# page-cache settle step before every timed run. Prints medians and the ratio ours/qemu-img
+# (target: <= 1.0: a full backup takes no longer than qemu-img convert). JVM start-up counts in
+# our whole-process time; the time inside the JVM is printed beside it.
+#
+# Ours is `bin/blockbackup backup SRC TARGET --sync full` once the CLI has that command, else
+# dev.blockbackup.benchmarks.FullBackupMain from the benchmarks jar (the same job, in-JVM time on
+# stderr). BACKUP_CMD=main forces the latter.
+#
+# Environment: RUNS (default 5), BENCH_DIR (default /var/tmp/blockbackup-bench: not /tmp, which may
+# be a tmpfs), LAYOUT_SEED (default 1), SETTLE_MIB (default 3072, written to /dev/shm and deleted),
+# MAX_WORKERS (FullBackupMain only: x-perf.max-workers, default the job's), JAVA_OPTS (JVM options
+# for our side, e.g. -XX:TieredStopAtLevel=1: C2's compiler threads take a fifth of the CPU samples
+# of a one-second copy on two cores).
+set -euo pipefail
+root="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)"
+runs="${RUNS:-5}"
+dir="${BENCH_DIR:-/var/tmp/blockbackup-bench}"
+seed="${LAYOUT_SEED:-1}"
+cli_jar="$root/cli/target/blockbackup.jar"
+bench_jar="$root/benchmarks/target/benchmarks.jar"
+
+for tool in qemu-img qemu-io python3; do
+  command -v "$tool" >/dev/null || { echo "backup-vs-convert: $tool is needed (qemu-utils, python3)" >&2; exit 1; }
+done
+if [ ! -f "$cli_jar" ] || [ ! -f "$bench_jar" ]; then
+  (cd "$root" && ./mvnw -B -q -DskipTests package)
+fi
+mkdir -p "$dir"
+raw="$dir/src-seed$seed.raw"
+src="$dir/src-seed$seed.qcow2"
+
+# The test image is made once and kept (qemu-baselines.md "Test images"): the seeded raw layout of
+# convert-vs-qemu.sh (regions of 64 KiB to 2 MiB: ~74.5% random data, ~10.4% zeros written as
+# data, the rest never written), converted to qcow2 by qemu-img, which drops the zero-data
+# regions; qemu-io then writes those again as data, so the qcow2 allocates them as the raw does.
+if [ ! -f "$src" ]; then
+  echo "making $src (once)..."
+  python3 - "$raw.tmp" "$seed" "$dir/zero-regions-seed$seed" <<'PY'
+import os, random, sys
+path, seed, zlist = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+size, unit = 2 << 30, 64 * 1024
+rnd = random.Random(seed)
+zeros = bytes(2 << 20)
+count = {"data": 0, "zero": 0, "hole": 0}
+zero_regions = []
+with open(path, "wb") as f:
+    f.truncate(size)
+    pos = 0
+    while pos < size:
+        n = min(size - pos, unit * rnd.randint(1, 32))
+        r = rnd.random()
+        kind = "data" if r < 0.745 else "zero" if r < 0.849 else "hole"
+        if kind == "data":
+            os.pwrite(f.fileno(), os.urandom(n), pos)
+        elif kind == "zero":
+            os.pwrite(f.fileno(), zeros[:n], pos)
+            zero_regions.append((pos, n))
+        count[kind] += n
+        pos += n
+with open(zlist, "w") as z:
+    for off, n in zero_regions:
+        z.write(f"write -q -P 0 {off} {n}\n")
+print("layout: " + ", ".join(f"{k} {v >> 20} MiB ({100 * v / size:.1f}%)" for k, v in count.items()))
+PY
+  mv "$raw.tmp" "$raw"
+  qemu-img convert -f raw -O qcow2 "$raw" "$src.tmp"
+  args=()
+  while IFS= read -r c; do args+=(-c "$c"); done < "$dir/zero-regions-seed$seed"
+  qemu-io -f qcow2 "${args[@]}" "$src.tmp"
+  qemu-img compare -q -f raw -F qcow2 "$raw" "$src.tmp"
+  mv "$src.tmp" "$src"
+  rm -f "$raw"
+fi
+
+# `backup --help` alone is no test: without the command, picocli prints the top-level help, exit 0.
+if [ "${BACKUP_CMD:-}" != main ] && [ -f "$cli_jar" ] \
+    && java -jar "$cli_jar" backup --help 2>&1 | grep '^Usage: blockbackup backup' >/dev/null; then
+  ours_kind="bin/blockbackup backup --sync full"
+  ours=(java ${JAVA_OPTS:-} -jar "$cli_jar" backup --sync full)
+else
+  ours_kind="FullBackupMain (the CLI has no backup command yet)"
+  ours=(java ${JAVA_OPTS:-} -cp "$bench_jar" dev.blockbackup.benchmarks.FullBackupMain)
+fi
+echo "ours: $ours_kind${JAVA_OPTS:+ (JAVA_OPTS=$JAVA_OPTS)}"
+
+settle() {
+  # This VM hands freed memory back to its host: fill and free page cache before timing, then idle.
+  sync
+  sleep 3
+  dd if=/dev/zero of=/dev/shm/bb-settle bs=1M count="${SETTLE_MIB:-3072}" status=none
+  rm -f /dev/shm/bb-settle
+}
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.6f\n", b - a}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
+median() { sort -g | awk '{a[NR] = $1} END {if (NR == 0) print "nan"; else print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+
+qemu_out="$dir/convert.qcow2"
+ours_out="$dir/backup.qcow2"
+: > "$dir/qemu.times"
+: > "$dir/ours.times"
+: > "$dir/ours.jvm"
+: > "$dir/ours.job"
+: > "$dir/qemu.cpu"
+: > "$dir/ours.cpu"
+
+# CPU seconds (user + sys) of each run too (a command, not a shell function: /usr/bin/time runs it): on a shared machine they move less than elapsed time.
+cpu() {
+  if [ -x /usr/bin/time ]; then
+    /usr/bin/time -f '%U %S' -o "$dir/cpu.tmp" "$@"
+    awk '{printf "%.2f\n", $1 + $2}' "$dir/cpu.tmp" >> "$dir/$who.cpu"
+  else
+    "$@"
+  fi
+}
+
+run_qemu() {
+  rm -f "$qemu_out"; settle
+  local t0 t1 who=qemu; t0=$(now)
+  cpu qemu-img convert -f qcow2 -O qcow2 "$src" "$qemu_out"
+  t1=$(now)
+  elapsed "$t0" "$t1" >> "$dir/qemu.times"
+}
+run_ours() {
+  rm -f "$ours_out"; settle
+  local t0 t1 who=ours; t0=$(now)
+  cpu "${ours[@]}" "$src" "$ours_out" ${MAX_WORKERS:+"$MAX_WORKERS"} 2> "$dir/ours.err"
+  t1=$(now)
+  elapsed "$t0" "$t1" >> "$dir/ours.times"
+  # FullBackupMain: "backup: 0.912 s (job 0.850 s) for 2048 MiB, ...": open to close, and the job.
+  sed -n 's/^backup: \([0-9.]*\) s .*/\1/p' "$dir/ours.err" >> "$dir/ours.jvm"
+  sed -n 's/^backup: .*(job \([0-9.]*\) s).*/\1/p' "$dir/ours.err" >> "$dir/ours.job"
+}
+
+for i in $(seq 1 "$runs"); do
+  # Alternate who goes first, so neither always meets the other's leftovers.
+  if [ $((i % 2)) -eq 1 ]; then run_qemu; run_ours; else run_ours; run_qemu; fi
+  printf 'run %d/%d: qemu-img convert %.3f s (cpu %s s), backup %.3f s (in JVM %s s, cpu %s s)\n' "$i" "$runs" \
+    "$(tail -1 "$dir/qemu.times")" "$(tail -1 "$dir/qemu.cpu")" "$(tail -1 "$dir/ours.times")" \
+    "$(tail -1 "$dir/ours.jvm")" "$(tail -1 "$dir/ours.cpu")"
+done
+
+echo "checking the outputs..."
+qemu-img compare -f qcow2 -F qcow2 "$src" "$ours_out"
+qemu-img compare -f qcow2 -F qcow2 "$qemu_out" "$ours_out"
+if qemu-img check -q "$ours_out"; then
+  echo "qemu-img check: clean"
+else
+  echo "qemu-img check: our output is NOT clean" >&2
+  exit 1
+fi
+
+startup=$(for _ in 1 2 3 4 5; do t0=$(now); java -cp "$bench_jar" org.openjdk.jmh.Main -h >/dev/null 2>&1 || true; t1=$(now); elapsed "$t0" "$t1"; done | median)
+q=$(median < "$dir/qemu.times")
+o=$(median < "$dir/ours.times")
+j=$(median < "$dir/ours.jvm")
+b=$(median < "$dir/ours.job")
+printf '\n%-44s %s\n' "median of $runs runs (2 GiB qcow2 -> qcow2)" "seconds"
+printf '%-44s %.3f\n' "qemu-img convert" "$q"
+printf '%-44s %.3f\n' "backup sync=full (whole process)" "$o"
+if [ "$j" != nan ]; then
+  printf '%-44s %.3f\n' "backup sync=full (inside the JVM)" "$j"
+  printf '%-44s %.3f\n' "backup sync=full (the job alone)" "$b"
+fi
+if [ -s "$dir/ours.cpu" ]; then
+  qc=$(median < "$dir/qemu.cpu"); oc=$(median < "$dir/ours.cpu")
+  printf '%-44s qemu-img %.2f, ours %.2f (ratio %s)\n' "CPU seconds, user + sys" "$qc" "$oc" "$(ratio "$oc" "$qc")"
+fi
+printf '%-44s %.3f\n' "JVM start-up (java -cp benchmarks.jar, -h)" "$startup"
+printf '%-44s %s  (target <= 1.0)\n' "ratio ours/qemu-img (whole process)" "$(ratio "$o" "$q")"
+if [ "$j" != nan ]; then
+  printf '%-44s %s\n' "ratio ours/qemu-img (inside the JVM)" "$(ratio "$j" "$q")"
+fi
+printf '%-44s qemu-img %s, ours %s (on disk: %s, %s)\n' "output file sizes" \
+  "$(du -h --apparent-size "$qemu_out" | cut -f1)" "$(du -h --apparent-size "$ours_out" | cut -f1)" \
+  "$(du -h "$qemu_out" | cut -f1)" "$(du -h "$ours_out" | cut -f1)"
