@@ -11,7 +11,6 @@ import java.util.List;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.atomic.AtomicReference;
 import java.util.concurrent.atomic.LongAdder;
-import java.util.concurrent.locks.ReentrantLock;
 
 /**
  * The offline full copy behind {@code convert}: what {@code qemu-img convert} does, and what the
@@ -59,13 +58,6 @@ final class Converter {
   private final LongAdder zero = new LongAdder();
   /** Source bytes whose chunk is finished, for progress reports. */
   private final LongAdder done = new LongAdder();
-  /**
-   * Held by a worker while it writes a chunk. Buffered writes to one file serialize on its inode
-   * lock anyway, and there the kernel spins while the owner runs: with two cores, the waiting
-   * worker burnt a fifth of the copy's CPU that way. Here it sleeps instead, and the other workers
-   * read and scan meanwhile.
-   */
-  private final ReentrantLock writeLock = new ReentrantLock();
 
   /**
    * @param compress write every non-zero cluster with {@link Qcow2Image#writeCompressed}; the target
@@ -225,21 +217,15 @@ final class Converter {
     }
   }
 
-  /**
-   * Writes the runs of granules that hold any non-zero byte, each run as one request: first finds
-   * them all, then writes them under {@link #writeLock}.
-   */
+  /** Writes the runs of granules that hold any non-zero byte, each run as one request. */
   private void writeNonZeroRuns(long off, int len, ByteBuffer buf) throws BlockIOException {
-    int[] runs = new int[2 * ((len + granule - 1) / granule + 1)];
-    int count = 0;
     int runStart = -1;
     for (int b = 0; b < len; b += granule) {
       int n = Math.min(granule, len - b);
       if (isZero(buf, b, n)) {
         zero.add(n);
         if (runStart >= 0) {
-          runs[count++] = runStart;
-          runs[count++] = b;
+          write(off, buf, runStart, b);
           runStart = -1;
         }
       } else if (runStart < 0) {
@@ -247,19 +233,7 @@ final class Converter {
       }
     }
     if (runStart >= 0) {
-      runs[count++] = runStart;
-      runs[count++] = len;
-    }
-    if (count == 0) {
-      return;
-    }
-    writeLock.lock();
-    try {
-      for (int r = 0; r < count; r += 2) {
-        write(off, buf, runs[r], runs[r + 1]);
-      }
-    } finally {
-      writeLock.unlock();
+      write(off, buf, runStart, len);
     }
   }
 
