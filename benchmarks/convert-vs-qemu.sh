@@ -54,17 +54,8 @@ PY
   mv "$src.tmp" "$src"
 fi
 
-settle() {
-  # This VM hands freed memory back to its host: fill and free page cache before timing, then idle.
-  sync
-  sleep 3
-  dd if=/dev/zero of=/dev/shm/bb-settle bs=1M count="${SETTLE_MIB:-3072}" status=none
-  rm -f /dev/shm/bb-settle
-}
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.6f\n", b - a}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / b}'; }
-median() { sort -g | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+# shellcheck source=lib.sh
+source "$root/benchmarks/lib.sh"
 
 qemu_out="$dir/qemu.qcow2"
 ours_out="$dir/ours.qcow2"

@@ -63,6 +63,11 @@ class JobTransitionTableTest {
     cleanups.forEach(Runnable::run);
   }
 
+  /** Whether QEMU's §3 verb table (this test's own copy) lets {@code status} take {@code verb}. */
+  static boolean verbAllowed(JobVerb verb, JobStatus status) {
+    return listed(VERBS, verb.qapiName(), status);
+  }
+
   private static boolean listed(String[] table, String key, JobStatus status) {
     for (String row : table) {
       String[] kv = row.split(":", 2);
