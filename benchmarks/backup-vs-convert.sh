@@ -38,33 +38,7 @@ src="$dir/src-seed$seed.qcow2"
 # regions; qemu-io then writes those again as data, so the qcow2 allocates them as the raw does.
 if [ ! -f "$src" ]; then
   echo "making $src (once)..."
-  python3 - "$raw.tmp" "$seed" "$dir/zero-regions-seed$seed" <<'PY'
-import os, random, sys
-path, seed, zlist = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-size, unit = 2 << 30, 64 * 1024
-rnd = random.Random(seed)
-zeros = bytes(2 << 20)
-count = {"data": 0, "zero": 0, "hole": 0}
-zero_regions = []
-with open(path, "wb") as f:
-    f.truncate(size)
-    pos = 0
-    while pos < size:
-        n = min(size - pos, unit * rnd.randint(1, 32))
-        r = rnd.random()
-        kind = "data" if r < 0.745 else "zero" if r < 0.849 else "hole"
-        if kind == "data":
-            os.pwrite(f.fileno(), os.urandom(n), pos)
-        elif kind == "zero":
-            os.pwrite(f.fileno(), zeros[:n], pos)
-            zero_regions.append((pos, n))
-        count[kind] += n
-        pos += n
-with open(zlist, "w") as z:
-    for off, n in zero_regions:
-        z.write(f"write -q -P 0 {off} {n}\n")
-print("layout: " + ", ".join(f"{k} {v >> 20} MiB ({100 * v / size:.1f}%)" for k, v in count.items()))
-PY
+  python3 "$root/benchmarks/make-layout.py" "$raw.tmp" "$seed" "$dir/zero-regions-seed$seed"
   mv "$raw.tmp" "$raw"
   qemu-img convert -f raw -O qcow2 "$raw" "$src.tmp"
   args=()

@@ -29,28 +29,7 @@ src="$dir/src-seed$seed.raw"
 # rest never written (holes).
 if [ ! -f "$src" ]; then
   echo "making $src (once)..."
-  python3 - "$src.tmp" "$seed" <<'PY'
-import os, random, sys
-path, seed = sys.argv[1], int(sys.argv[2])
-size, unit = 2 << 30, 64 * 1024
-rnd = random.Random(seed)
-zeros = bytes(2 << 20)
-count = {"data": 0, "zero": 0, "hole": 0}
-with open(path, "wb") as f:
-    f.truncate(size)
-    pos = 0
-    while pos < size:
-        n = min(size - pos, unit * rnd.randint(1, 32))
-        r = rnd.random()
-        kind = "data" if r < 0.745 else "zero" if r < 0.849 else "hole"
-        if kind == "data":
-            os.pwrite(f.fileno(), os.urandom(n), pos)
-        elif kind == "zero":
-            os.pwrite(f.fileno(), zeros[:n], pos)
-        count[kind] += n
-        pos += n
-print("layout: " + ", ".join(f"{k} {v >> 20} MiB ({100 * v / size:.1f}%)" for k, v in count.items()))
-PY
+  python3 "$root/benchmarks/make-layout.py" "$src.tmp" "$seed"
   mv "$src.tmp" "$src"
 fi
 

@@ -114,23 +114,25 @@ public final class CopyBeforeWrite extends ForwardingBlockDevice {
       breakSnapshot(e);
       return;
     }
-    markDone(offset, length);
-    waitForFrozenReads(offset, offset + length);
+    markDoneAndAwaitReads(offset, length);
   }
 
   /**
    * QEMU's done bitmap: once copy-before-write succeeded, the snapshot reads the clusters it
    * covered from the target, also those it had nothing to copy for (sync=top's clusters the top
    * layer does not allocate, whose point-in-time content the target's backing file holds): the
-   * source is about to hold the guest's data there.
+   * source is about to hold the guest's data there. Then the guest write waits for snapshot reads
+   * of the source still in flight over its range. One lock section for both: this runs on every
+   * guest write while a backup runs.
    */
-  private void markDone(long offset, long length) {
-    int c = bcs.clusterSize();
-    long start = offset / c * c;
-    long end = Math.min(size(), (offset + length + c - 1) / c * c);
+  private void markDoneAndAwaitReads(long offset, long length) {
+    long end = offset + length;
     lock.lock();
     try {
-      bcs.copiedBitmap().set(start, end - start);
+      bcs.copiedBitmap().set(offset, length); // rounds outward to whole clusters
+      while (overlapsFrozen(offset, end)) {
+        readsEnded.awaitUninterruptibly();
+      }
     } finally {
       lock.unlock();
     }
@@ -171,17 +173,6 @@ public final class CopyBeforeWrite extends ForwardingBlockDevice {
     }
     if (first && onBroken != null) {
       onBroken.run();
-    }
-  }
-
-  private void waitForFrozenReads(long start, long end) {
-    lock.lock();
-    try {
-      while (overlapsFrozen(start, end)) {
-        readsEnded.awaitUninterruptibly();
-      }
-    } finally {
-      lock.unlock();
     }
   }
 

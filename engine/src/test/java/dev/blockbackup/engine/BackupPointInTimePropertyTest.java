@@ -9,6 +9,7 @@ import dev.blockbackup.formats.qcow2.Qcow2CreateOptions;
 import dev.blockbackup.formats.qcow2.Qcow2Image;
 import dev.blockbackup.testkit.Property;
 import dev.blockbackup.testkit.QemuImg;
+import dev.blockbackup.testkit.RangeLock;
 import java.nio.ByteBuffer;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -517,34 +518,6 @@ class BackupPointInTimePropertyTest {
   }
 
   // ---------------------------------------------------------------- helpers
-
-  /** Exclusive locks on byte ranges: acquire waits while any held range overlaps. */
-  static final class RangeLock {
-    private final List<long[]> held = new ArrayList<>();
-
-    synchronized long[] acquire(long offset, long length) throws InterruptedException {
-      long[] r = {offset, offset + length};
-      while (overlapsHeld(r)) {
-        wait();
-      }
-      held.add(r);
-      return r;
-    }
-
-    synchronized void release(long[] r) {
-      held.removeIf(h -> h == r);
-      notifyAll();
-    }
-
-    private boolean overlapsHeld(long[] r) {
-      for (long[] h : held) {
-        if (h[0] < r[1] && r[0] < h[1]) {
-          return true;
-        }
-      }
-      return false;
-    }
-  }
 
   static byte[] readAll(BlockDevice d) throws Exception {
     ByteBuffer b = ByteBuffer.allocate((int) d.size());

@@ -13,6 +13,7 @@ import dev.blockbackup.formats.qcow2.ModelOps.Read;
 import dev.blockbackup.formats.qcow2.ModelOps.Write;
 import dev.blockbackup.formats.qcow2.ModelOps.Zero;
 import dev.blockbackup.testkit.QemuImg;
+import dev.blockbackup.testkit.RangeLock;
 import java.nio.ByteBuffer;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -52,39 +53,6 @@ class Qcow2ConcurrentWritesTest {
   private static final String THREAD_NAME = "qcow2-concurrent-";
 
   @TempDir Path dir;
-
-  /** Exclusive locks on byte ranges: acquire waits while any held range overlaps. */
-  static final class RangeLock {
-    private final List<long[]> held = new ArrayList<>();
-
-    synchronized long[] acquire(long offset, long length) throws InterruptedException {
-      long[] r = {offset, offset + length};
-      while (overlapsHeld(r)) {
-        wait();
-      }
-      held.add(r);
-      return r;
-    }
-
-    synchronized void release(long[] r) {
-      for (int i = 0; i < held.size(); i++) {
-        if (held.get(i) == r) {
-          held.remove(i);
-          break;
-        }
-      }
-      notifyAll();
-    }
-
-    private boolean overlapsHeld(long[] r) {
-      for (long[] h : held) {
-        if (h[0] < r[1] && r[0] < h[1]) {
-          return true;
-        }
-      }
-      return false;
-    }
-  }
 
   /** One completed request, in the order the range lock let it complete; reads keep what they saw. */
   record Event(long seq, int thread, Op op, byte[] seen) {}
