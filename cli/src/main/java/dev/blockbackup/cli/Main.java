@@ -2,7 +2,10 @@ package dev.blockbackup.cli;
 
 import java.io.PrintWriter;
 import java.nio.charset.StandardCharsets;
+import java.util.LinkedHashMap;
+import java.util.Map;
 import java.util.concurrent.Callable;
+import java.util.function.Supplier;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Model.CommandSpec;
@@ -21,9 +24,8 @@ import picocli.CommandLine.Spec;
     mixinStandardHelpOptions = true,
     version = "blockbackup 0.1.0",
     description = "Block backup engine: create, inspect and convert raw and qcow2 images the way qemu-img does,"
-        + " and back them up with QEMU's backup job.",
-    subcommands = {CreateCommand.class, InfoCommand.class, ConvertCommand.class, BackupCommand.class,
-        CommandLine.HelpCommand.class})
+        + " and back them up with QEMU's backup job.")
+// The subcommands are added by commandLine(), not named here.
 public final class Main implements Callable<Integer> {
 
   /** Exit status of a failed command, as qemu-img's. */
@@ -33,6 +35,21 @@ public final class Main implements Callable<Integer> {
   boolean debug;
 
   @Spec CommandSpec spec;
+
+  /**
+   * The subcommands by name, in the order the usage lists them. Picocli builds a command's model by
+   * reflection over its annotations, which is a good part of a short run's start-up; so a command line
+   * that names one of these gets only that one built (see {@link #commandLine}).
+   */
+  private static final Map<String, Supplier<Object>> SUBCOMMANDS = new LinkedHashMap<>();
+
+  static {
+    SUBCOMMANDS.put("create", CreateCommand::new);
+    SUBCOMMANDS.put("info", InfoCommand::new);
+    SUBCOMMANDS.put("convert", ConvertCommand::new);
+    SUBCOMMANDS.put("backup", BackupCommand::new);
+    SUBCOMMANDS.put("help", CommandLine.HelpCommand::new);
+  }
 
   public static void main(String[] args) {
     PrintWriter out = new PrintWriter(System.out, true, StandardCharsets.UTF_8);
@@ -45,7 +62,7 @@ public final class Main implements Callable<Integer> {
 
   /** Runs one command line, printing to {@code out} and {@code err}; returns the exit status. */
   public static int run(PrintWriter out, PrintWriter err, String... args) {
-    CommandLine cmd = new CommandLine(new Main());
+    CommandLine cmd = commandLine(args);
     cmd.setOut(out);
     cmd.setErr(err);
     cmd.setExecutionExceptionHandler((e, line, parseResult) -> {
@@ -62,6 +79,30 @@ public final class Main implements Callable<Integer> {
       out.flush();
       err.flush();
     }
+  }
+
+  /**
+   * The top command with its subcommands: only the one named if the first argument that is not an
+   * option names one (the main command's options take no values, so that argument is the subcommand),
+   * else all of them, so that usage, "help" and picocli's suggestions for a mistyped name see them all.
+   * "help" itself needs them all too.
+   */
+  static CommandLine commandLine(String... args) {
+    CommandLine cmd = new CommandLine(new Main());
+    String named = null;
+    for (String a : args) {
+      if (!a.startsWith("-")) {
+        named = a;
+        break;
+      }
+    }
+    Supplier<Object> only = "help".equals(named) ? null : SUBCOMMANDS.get(named);
+    if (only != null) {
+      cmd.addSubcommand(only.get());
+    } else {
+      SUBCOMMANDS.values().forEach(s -> cmd.addSubcommand(s.get()));
+    }
+    return cmd;
   }
 
   @Override

@@ -70,4 +70,30 @@ class CliHelpTest {
   void versionIsPrinted() {
     assertThat(Cli.run("--version").ok().out()).startsWith("blockbackup ");
   }
+
+  @Test
+  void topLevelHelpAndHelpCommandListEveryCommand() {
+    for (String[] args : new String[][] {{"--help"}, {"help"}}) {
+      assertThat(Cli.run(args).ok().out()).contains("Commands:")
+          .contains("create").contains("info").contains("convert").contains("backup").contains("help");
+    }
+    assertThat(Cli.run("help", "convert").ok().out()).contains("Usage: blockbackup convert");
+  }
+
+  @Test
+  void mistypedCommandIsAUsageErrorThatSuggestsTheRightOne() {
+    Cli.Run r = Cli.run("conver", "a.raw", "b.qcow2");
+    assertThat(r.exit()).isEqualTo(2);
+    assertThat(r.err()).contains("Unmatched arguments").contains("conver").contains("convert");
+  }
+
+  @Test
+  void optionsBeforeTheCommandStillFindIt() {
+    assertThat(Cli.run("--debug", "info", "--help").ok().out()).contains("Usage: blockbackup info");
+  }
+
+  @Test
+  void theLaunchersTrainingRunEndsEveryCommandAsItShould() throws Exception {
+    assertThat(CdsTraining.train()).isZero();
+  }
 }
