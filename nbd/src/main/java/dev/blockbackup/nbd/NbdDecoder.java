@@ -23,6 +23,12 @@ import java.util.List;
  */
 final class NbdDecoder extends ByteToMessageDecoder {
 
+  /**
+   * An option payload longer than this is not even skipped: the connection is closed (the spec
+   * allows either), so a client cannot keep a connection busy discarding 4 GiB.
+   */
+  static final long MAX_SKIPPED_OPTION = 16 << 20;
+
   private enum State { CLIENT_FLAGS, OPTION_HEADER, OPTION_DATA, REQUEST_HEADER, WRITE_DATA, SKIP, DEAD }
 
   private State state = State.CLIENT_FLAGS;
@@ -66,6 +72,10 @@ final class NbdDecoder extends ByteToMessageDecoder {
           }
           option = in.readInt();
           length = in.readUnsignedInt();
+          if (length > MAX_SKIPPED_OPTION) {
+            state = State.DEAD;
+            throw new NbdProtocolException("option payload of " + length + " bytes");
+          }
           if (length > MAX_OPTION_LENGTH) {
             skip(length, new OptionRequest(option, length, null), State.OPTION_HEADER);
           } else {

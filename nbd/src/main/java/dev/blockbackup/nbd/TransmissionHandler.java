@@ -41,6 +41,10 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
   private final ConnectionSettings settings;
   /** Requests handed to the workers and not yet answered; touched on the event loop only. */
   private int inFlight;
+  /** Their payload and reply bytes (reads and writes), bounded by {@link #MAX_IN_FLIGHT_BYTES}. */
+  private long inFlightBytes;
+  /** Stop reading above this many bytes of requests in flight: 2 maximum-size requests. */
+  static final long MAX_IN_FLIGHT_BYTES = 2L * MAX_BLOCK_SIZE;
   /** NBD_CMD_DISC came: answer what is in flight, then close. */
   private boolean disconnecting;
 
@@ -70,38 +74,57 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
     if (error != 0) {
       release(r);
       ctx.writeAndFlush(errorReply(r, error, "invalid " + commandName(r.type()) + " request"));
+      updateAutoRead(ctx);
       return;
     }
+    long bytes = r.type() == NBD_CMD_READ || r.type() == NBD_CMD_WRITE ? r.length() : 0;
     inFlight++;
-    if (inFlight >= settings.maxInFlight()) {
-      ctx.channel().config().setAutoRead(false);
-    }
+    inFlightBytes += bytes;
+    updateAutoRead(ctx);
     try {
       settings.workers().execute(() -> {
         Object reply = perform(ctx, r);
         try {
-          ctx.executor().execute(() -> replied(ctx, reply));
+          ctx.executor().execute(() -> replied(ctx, reply, bytes));
         } catch (RejectedExecutionException e) {
           ReferenceCountUtil.release(reply); // the event loop is gone: so is the connection
         }
       });
     } catch (RejectedExecutionException e) {
       release(r);
-      replied(ctx, errorReply(r, NBD_ESHUTDOWN, "the server is shutting down"));
+      replied(ctx, errorReply(r, NBD_ESHUTDOWN, "the server is shutting down"), bytes);
     }
   }
 
-  /** On the event loop: sends one reply and reopens reading if the connection was over its limit. */
-  private void replied(ChannelHandlerContext ctx, Object reply) {
+  /** On the event loop: sends one reply and reopens reading if the connection is under its limits again. */
+  private void replied(ChannelHandlerContext ctx, Object reply, long bytes) {
     inFlight--;
+    inFlightBytes -= bytes;
     if (disconnecting && inFlight == 0) {
       ctx.writeAndFlush(reply).addListener(ChannelFutureListener.CLOSE);
       return;
     }
     ctx.writeAndFlush(reply);
-    if (!disconnecting && inFlight < settings.maxInFlight() && !ctx.channel().config().isAutoRead()) {
-      ctx.channel().config().setAutoRead(true);
+    updateAutoRead(ctx);
+  }
+
+  /**
+   * Reads only while the connection is under its limits: requests and bytes in flight, and replies
+   * the client has not taken yet (channel writability), so a client that sends without reading
+   * its replies is stopped rather than buffered for.
+   */
+  private void updateAutoRead(ChannelHandlerContext ctx) {
+    boolean read = !disconnecting && inFlight < settings.maxInFlight() && inFlightBytes < MAX_IN_FLIGHT_BYTES
+        && ctx.channel().isWritable();
+    if (ctx.channel().config().isAutoRead() != read) {
+      ctx.channel().config().setAutoRead(read);
     }
+  }
+
+  @Override
+  public void channelWritabilityChanged(ChannelHandlerContext ctx) {
+    updateAutoRead(ctx);
+    ctx.fireChannelWritabilityChanged();
   }
 
   private void disconnect(ChannelHandlerContext ctx) {
