@@ -78,6 +78,8 @@ public final class NbdServer implements AutoCloseable {
   private InetSocketAddress tcpAddress;
   private boolean started;
   private boolean closed;
+  /** Whether the socket file at {@link #unixSocket} is ours to remove. */
+  private boolean unixSocketBound;
 
   private NbdServer(Builder b) {
     this.exports = Collections.unmodifiableMap(new LinkedHashMap<>(b.exports));
@@ -131,6 +133,7 @@ public final class NbdServer implements AutoCloseable {
         removeStaleSocket(unixSocket);
         listeners.add(bind(EpollServerDomainSocketChannel.class, new DomainSocketAddress(unixSocket.toFile()),
             settings, false));
+        unixSocketBound = true;
       }
       if (tcpHost != null) {
         Channel ch = bind(epoll ? EpollServerSocketChannel.class : NioServerSocketChannel.class,
@@ -245,7 +248,7 @@ public final class NbdServer implements AutoCloseable {
         Thread.currentThread().interrupt();
       }
     }
-    if (unixSocket != null) {
+    if (unixSocketBound) {
       try {
         Files.deleteIfExists(unixSocket);
       } catch (IOException e) {
