@@ -45,6 +45,8 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
   private long inFlightBytes;
   /** Stop reading above this many bytes of requests in flight: 2 maximum-size requests. */
   static final long MAX_IN_FLIGHT_BYTES = 2L * MAX_BLOCK_SIZE;
+  /** A flush is queued on the event loop behind the replies written so far. */
+  private boolean flushScheduled;
   /** NBD_CMD_DISC came: answer what is in flight, then close. */
   private boolean disconnecting;
 
@@ -73,7 +75,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
     int error = check(r);
     if (error != 0) {
       release(r);
-      ctx.writeAndFlush(errorReply(r, error, "invalid " + commandName(r.type()) + " request"));
+      write(ctx, errorReply(r, error, "invalid " + commandName(r.type()) + " request"));
       updateAutoRead(ctx);
       return;
     }
@@ -104,8 +106,23 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
       ctx.writeAndFlush(reply).addListener(ChannelFutureListener.CLOSE);
       return;
     }
-    ctx.writeAndFlush(reply);
+    write(ctx, reply);
     updateAutoRead(ctx);
+  }
+
+  /**
+   * Queues a reply and flushes once for all the replies that complete in the same turn of the
+   * event loop: at queue depth 16 several finish together, and one writev beats one per reply.
+   */
+  private void write(ChannelHandlerContext ctx, Object reply) {
+    ctx.write(reply, ctx.voidPromise());
+    if (!flushScheduled) {
+      flushScheduled = true;
+      ctx.executor().execute(() -> {
+        flushScheduled = false;
+        ctx.flush();
+      });
+    }
   }
 
   /**
