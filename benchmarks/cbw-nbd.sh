@@ -15,6 +15,9 @@
 # (see the main's Javadoc), then starts the measured job. The first run of each sync=full case checks
 # that the target equals the source as it was before the writes (qemu-img compare).
 #
+# With qemu-storage-daemon installed (Debian qemu-system-x86) QEMU 7.2 runs beside ours, alternating
+# who goes first, set up as in qemu-baselines.md section 2 (see one_qemu); QEMU=0 skips it.
+#
 # Environment: RUNS (default 3), FORMATS (default "raw qcow2"), BENCH_DIR (default
 # /var/tmp/blockbackup-bench-cbw, where CbwGuestWriteBenchmark keeps cbw-src-2048m.{raw,qcow2}:
 # random data in every cluster; made here the same way if missing), WARMUP (seconds, default 3),
@@ -81,6 +84,7 @@ server_pid=
 cleanup() {
   exec 8>&- 2>/dev/null || true
   if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then kill "$server_pid"; fi
+  if [ -f "$work/qsd.pid" ]; then kill "$(cat "$work/qsd.pid")" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
 
@@ -138,24 +142,113 @@ one() { # FORMAT SYNC RUN
   rm -f "$guest" "$target" "$work/ctl"
 }
 
+# QEMU beside ours (QEMU=0 skips it): qemu-storage-daemon set up as qemu-baselines.md section 2,
+# export first, then blockdev-backup, so its filter goes above the node the export uses. No
+# warm-up (native code), default cache options (writeback), as the reference.
+qemu="${QEMU:-1}"
+if [ "$qemu" = 1 ] && ! command -v qemu-storage-daemon >/dev/null; then
+  echo "cbw-nbd: qemu-storage-daemon not found (Debian qemu-system-x86): QEMU's side is skipped" >&2
+  qemu=0
+fi
+qmp="$work/qmp.py"
+cat > "$qmp" <<'PY'
+# qmp.py SOCKET ARG...: each ARG is a QMP command as JSON (its "return" is checked), or "wait-jobs"
+# (poll query-jobs until no job is left), or "cancel-wait" (block-job-cancel j0, then wait-jobs).
+import json, socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+for _ in range(200):
+    try:
+        s.connect(sys.argv[1]); break
+    except OSError:
+        time.sleep(0.05)
+f = s.makefile("rw")
+def cmd(c):
+    f.write(json.dumps(c) + "\n"); f.flush()
+    while True:
+        r = json.loads(f.readline())
+        if "return" in r: return r["return"]
+        if "error" in r: sys.exit("qmp: %s: %s" % (c, r["error"]))
+json.loads(f.readline())
+cmd({"execute": "qmp_capabilities"})
+def wait_jobs():
+    t0 = time.time()
+    while cmd({"execute": "query-jobs"}):
+        if time.time() - t0 > 600: sys.exit("qmp: jobs still there after 600 s")
+        time.sleep(0.05)
+for a in sys.argv[2:]:
+    if a == "wait-jobs": wait_jobs()
+    elif a == "cancel-wait":
+        cmd({"execute": "block-job-cancel", "arguments": {"device": "j0"}}); wait_jobs()
+    else: cmd(json.loads(a))
+PY
+
+one_qemu() { # FORMAT SYNC RUN
+  local fmt=$1 sync=$2 run=$3 src="$dir/cbw-src-2048m.$1" guest="$work/guest.$1" target="$work/target.qcow2"
+  local out="$work/fio.json" qsock="$work/qmp.sock" pidf="$work/qsd.pid" t0 t1 jobinfo=""
+  rm -f "$guest" "$target" "$sock" "$qsock" "$pidf"
+  if [ "$fmt" = qcow2 ]; then cp --sparse=never "$src" "$guest"; else cp "$src" "$guest"; fi
+  [ "$sync" = nojob ] || qemu-img create -q -f qcow2 "$target" 2147483648
+  settle
+  qemu-storage-daemon --chardev socket,id=m0,path="$qsock",server=on,wait=off --monitor chardev=m0 \
+    --nbd-server addr.type=unix,addr.path="$sock" --daemonize --pidfile "$pidf"
+  local add_dst='{"execute":"blockdev-add","arguments":{"node-name":"dst","driver":"qcow2","file":{"driver":"file","filename":"'"$target"'"}}}'
+  # sync=none: the target's backing is the source node (fleecing), as ours
+  [ "$sync" = none ] && add_dst='{"execute":"blockdev-add","arguments":{"node-name":"dst","driver":"qcow2","backing":"src","file":{"driver":"file","filename":"'"$target"'"}}}'
+  python3 "$qmp" "$qsock" \
+    '{"execute":"blockdev-add","arguments":{"node-name":"src","driver":"'"$fmt"'","file":{"driver":"file","filename":"'"$guest"'"}}}' \
+    '{"execute":"block-export-add","arguments":{"type":"nbd","id":"e0","node-name":"src","name":"export","writable":true}}'
+  if [ "$sync" != nojob ]; then
+    t0=$(now)
+    python3 "$qmp" "$qsock" "$add_dst" \
+      '{"execute":"blockdev-backup","arguments":{"job-id":"j0","device":"src","target":"dst","sync":"'"$sync"'"}}'
+  fi
+  fio --name=guest --ioengine=nbd --uri="nbd+unix:///export?socket=$sock" --read_iolog="$iolog" --replay_no_stall=1 \
+    --iodepth=16 --output-format=json > "$out" 2> "$work/fio.err" || { cat "$work/fio.err" >&2; exit 1; }
+  case "$sync" in
+    none) python3 "$qmp" "$qsock" cancel-wait ;;
+    full) python3 "$qmp" "$qsock" wait-jobs; t1=$(now); jobinfo="job sync=full: $(elapsed "$t0" "$t1") s (start to gone, QMP polled)" ;;
+  esac
+  python3 "$qmp" "$qsock" '{"execute":"quit"}' 2>/dev/null || true
+  for _ in $(seq 100); do [ -f "$pidf" ] || break; sleep 0.1; done
+  if [ "$sync" = full ] && [ "$run" = 1 ]; then
+    if qemu-img compare -q -f qcow2 -F "$fmt" "$target" "$src"; then
+      jobinfo="$jobinfo check: sync=full target equals the source as it was before the writes"
+    else
+      echo "cbw-nbd: QEMU's sync=full target differs from the source" >&2; exit 1
+    fi
+  fi
+  read -r w mean p99 n < <(iops "$out")
+  printf '%-5s %-5s run %d: %6d writes/s  clat mean %5d us  p99 %6d us  (%d writes)  QEMU %s\n' "$fmt" "$sync" "$run" \
+    "$w" "$mean" "$p99" "$n" "$jobinfo"
+  echo "$w" >> "$work/qemu.$fmt.$sync"
+  rm -f "$guest" "$target"
+}
+
 echo "cbw-nbd: $(date -u '+%F %T') UTC, $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg), $(java -version 2>&1 | head -1), $(fio --version), RUNS=$runs, WARMUP=${warmup}s${JAVA_OPTS:+, JAVA_OPTS=$JAVA_OPTS}"
 for fmt in $formats; do
-  rm -f "$work/$fmt.nojob" "$work/$fmt.none" "$work/$fmt.full"
+  rm -f "$work/$fmt".{nojob,none,full} "$work/qemu.$fmt".{nojob,none,full}
 done
 for run in $(seq "$runs"); do
   if [ $((run % 2)) = 1 ]; then order="nojob none full"; else order="full none nojob"; fi
   for fmt in $formats; do
     for sync in $order; do
+      # ours and QEMU's one after the other, who goes first alternating with the run
+      if [ "$qemu" = 1 ] && [ $((run % 2)) = 0 ]; then one_qemu "$fmt" "$sync" "$run"; fi
       one "$fmt" "$sync" "$run"
+      if [ "$qemu" = 1 ] && [ $((run % 2)) = 1 ]; then one_qemu "$fmt" "$sync" "$run"; fi
     done
   done
 done
 
 echo
 echo "medians of $runs runs, writer IOPS (fio nbd, 4k, iodepth 16, 16384 first writes to distinct clusters):"
-printf '%-6s %8s %8s %8s %10s %10s\n' format "no job" none full none/nojob full/nojob
+printf '%-14s %8s %8s %8s %10s %10s\n' server/format "no job" none full none/nojob full/nojob
 for fmt in $formats; do
-  a=$(median < "$work/$fmt.nojob"); b=$(median < "$work/$fmt.none"); c=$(median < "$work/$fmt.full")
-  printf '%-6s %8.0f %8.0f %8.0f %10s %10s\n' "$fmt" "$a" "$b" "$c" "$(ratio "$b" "$a")" "$(ratio "$c" "$a")"
+  for who in ours qemu; do
+    p="$work/$fmt"; [ "$who" = qemu ] && p="$work/qemu.$fmt"
+    [ -f "$p.nojob" ] || continue
+    a=$(median < "$p.nojob"); b=$(median < "$p.none"); c=$(median < "$p.full")
+    printf '%-14s %8.0f %8.0f %8.0f %10s %10s\n' "$who $fmt" "$a" "$b" "$c" "$(ratio "$b" "$a")" "$(ratio "$c" "$a")"
+  done
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
