@@ -20,14 +20,15 @@
 #
 # Environment: RUNS (default 3), FORMATS (default "raw qcow2"), BENCH_DIR (default
 # /var/tmp/blockbackup-bench-cbw, where CbwGuestWriteBenchmark keeps cbw-src-2048m.{raw,qcow2}:
-# random data in every cluster; made here the same way if missing), WARMUP (seconds, default 3),
+# random data in every cluster; made here the same way if missing), WARMUP (seconds, default 10:
+# with 3 s the C2 compiler still took a quarter of the CPU samples of the measured replay),
 # JAVA_OPTS, SETTLE_MIB (lib.sh). Run it under `flock /tmp/bench.lock` on a shared machine.
 set -euo pipefail
 root="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)"
 runs="${RUNS:-3}"
 formats="${FORMATS:-raw qcow2}"
 dir="${BENCH_DIR:-/var/tmp/blockbackup-bench-cbw}"
-warmup="${WARMUP:-3}"
+warmup="${WARMUP:-10}"
 jar="$root/benchmarks/target/benchmarks.jar"
 # shellcheck source=lib.sh
 source "$root/benchmarks/lib.sh"

@@ -35,7 +35,8 @@ import java.util.concurrent.CountDownLatch;
  * is done.
  *
  * <p>Before that it serves a second export, "warmup": a 256 MiB scratch image of the same format
- * beside SOURCE with a sync=none job of its own, prints "warmup", and waits for a line on stdin
+ * beside SOURCE with a sync=full job of its own and, once that is done, a sync=none job; prints
+ * "warmup" and waits for a line on stdin
  * while the caller writes to it; so the measured writes meet compiled code, not the interpreter.
  *
  * <p>On stdin EOF (or SIGTERM) it cancels sync=none, waits for sync=full to finish, closes the
@@ -93,18 +94,26 @@ public final class NbdCbwServerMain {
 
     java.io.BufferedReader stdinLines = new java.io.BufferedReader(
         new java.io.InputStreamReader(System.in, java.nio.charset.StandardCharsets.UTF_8));
-    try (BlockDevice warmTarget = Qcow2Image.create(scratchTarget,
-        Qcow2CreateOptions.of(scratchSize).withBacking(scratch.toAbsolutePath().toString(), format),
-        CacheMode.UNSAFE)) {
+    // first a sync=full job (its background copier needs compiling too), then sync=none until "go"
+    try (BlockDevice fullTarget = Qcow2Image.create(scratchTarget.resolveSibling("warmup-full.qcow2"),
+        Qcow2CreateOptions.of(scratchSize), CacheMode.UNSAFE);
+        BlockDevice warmTarget = Qcow2Image.create(scratchTarget,
+            Qcow2CreateOptions.of(scratchSize).withBacking(scratch.toAbsolutePath().toString(), format),
+            CacheMode.UNSAFE)) {
+      BackupJob fullJob = BackupJob.create(new JobManager(), warmNode, fullTarget,
+          BackupOptions.of(MirrorSyncMode.full).withJobId("warmup-full"));
+      fullJob.start();
+      System.out.println("warmup");
+      System.out.flush();
+      fullJob.awaitConcluded(Duration.ofMinutes(1));
       BackupJob warmJob = BackupJob.create(new JobManager(), warmNode, warmTarget,
           BackupOptions.of(MirrorSyncMode.none).withJobId("warmup"));
       warmJob.start();
-      System.out.println("warmup");
-      System.out.flush();
       stdinLines.readLine(); // "go" (or EOF)
       warmJob.cancel();
       warmJob.awaitConcluded(Duration.ofMinutes(1));
     }
+    Files.deleteIfExists(scratchTarget.resolveSibling("warmup-full.qcow2"));
 
     BlockDevice targetImage = null;
     BackupJob job = null;
