@@ -11,8 +11,8 @@
 # The server is dev.blockbackup.benchmarks.NbdCbwServerMain from benchmarks/target/benchmarks.jar
 # (this script builds nothing: ./mvnw -B -ntp -DskipTests package first), on a fresh copy of the
 # source per run, run with plain JVM defaults plus JAVA_OPTS. Before each measured replay it warms
-# up for WARMUP seconds with fio random 4 KiB writes to a scratch export with its own sync=none job
-# (see the main's Javadoc), then starts the measured job. The first run of each sync=full case checks
+# up for WARMUP seconds with fio random 4 KiB writes to a scratch export with a sync=full and then a
+# sync=none job of its own (see the main's Javadoc), settles, then starts the measured job. The first run of each sync=full case checks
 # that the target equals the source as it was before the writes (qemu-img compare).
 #
 # With qemu-storage-daemon installed (Debian qemu-system-x86) QEMU 7.2 runs beside ours, alternating
@@ -114,7 +114,6 @@ one() { # FORMAT SYNC RUN
   if [ "$fmt" = qcow2 ]; then cp --sparse=never "$src" "$guest"; else cp "$src" "$guest"; fi
   [ "$sync" = nojob ] || args=("$target")
   if [ "$sync" = full ] && [ "$run" = 1 ]; then args+=("$src"); fi
-  settle
   mkfifo "$work/ctl"
   # shellcheck disable=SC2086 # JAVA_OPTS is split on purpose
   java ${JAVA_OPTS:-} -cp "$jar" dev.blockbackup.benchmarks.NbdCbwServerMain "$fmt" "$guest" "$sock" "$sync" "${args[@]}" \
@@ -126,6 +125,10 @@ one() { # FORMAT SYNC RUN
     fio --name=warmup --ioengine=nbd --uri="nbd+unix:///warmup?socket=$sock" --rw=randwrite --bs=4k --iodepth=16 \
       --runtime="$warmup" --time_based --randrepeat=0 --output=/dev/null >/dev/null 2>&1
   fi
+  # settle after the warm-up, right before the measured writes, as QEMU's runs get it: settled
+  # before a 10 s warm-up, the freed memory went back to the host meanwhile and the target's fresh
+  # page cache paid host page faults (sync=none ran at a third of its rate, with 15-30 ms p99)
+  settle
   echo go >&8
   wait_for ready "$log"
   fio --name=guest --ioengine=nbd --uri="nbd+unix:///export?socket=$sock" --read_iolog="$iolog" --replay_no_stall=1 \
