@@ -1,0 +1,344 @@
+package dev.blockbackup.nbd;
+
+import io.netty.bootstrap.ServerBootstrap;
+import io.netty.channel.Channel;
+import io.netty.channel.ChannelHandlerContext;
+import io.netty.channel.ChannelInitializer;
+import io.netty.channel.ChannelOption;
+import io.netty.channel.EventLoopGroup;
+import io.netty.channel.MultiThreadIoEventLoopGroup;
+import io.netty.channel.ServerChannel;
+import io.netty.channel.epoll.Epoll;
+import io.netty.channel.epoll.EpollIoHandler;
+import io.netty.channel.epoll.EpollServerDomainSocketChannel;
+import io.netty.channel.epoll.EpollServerSocketChannel;
+import io.netty.channel.group.ChannelGroup;
+import io.netty.channel.group.DefaultChannelGroup;
+import io.netty.channel.nio.NioIoHandler;
+import io.netty.channel.socket.nio.NioServerSocketChannel;
+import io.netty.channel.unix.DomainSocketAddress;
+import io.netty.util.concurrent.GlobalEventExecutor;
+import java.io.IOException;
+import java.net.InetSocketAddress;
+import java.net.SocketAddress;
+import java.nio.file.Files;
+import java.nio.file.LinkOption;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Objects;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.LinkedBlockingQueue;
+import java.util.concurrent.ThreadPoolExecutor;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
+
+/**
+ * An NBD server (fixed newstyle, structured replies, base:allocation block status), as qemu-nbd or
+ * qemu-storage-daemon's NBD export serves a QEMU user: one or more named {@link NbdExport}s of
+ * {@code BlockDevice}s, on a Unix socket and/or TCP.
+ *
+ * <pre>{@code
+ * try (NbdServer server = NbdServer.builder()
+ *     .export(NbdExport.of("drive0", node).withDescription("the guest's disk"))
+ *     .unixSocket(Path.of("/run/bb/nbd.sock"))      // nbd+unix:///drive0?socket=/run/bb/nbd.sock
+ *     .tcp("127.0.0.1", 0)                           // an ephemeral port: server.tcpAddress()
+ *     .build()) {
+ *   server.start();
+ *   ...
+ * }
+ * }</pre>
+ *
+ * <p>Netty's event loops only decode and encode; block I/O runs on a bounded worker pool, and a
+ * connection stops reading while it has {@link Builder#maxInFlight} requests in flight. The native
+ * epoll transport is used where it loads (a Unix socket needs it); TCP falls back to NIO.
+ * {@link #close()} stops accepting, lets requests in flight finish, closes the connections and
+ * leaves the exported devices open: they belong to the caller.
+ */
+public final class NbdServer implements AutoCloseable {
+
+  private static final System.Logger LOG = System.getLogger(NbdServer.class.getName());
+
+  private final Map<String, NbdExport> exports;
+  private final Path unixSocket;
+  private final String tcpHost;
+  private final int tcpPort;
+  private final int workerThreads;
+  private final int eventLoopThreads;
+  private final int maxInFlight;
+  private final long closeTimeoutMillis;
+
+  private EventLoopGroup group;
+  private ExecutorService workers;
+  private final List<Channel> listeners = new ArrayList<>();
+  private ChannelGroup connections;
+  private InetSocketAddress tcpAddress;
+  private boolean started;
+  private boolean closed;
+  /** Whether the socket file at {@link #unixSocket} is ours to remove. */
+  private boolean unixSocketBound;
+
+  private NbdServer(Builder b) {
+    this.exports = Collections.unmodifiableMap(new LinkedHashMap<>(b.exports));
+    this.unixSocket = b.unixSocket;
+    this.tcpHost = b.tcpHost;
+    this.tcpPort = b.tcpPort;
+    this.workerThreads = b.workerThreads;
+    this.eventLoopThreads = b.eventLoopThreads;
+    this.maxInFlight = b.maxInFlight;
+    this.closeTimeoutMillis = b.closeTimeoutMillis;
+  }
+
+  public static Builder builder() {
+    return new Builder();
+  }
+
+  /** Whether the native epoll transport loads here (else TCP uses NIO and Unix sockets are refused). */
+  public static boolean isEpollAvailable() {
+    return Epoll.isAvailable();
+  }
+
+  /**
+   * Binds the sockets and starts serving.
+   *
+   * @throws IOException if a socket cannot be bound (the server is then closed again)
+   */
+  public synchronized void start() throws IOException {
+    if (started) {
+      throw new IllegalStateException("the server was started already");
+    }
+    started = true;
+    boolean epoll = Epoll.isAvailable();
+    if (unixSocket != null && !epoll) {
+      throw new IOException("a Unix socket needs Netty's native epoll transport, which does not load here: "
+          + Epoll.unavailabilityCause());
+    }
+    group = new MultiThreadIoEventLoopGroup(eventLoopThreads,
+        epoll ? EpollIoHandler.newFactory() : NioIoHandler.newFactory());
+    AtomicInteger n = new AtomicInteger();
+    ThreadPoolExecutor pool = new ThreadPoolExecutor(workerThreads, workerThreads, 60, TimeUnit.SECONDS,
+        new LinkedBlockingQueue<>(), r -> {
+          Thread t = new Thread(r, "nbd-worker-" + n.incrementAndGet());
+          t.setDaemon(true);
+          return t;
+        });
+    workers = pool;
+    connections = new DefaultChannelGroup("nbd-connections", GlobalEventExecutor.INSTANCE);
+    ConnectionSettings settings = new ConnectionSettings(exports, pool, maxInFlight);
+    try {
+      if (unixSocket != null) {
+        removeStaleSocket(unixSocket);
+        listeners.add(bind(EpollServerDomainSocketChannel.class, new DomainSocketAddress(unixSocket.toFile()),
+            settings, false));
+        unixSocketBound = true;
+      }
+      if (tcpHost != null) {
+        Channel ch = bind(epoll ? EpollServerSocketChannel.class : NioServerSocketChannel.class,
+            new InetSocketAddress(tcpHost, tcpPort), settings, true);
+        listeners.add(ch);
+        tcpAddress = (InetSocketAddress) ch.localAddress();
+      }
+    } catch (IOException | RuntimeException e) {
+      close();
+      throw e;
+    }
+  }
+
+  private Channel bind(Class<? extends ServerChannel> type, SocketAddress address, ConnectionSettings settings,
+      boolean tcp) throws IOException {
+    ServerBootstrap b = new ServerBootstrap().group(group).channel(type)
+        .childHandler(new ChannelInitializer<Channel>() {
+          @Override
+          protected void initChannel(Channel ch) {
+            connections.add(ch);
+            ch.pipeline().addLast("decoder", new NbdDecoder())
+                .addLast("encoder", NbdEncoder.INSTANCE)
+                .addLast("handshake", new HandshakeHandler(settings));
+          }
+        });
+    if (tcp) {
+      b.childOption(ChannelOption.TCP_NODELAY, true);
+    }
+    try {
+      return b.bind(address).sync().channel();
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt();
+      throw new IOException("interrupted binding " + address, e);
+    } catch (Exception e) {
+      throw new IOException("cannot listen on " + address + ": " + e.getMessage(), e);
+    }
+  }
+
+  /** A socket file left by an earlier server is replaced, as QEMU does; anything else is refused. */
+  private static void removeStaleSocket(Path path) throws IOException {
+    if (Files.exists(path, LinkOption.NOFOLLOW_LINKS)) {
+      if (Files.isRegularFile(path, LinkOption.NOFOLLOW_LINKS) || Files.isDirectory(path, LinkOption.NOFOLLOW_LINKS)) {
+        throw new IOException("cannot listen on " + path + ": a file of that name exists and is not a socket");
+      }
+      Files.delete(path);
+    }
+  }
+
+  /** The bound TCP address (with the real port when 0 was asked), or null without TCP. */
+  public synchronized InetSocketAddress tcpAddress() {
+    return tcpAddress;
+  }
+
+  /** The Unix socket path, or null without one. */
+  public Path unixSocket() {
+    return unixSocket;
+  }
+
+  public Map<String, NbdExport> exports() {
+    return exports;
+  }
+
+  /** Connections open now (handshaking or transmitting). */
+  public int connectionCount() {
+    ChannelGroup c = connections;
+    return c == null ? 0 : c.size();
+  }
+
+  /**
+   * Stops accepting, lets every request in flight finish and be answered (for at most the close
+   * timeout), closes the connections and releases the threads. The exported devices stay open.
+   */
+  @Override
+  public synchronized void close() {
+    if (closed || !started) {
+      closed = true;
+      return;
+    }
+    closed = true;
+    for (Channel l : listeners) {
+      l.close().awaitUninterruptibly();
+    }
+    if (connections != null) {
+      for (Channel ch : connections) {
+        ch.eventLoop().execute(() -> {
+          ChannelHandlerContext ctx = ch.pipeline().context(TransmissionHandler.class);
+          if (ctx != null) {
+            ((TransmissionHandler) ctx.handler()).shutdown(ctx);
+          } else {
+            ch.close();
+          }
+        });
+      }
+      long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(closeTimeoutMillis);
+      for (Channel ch : connections) {
+        long left = deadline - System.nanoTime();
+        if (!ch.closeFuture().awaitUninterruptibly(Math.max(0, TimeUnit.NANOSECONDS.toMillis(left)))) {
+          LOG.log(System.Logger.Level.WARNING, ch + ": requests still in flight after "
+              + closeTimeoutMillis + " ms; closing anyway");
+          ch.close().awaitUninterruptibly();
+        }
+      }
+    }
+    if (group != null) {
+      group.shutdownGracefully(0, 1, TimeUnit.SECONDS).awaitUninterruptibly();
+    }
+    if (workers != null) {
+      workers.shutdown();
+      try {
+        workers.awaitTermination(closeTimeoutMillis, TimeUnit.MILLISECONDS);
+      } catch (InterruptedException e) {
+        Thread.currentThread().interrupt();
+      }
+    }
+    if (unixSocketBound) {
+      try {
+        Files.deleteIfExists(unixSocket);
+      } catch (IOException e) {
+        LOG.log(System.Logger.Level.DEBUG, () -> "cannot remove " + unixSocket + ": " + e);
+      }
+    }
+  }
+
+  /** How to build an {@link NbdServer}: at least one export and one socket. */
+  public static final class Builder {
+    private final Map<String, NbdExport> exports = new LinkedHashMap<>();
+    private Path unixSocket;
+    private String tcpHost;
+    private int tcpPort;
+    private int workerThreads = 32;
+    private int eventLoopThreads = Math.min(4, Math.max(1, Runtime.getRuntime().availableProcessors()));
+    private int maxInFlight = 32;
+    private long closeTimeoutMillis = 30_000;
+
+    private Builder() {}
+
+    /** Adds an export; names must be unique. */
+    public Builder export(NbdExport export) {
+      Objects.requireNonNull(export, "export");
+      if (exports.putIfAbsent(export.name(), export) != null) {
+        throw new IllegalArgumentException("export '" + export.name() + "' is given twice");
+      }
+      return this;
+    }
+
+    /** Listens on a Unix socket at {@code path} (replacing a stale socket file there). */
+    public Builder unixSocket(Path path) {
+      this.unixSocket = Objects.requireNonNull(path, "path");
+      return this;
+    }
+
+    /** Listens on TCP {@code host}:{@code port}; port 0 picks a free one ({@link NbdServer#tcpAddress()}). */
+    public Builder tcp(String host, int port) {
+      if (port < 0 || port > 65535) {
+        throw new IllegalArgumentException("port (" + port + ") must be in 0..65535");
+      }
+      this.tcpHost = Objects.requireNonNull(host, "host");
+      this.tcpPort = port;
+      return this;
+    }
+
+    /** Threads that run block I/O for all connections (default 32). */
+    public Builder workerThreads(int n) {
+      if (n < 1) {
+        throw new IllegalArgumentException("workerThreads (" + n + ") must be positive");
+      }
+      this.workerThreads = n;
+      return this;
+    }
+
+    /** Netty event loop threads (default: the cores, at most 4). */
+    public Builder eventLoopThreads(int n) {
+      if (n < 1) {
+        throw new IllegalArgumentException("eventLoopThreads (" + n + ") must be positive");
+      }
+      this.eventLoopThreads = n;
+      return this;
+    }
+
+    /** Requests in flight per connection before it stops reading (default 32). */
+    public Builder maxInFlight(int n) {
+      if (n < 1 || n > 1024) {
+        throw new IllegalArgumentException("maxInFlight (" + n + ") must be in 1..1024");
+      }
+      this.maxInFlight = n;
+      return this;
+    }
+
+    /** How long {@link NbdServer#close()} waits for requests in flight (default 30 s). */
+    public Builder closeTimeoutMillis(long ms) {
+      if (ms < 0) {
+        throw new IllegalArgumentException("closeTimeoutMillis (" + ms + ") must not be negative");
+      }
+      this.closeTimeoutMillis = ms;
+      return this;
+    }
+
+    public NbdServer build() {
+      if (exports.isEmpty()) {
+        throw new IllegalArgumentException("an NBD server needs at least one export");
+      }
+      if (unixSocket == null && tcpHost == null) {
+        throw new IllegalArgumentException("an NBD server needs a Unix socket or a TCP address to listen on");
+      }
+      return new NbdServer(this);
+    }
+  }
+}

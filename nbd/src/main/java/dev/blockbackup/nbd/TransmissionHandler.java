@@ -1,0 +1,387 @@
+package dev.blockbackup.nbd;
+
+import static dev.blockbackup.nbd.NbdConstants.*;
+
+import dev.blockbackup.formats.BlockDevice;
+import dev.blockbackup.formats.BlockError;
+import dev.blockbackup.formats.BlockIOException;
+import dev.blockbackup.formats.Extent;
+import dev.blockbackup.formats.WriteFlag;
+import dev.blockbackup.nbd.NbdMessages.BlockStatusChunk;
+import dev.blockbackup.nbd.NbdMessages.ErrorChunk;
+import dev.blockbackup.nbd.NbdMessages.NoneChunk;
+import dev.blockbackup.nbd.NbdMessages.ReadChunk;
+import dev.blockbackup.nbd.NbdMessages.Request;
+import dev.blockbackup.nbd.NbdMessages.SimpleReply;
+import io.netty.buffer.ByteBuf;
+import io.netty.channel.ChannelFutureListener;
+import io.netty.channel.ChannelHandlerContext;
+import io.netty.channel.ChannelInboundHandlerAdapter;
+import io.netty.util.ReferenceCountUtil;
+import java.util.List;
+import java.util.concurrent.RejectedExecutionException;
+
+/**
+ * The transmission phase of one connection: checks each request, runs the block I/O on the
+ * worker pool (it blocks), and writes the reply back on the event loop, in one write each. Requests
+ * of one connection run concurrently and their replies go out in completion order; the handle
+ * tells the client which is which. Over {@code maxInFlight} requests in flight the connection
+ * stops reading (autoRead off), so a client that never reads its replies cannot pile up work.
+ */
+final class TransmissionHandler extends ChannelInboundHandlerAdapter {
+
+  private static final System.Logger LOG = System.getLogger(TransmissionHandler.class.getName());
+  /** At most this many extents in one NBD_REPLY_TYPE_BLOCK_STATUS chunk; the client asks again for the rest. */
+  static final int MAX_EXTENTS = 1024;
+
+  private final NbdExport export;
+  private final BlockDevice device;
+  private final boolean structured;
+  private final boolean baseAllocation;
+  private final ConnectionSettings settings;
+  /** Requests handed to the workers and not yet answered; touched on the event loop only. */
+  private int inFlight;
+  /** Their payload and reply bytes (reads and writes), bounded by {@link #MAX_IN_FLIGHT_BYTES}. */
+  private long inFlightBytes;
+  /** Stop reading above this many bytes of requests in flight: 2 maximum-size requests. */
+  static final long MAX_IN_FLIGHT_BYTES = 2L * MAX_BLOCK_SIZE;
+  /** A flush is queued on the event loop behind the replies written so far. */
+  private boolean flushScheduled;
+  /** NBD_CMD_DISC came: answer what is in flight, then close. */
+  private boolean disconnecting;
+
+  TransmissionHandler(NbdExport export, boolean structured, boolean baseAllocation, ConnectionSettings settings) {
+    this.export = export;
+    this.device = export.device();
+    this.structured = structured;
+    this.baseAllocation = baseAllocation;
+    this.settings = settings;
+  }
+
+  @Override
+  public void channelRead(ChannelHandlerContext ctx, Object msg) {
+    if (!(msg instanceof Request r)) {
+      ReferenceCountUtil.release(msg);
+      return;
+    }
+    if (disconnecting) {
+      release(r);
+      return;
+    }
+    if (r.type() == NBD_CMD_DISC) {
+      disconnect(ctx);
+      return;
+    }
+    int error = check(r);
+    if (error != 0) {
+      release(r);
+      write(ctx, errorReply(r, error, "invalid " + commandName(r.type()) + " request"));
+      updateAutoRead(ctx);
+      return;
+    }
+    long bytes = r.type() == NBD_CMD_READ || r.type() == NBD_CMD_WRITE ? r.length() : 0;
+    inFlight++;
+    inFlightBytes += bytes;
+    updateAutoRead(ctx);
+    try {
+      settings.workers().execute(() -> {
+        Object reply = perform(ctx, r);
+        try {
+          ctx.executor().execute(() -> replied(ctx, reply, bytes));
+        } catch (RejectedExecutionException e) {
+          ReferenceCountUtil.release(reply); // the event loop is gone: so is the connection
+        }
+      });
+    } catch (RejectedExecutionException e) {
+      release(r);
+      replied(ctx, errorReply(r, NBD_ESHUTDOWN, "the server is shutting down"), bytes);
+    }
+  }
+
+  /** On the event loop: sends one reply and reopens reading if the connection is under its limits again. */
+  private void replied(ChannelHandlerContext ctx, Object reply, long bytes) {
+    inFlight--;
+    inFlightBytes -= bytes;
+    if (disconnecting && inFlight == 0) {
+      ctx.writeAndFlush(reply).addListener(ChannelFutureListener.CLOSE);
+      return;
+    }
+    write(ctx, reply);
+    updateAutoRead(ctx);
+  }
+
+  /**
+   * Queues a reply and flushes once for all the replies that complete in the same turn of the
+   * event loop: at queue depth 16 several finish together, and one writev beats one per reply.
+   */
+  private void write(ChannelHandlerContext ctx, Object reply) {
+    ctx.write(reply, ctx.voidPromise());
+    if (!flushScheduled) {
+      flushScheduled = true;
+      ctx.executor().execute(() -> {
+        flushScheduled = false;
+        ctx.flush();
+      });
+    }
+  }
+
+  /**
+   * Reads only while the connection is under its limits: requests and bytes in flight, and replies
+   * the client has not taken yet (channel writability), so a client that sends without reading
+   * its replies is stopped rather than buffered for.
+   */
+  private void updateAutoRead(ChannelHandlerContext ctx) {
+    boolean read = !disconnecting && inFlight < settings.maxInFlight() && inFlightBytes < MAX_IN_FLIGHT_BYTES
+        && ctx.channel().isWritable();
+    if (ctx.channel().config().isAutoRead() != read) {
+      ctx.channel().config().setAutoRead(read);
+    }
+  }
+
+  @Override
+  public void channelWritabilityChanged(ChannelHandlerContext ctx) {
+    updateAutoRead(ctx);
+    ctx.fireChannelWritabilityChanged();
+  }
+
+  private void disconnect(ChannelHandlerContext ctx) {
+    disconnecting = true;
+    ctx.pipeline().get(NbdDecoder.class).stop();
+    ctx.channel().config().setAutoRead(false);
+    if (inFlight == 0) {
+      ctx.close();
+    }
+  }
+
+  /** Begins a graceful close as NBD_CMD_DISC does (the server is closing). */
+  void shutdown(ChannelHandlerContext ctx) {
+    if (!disconnecting) {
+      disconnect(ctx);
+    }
+  }
+
+  /** The NBD error for a request that must not reach the device, or 0 if it may. */
+  int check(Request r) {
+    int allowed;
+    boolean writes = false;
+    boolean ranged = true;
+    switch (r.type()) {
+      case NBD_CMD_READ -> allowed = structured ? NBD_CMD_FLAG_DF : 0;
+      case NBD_CMD_WRITE -> {
+        allowed = NBD_CMD_FLAG_FUA;
+        writes = true;
+      }
+      case NBD_CMD_FLUSH -> {
+        allowed = 0;
+        ranged = false;
+      }
+      case NBD_CMD_TRIM -> {
+        allowed = NBD_CMD_FLAG_FUA;
+        writes = true;
+      }
+      case NBD_CMD_WRITE_ZEROES -> {
+        allowed = NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO;
+        writes = true;
+      }
+      case NBD_CMD_CACHE -> allowed = 0;
+      case NBD_CMD_BLOCK_STATUS -> {
+        if (!baseAllocation) {
+          return NBD_EINVAL; // no metadata context was selected (the spec: SHOULD be EINVAL)
+        }
+        allowed = NBD_CMD_FLAG_REQ_ONE;
+      }
+      default -> {
+        return NBD_EINVAL;
+      }
+    }
+    if ((r.flags() & ~allowed) != 0) {
+      return NBD_EINVAL;
+    }
+    if (writes && export.isReadOnly()) {
+      return NBD_EPERM;
+    }
+    if ((r.type() == NBD_CMD_READ || r.type() == NBD_CMD_WRITE) && r.length() > MAX_BLOCK_SIZE) {
+      return NBD_EINVAL; // longer than the maximum block size we advertise
+    }
+    if (r.type() == NBD_CMD_WRITE && r.payload() == null) {
+      return NBD_EINVAL;
+    }
+    if (r.type() == NBD_CMD_BLOCK_STATUS && r.length() == 0) {
+      return NBD_EINVAL;
+    }
+    if (ranged) {
+      long size = device.size();
+      // offset is unsigned on the wire: a negative long is past any end
+      if (r.offset() < 0 || r.offset() > size || r.length() > size - r.offset()) {
+        return NBD_EINVAL;
+      }
+    }
+    return 0;
+  }
+
+  /** On a worker: does the request and makes its reply. */
+  private Object perform(ChannelHandlerContext ctx, Request r) {
+    ByteBuf data = null;
+    try {
+      switch (r.type()) {
+        case NBD_CMD_READ -> {
+          int n = (int) r.length();
+          if (n == 0) {
+            return structured ? new NoneChunk(r.handle()) : new SimpleReply(r.handle(), 0);
+          }
+          data = ctx.alloc().directBuffer(n, n);
+          device.read(r.offset(), data.nioBuffer(0, n));
+          data.writerIndex(n);
+          ByteBuf d = data;
+          data = null;
+          return structured ? new ReadChunk(r.handle(), r.offset(), d) : new SimpleReply(r.handle(), 0, d);
+        }
+        case NBD_CMD_WRITE -> {
+          if (r.length() > 0) {
+            device.write(r.offset(), r.payload().nioBuffer(),
+                r.hasFlag(NBD_CMD_FLAG_FUA) ? new WriteFlag[] {WriteFlag.FUA} : new WriteFlag[0]);
+          }
+        }
+        case NBD_CMD_FLUSH -> device.flush();
+        case NBD_CMD_TRIM -> {
+          if (r.length() > 0) {
+            device.discard(r.offset(), r.length());
+            if (r.hasFlag(NBD_CMD_FLAG_FUA)) {
+              device.flush();
+            }
+          }
+        }
+        case NBD_CMD_WRITE_ZEROES -> {
+          if (r.length() > 0) {
+            device.writeZeroes(r.offset(), r.length(), zeroFlags(r));
+          }
+        }
+        case NBD_CMD_CACHE -> { } // the data is in the host's page cache already, or will be
+        case NBD_CMD_BLOCK_STATUS -> {
+          return blockStatus(r);
+        }
+        default -> throw new IllegalStateException("unchecked command " + r.type());
+      }
+      return new SimpleReply(r.handle(), 0);
+    } catch (BlockIOException e) {
+      return errorReply(r, errno(e.error()), e.getMessage());
+    } catch (RuntimeException e) {
+      LOG.log(System.Logger.Level.WARNING, commandName(r.type()) + " on export '" + export.name() + "' failed", e);
+      return errorReply(r, NBD_EIO, String.valueOf(e));
+    } finally {
+      release(r);
+      if (data != null) {
+        data.release();
+      }
+    }
+  }
+
+  private static WriteFlag[] zeroFlags(Request r) {
+    WriteFlag[] f = new WriteFlag[3];
+    int n = 0;
+    if (r.hasFlag(NBD_CMD_FLAG_FUA)) {
+      f[n++] = WriteFlag.FUA;
+    }
+    if (!r.hasFlag(NBD_CMD_FLAG_NO_HOLE)) {
+      f[n++] = WriteFlag.MAY_UNMAP;
+    }
+    if (r.hasFlag(NBD_CMD_FLAG_FAST_ZERO)) {
+      f[n++] = WriteFlag.NO_FALLBACK;
+    }
+    return java.util.Arrays.copyOf(f, n);
+  }
+
+  /** base:allocation of the range: NBD_STATE_HOLE where no data is stored, NBD_STATE_ZERO where it reads as zeros. */
+  private BlockStatusChunk blockStatus(Request r) throws BlockIOException {
+    long end = r.offset() + r.length();
+    int max = r.hasFlag(NBD_CMD_FLAG_REQ_ONE) ? 1 : MAX_EXTENTS;
+    long[] lengths = new long[Math.min(max, 16)];
+    int[] flags = new int[lengths.length];
+    int n = 0;
+    long pos = r.offset();
+    outer:
+    while (pos < end) {
+      List<Extent> extents = device.blockStatus(pos, end - pos);
+      if (extents.isEmpty()) {
+        break;
+      }
+      for (Extent e : extents) {
+        long from = Math.max(e.offset(), pos);
+        long to = Math.min(e.end(), end);
+        if (from != pos || to <= from) {
+          break outer; // a device that skips or overlaps: report what is certain
+        }
+        int f = (e.data() ? 0 : NBD_STATE_HOLE) | (e.zero() ? NBD_STATE_ZERO : 0);
+        if (n > 0 && flags[n - 1] == f) {
+          lengths[n - 1] += to - from;
+        } else {
+          if (n == max) {
+            break outer;
+          }
+          if (n == lengths.length) {
+            lengths = java.util.Arrays.copyOf(lengths, Math.min(max, 2 * n));
+            flags = java.util.Arrays.copyOf(flags, lengths.length);
+          }
+          lengths[n] = to - from;
+          flags[n++] = f;
+        }
+        pos = to;
+      }
+    }
+    if (n == 0) {
+      // the device described nothing: "data" is the answer that is never wrong
+      lengths[0] = end - r.offset();
+      flags[0] = 0;
+      n = 1;
+    }
+    return new BlockStatusChunk(r.handle(), BASE_ALLOCATION_ID,
+        java.util.Arrays.copyOf(lengths, n), java.util.Arrays.copyOf(flags, n));
+  }
+
+  /** The error reply to {@code r}: structured for reads and block status once negotiated, simple otherwise. */
+  private Object errorReply(Request r, int error, String message) {
+    if (structured && (r.type() == NBD_CMD_READ || r.type() == NBD_CMD_BLOCK_STATUS)) {
+      return new ErrorChunk(r.handle(), error, message);
+    }
+    return new SimpleReply(r.handle(), error);
+  }
+
+  /**
+   * The NBD error for a device's BlockError: the spec's values where it has them (they are
+   * Linux's errnos, as BlockError's are). EACCES has no NBD value; it becomes EPERM, the one NBD
+   * error that says "not allowed" (QEMU would send its default, EINVAL, which reads as a client
+   * bug). Anything else becomes EIO.
+   */
+  static int errno(BlockError e) {
+    return switch (e) {
+      case EPERM, EACCES -> NBD_EPERM;
+      case EIO -> NBD_EIO;
+      case ENOMEM -> NBD_ENOMEM;
+      case EINVAL -> NBD_EINVAL;
+      case ENOSPC -> NBD_ENOSPC;
+      case EOVERFLOW -> NBD_EOVERFLOW;
+      case ENOTSUP -> NBD_ENOTSUP;
+      case ESHUTDOWN -> NBD_ESHUTDOWN;
+      default -> NBD_EIO;
+    };
+  }
+
+  private static void release(Request r) {
+    if (r.payload() != null && r.payload().refCnt() > 0) {
+      r.payload().release();
+    }
+  }
+
+  @Override
+  public void exceptionCaught(ChannelHandlerContext ctx, Throwable cause) {
+    ctx.close();
+    if (cause instanceof NbdProtocolException || cause instanceof java.io.IOException) {
+      // the client broke the protocol or the connection: that connection ends, nothing else
+      LOG.log(System.Logger.Level.DEBUG, () -> ctx.channel() + ": closing: " + cause);
+    } else {
+      // a bug of ours: the connection is closed all the same, and the pipeline's tail reports it
+      ctx.fireExceptionCaught(cause);
+    }
+  }
+
+}
