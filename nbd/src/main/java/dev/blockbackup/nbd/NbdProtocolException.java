@@ -1,5 +1,6 @@
 package dev.blockbackup.nbd;
 
+import io.netty.channel.ChannelHandlerContext;
 import io.netty.handler.codec.DecoderException;
 
 /**
@@ -10,5 +11,19 @@ final class NbdProtocolException extends DecoderException {
 
   NbdProtocolException(String message) {
     super(message);
+  }
+
+  /**
+   * How the handshake and the transmission handlers end a connection on an exception: it is
+   * closed either way; a broken protocol or connection is the client's and only logged at debug
+   * level, anything else is a bug of ours and goes on to the pipeline's tail, which reports it.
+   */
+  static void closeOn(ChannelHandlerContext ctx, Throwable cause, System.Logger log, String phase) {
+    ctx.close();
+    if (cause instanceof NbdProtocolException || cause instanceof java.io.IOException) {
+      log.log(System.Logger.Level.DEBUG, () -> ctx.channel() + ": closing" + phase + ": " + cause);
+    } else {
+      ctx.fireExceptionCaught(cause);
+    }
   }
 }

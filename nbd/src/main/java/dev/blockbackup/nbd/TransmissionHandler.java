@@ -374,14 +374,6 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
 
   @Override
   public void exceptionCaught(ChannelHandlerContext ctx, Throwable cause) {
-    ctx.close();
-    if (cause instanceof NbdProtocolException || cause instanceof java.io.IOException) {
-      // the client broke the protocol or the connection: that connection ends, nothing else
-      LOG.log(System.Logger.Level.DEBUG, () -> ctx.channel() + ": closing: " + cause);
-    } else {
-      // a bug of ours: the connection is closed all the same, and the pipeline's tail reports it
-      ctx.fireExceptionCaught(cause);
-    }
+    NbdProtocolException.closeOn(ctx, cause, LOG, "");
   }
-
 }
