@@ -116,17 +116,9 @@ for i in $(seq 1 "$runs"); do
     "$(tail -1 "$dir/ours.jvm")" "$(tail -1 "$dir/ours.cpu")"
 done
 
-echo "checking the outputs..."
-qemu-img compare -f qcow2 -F qcow2 "$src" "$ours_out"
-qemu-img compare -f qcow2 -F qcow2 "$qemu_out" "$ours_out"
-if qemu-img check -q "$ours_out"; then
-  echo "qemu-img check: clean"
-else
-  echo "qemu-img check: our output is NOT clean" >&2
-  exit 1
-fi
+check_outputs qcow2 "$src" "$qemu_out" "$ours_out"
 
-startup=$(for _ in 1 2 3 4 5; do t0=$(now); "$root/bin/blockbackup" --version >/dev/null 2>&1 || true; t1=$(now); elapsed "$t0" "$t1"; done | median)
+startup=$(startup_median "$root/bin/blockbackup")
 q=$(median < "$dir/qemu.times")
 o=$(median < "$dir/ours.times")
 j=$(median < "$dir/ours.jvm")

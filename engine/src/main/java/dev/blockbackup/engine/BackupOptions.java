@@ -34,7 +34,8 @@ public final class BackupOptions {
     return new BackupOptions(sync);
   }
 
-  private BackupOptions copy() {
+  /** A copy with {@code change} applied: how every {@code with...} makes its result. */
+  private BackupOptions with(java.util.function.Consumer<BackupOptions> change) {
     BackupOptions o = new BackupOptions(sync);
     o.jobId = jobId;
     o.speed = speed;
@@ -50,14 +51,13 @@ public final class BackupOptions {
     o.maxWorkers = maxWorkers;
     o.maxChunk = maxChunk;
     o.minClusterSize = minClusterSize;
+    change.accept(o);
     return o;
   }
 
   /** job-id; by default the source node's name, as QEMU uses the device name. */
   public BackupOptions withJobId(String id) {
-    BackupOptions o = copy();
-    o.jobId = id;
-    return o;
+    return with(o -> o.jobId = id);
   }
 
   /** speed: the background copy's rate limit in bytes per second, 0 for none. */
@@ -65,60 +65,42 @@ public final class BackupOptions {
     if (bytesPerSecond < 0) {
       throw new JobException("Parameter 'speed' expects a non-negative value");
     }
-    BackupOptions o = copy();
-    o.speed = bytesPerSecond;
-    return o;
+    return with(o -> o.speed = bytesPerSecond);
   }
 
   public BackupOptions withOnSourceError(BlockdevOnError policy) {
-    BackupOptions o = copy();
-    o.onSourceError = Objects.requireNonNull(policy);
-    return o;
+    return with(o -> o.onSourceError = Objects.requireNonNull(policy));
   }
 
   public BackupOptions withOnTargetError(BlockdevOnError policy) {
-    BackupOptions o = copy();
-    o.onTargetError = Objects.requireNonNull(policy);
-    return o;
+    return with(o -> o.onTargetError = Objects.requireNonNull(policy));
   }
 
   public BackupOptions withAutoFinalize(boolean value) {
-    BackupOptions o = copy();
-    o.autoFinalize = value;
-    return o;
+    return with(o -> o.autoFinalize = value);
   }
 
   public BackupOptions withAutoDismiss(boolean value) {
-    BackupOptions o = copy();
-    o.autoDismiss = value;
-    return o;
+    return with(o -> o.autoDismiss = value);
   }
 
   /** filter-node-name: the name of the copy-before-write filter the job inserts. */
   public BackupOptions withFilterNodeName(String name) {
-    BackupOptions o = copy();
-    o.filterNodeName = name;
-    return o;
+    return with(o -> o.filterNodeName = name);
   }
 
   /** compress: write the target with compressed clusters (a qcow2 target). */
   public BackupOptions withCompress(boolean value) {
-    BackupOptions o = copy();
-    o.compress = value;
-    return o;
+    return with(o -> o.compress = value);
   }
 
   /** discard-source: discard each range on the source once it is copied (QEMU 9.1). */
   public BackupOptions withDiscardSource(boolean value) {
-    BackupOptions o = copy();
-    o.discardSource = value;
-    return o;
+    return with(o -> o.discardSource = value);
   }
 
   public BackupOptions withOnCbwError(OnCbwError value) {
-    BackupOptions o = copy();
-    o.onCbwError = Objects.requireNonNull(value);
-    return o;
+    return with(o -> o.onCbwError = Objects.requireNonNull(value));
   }
 
   /** cbw-timeout in seconds, 0 for none. */
@@ -126,9 +108,7 @@ public final class BackupOptions {
     if (seconds < 0 || seconds > 0xFFFF_FFFFL) {
       throw new JobException("Parameter 'cbw-timeout' expects uint32");
     }
-    BackupOptions o = copy();
-    o.cbwTimeoutSeconds = seconds;
-    return o;
+    return with(o -> o.cbwTimeoutSeconds = seconds);
   }
 
   /** x-perf.max-workers: parallel background requests, at least 1. */
@@ -136,9 +116,7 @@ public final class BackupOptions {
     if (workers < 1) {
       throw new JobException("max-workers must be greater than zero");
     }
-    BackupOptions o = copy();
-    o.maxWorkers = workers;
-    return o;
+    return with(o -> o.maxWorkers = workers);
   }
 
   /** x-perf.max-chunk: the largest background request in bytes, 0 for no cap. */
@@ -146,9 +124,7 @@ public final class BackupOptions {
     if (bytes < 0) {
       throw new JobException("max-chunk must be zero (which disables the limit) or greater than zero");
     }
-    BackupOptions o = copy();
-    o.maxChunk = bytes;
-    return o;
+    return with(o -> o.maxChunk = bytes);
   }
 
   /** x-perf.min-cluster-size: a floor for the job cluster size, a power of two (QEMU 9.2). */
@@ -156,9 +132,7 @@ public final class BackupOptions {
     if (bytes < 0 || bytes != 0 && Long.bitCount(bytes) != 1) {
       throw new JobException("min-cluster-size needs to be a power of 2");
     }
-    BackupOptions o = copy();
-    o.minClusterSize = bytes;
-    return o;
+    return with(o -> o.minClusterSize = bytes);
   }
 
   public MirrorSyncMode sync() {

@@ -287,28 +287,7 @@ class BackupJobLifecycleTest {
       applyAndCheckAccepted(job, verb, status);
       return;
     }
-    String expected = "Job 'job0' in state '" + status.qapiName() + "' cannot accept command verb '"
-        + verb.qapiName() + "'";
-    if (verb == JobVerb.resume) {
-      // job_user_resume asks "was it user-paused?" before the table; outside created..standby no
-      // job is
-      expected = "Can't resume a job that was not paused";
-    }
-    assertThatThrownBy(() -> apply(job, verb)).isInstanceOf(JobException.class).hasMessage(expected);
-    assertThat(job.status()).as("status after a refused %s", verb).isEqualTo(status);
-  }
-
-  private static void apply(BackupJob job, JobVerb verb) {
-    switch (verb) {
-      case cancel -> job.cancel();
-      case pause -> job.pause();
-      case resume -> job.resume();
-      case set_speed -> job.setSpeed(4096);
-      case change -> job.change();
-      case complete -> job.complete();
-      case finalize -> job.finalizeJob();
-      case dismiss -> job.dismiss();
-    }
+    JobTransitionTableTest.assertRefused(job, verb, status);
   }
 
   private void applyAndCheckAccepted(BackupJob job, JobVerb verb, JobStatus status) throws Exception {

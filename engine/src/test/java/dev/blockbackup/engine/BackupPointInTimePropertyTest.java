@@ -10,6 +10,7 @@ import dev.blockbackup.formats.qcow2.Qcow2Image;
 import dev.blockbackup.testkit.Property;
 import dev.blockbackup.testkit.QemuImg;
 import dev.blockbackup.testkit.RangeLock;
+import dev.blockbackup.testkit.Workers;
 import java.nio.ByteBuffer;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -18,11 +19,9 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Comparator;
 import java.util.List;
-import java.util.Map;
 import java.util.SplittableRandom;
 import java.util.concurrent.ConcurrentLinkedQueue;
 import java.util.concurrent.CountDownLatch;
-import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
@@ -553,40 +552,15 @@ class BackupPointInTimePropertyTest {
   }
 
   private static ExecutorService pool() {
-    AtomicInteger n = new AtomicInteger();
-    return Executors.newCachedThreadPool(task -> {
-      Thread t = new Thread(task, "pit-writer-" + n.incrementAndGet());
-      t.setDaemon(true); // a deadlocked engine must not keep the test JVM alive
-      return t;
-    });
+    return Executors.newCachedThreadPool(Workers.daemonThreads("pit-writer-"));
   }
 
   /** Waits for every future until the deadline; fails with every thread's stack if it passes. */
   private static void awaitAll(List<Future<?>> futures, String what) throws Exception {
-    long deadline = System.nanoTime() + DEADLINE.toNanos();
-    for (Future<?> f : futures) {
-      try {
-        f.get(Math.max(0, deadline - System.nanoTime()), TimeUnit.NANOSECONDS);
-      } catch (TimeoutException e) {
-        StringBuilder stacks = new StringBuilder();
-        for (Map.Entry<Thread, StackTraceElement[]> t : Thread.getAllStackTraces().entrySet()) {
-          stacks.append(t.getKey().getName()).append(' ').append(t.getKey().getState()).append('\n');
-          for (StackTraceElement s : t.getValue()) {
-            stacks.append("    at ").append(s).append('\n');
-          }
-        }
-        throw new AssertionError(what + " did not finish within " + DEADLINE + "; threads:\n" + stacks);
-      } catch (ExecutionException e) {
-        for (Future<?> other : futures) {
-          other.cancel(true);
-        }
-        if (e.getCause() instanceof AssertionError a) {
-          throw a;
-        }
-        throw new AssertionError(what + ": " + e.getCause(), e.getCause());
-      }
-    }
+    Workers.awaitAll(futures, System.nanoTime() + DEADLINE.toNanos(), what,
+        what + " did not finish within " + DEADLINE + "; threads:\n", "");
   }
+
 
   private static void deleteTree(Path p) {
     try (Stream<Path> s = Files.walk(p)) {

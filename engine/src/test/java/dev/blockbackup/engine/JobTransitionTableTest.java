@@ -119,21 +119,26 @@ class JobTransitionTableTest {
     if (listed(VERBS, verb.qapiName(), status)) {
       applyAndCheckAccepted(job, verb);
     } else {
-      String expected = "Job 'job0' in state '" + status.qapiName()
-          + "' cannot accept command verb '" + verb.qapiName() + "'";
-      if (verb == JobVerb.resume) {
-        // job_user_resume asks "was it user-paused?" before the verb table, and no job
-        // outside created..standby can be user-paused.
-        expected = "Can't resume a job that was not paused";
-      }
-      assertThatThrownBy(() -> apply(job, verb))
-          .isInstanceOf(JobException.class)
-          .hasMessage(expected);
-      assertThat(job.status()).as("status after a refused %s", verb).isEqualTo(status);
+      assertRefused(job, verb, status);
     }
   }
 
-  private static void apply(TestJob job, JobVerb verb) {
+  /** {@code verb} fails with QEMU's message for job0 in {@code status}, and the status stays. */
+  static void assertRefused(Job job, JobVerb verb, JobStatus status) {
+    String expected = "Job 'job0' in state '" + status.qapiName()
+        + "' cannot accept command verb '" + verb.qapiName() + "'";
+    if (verb == JobVerb.resume) {
+      // job_user_resume asks "was it user-paused?" before the verb table, and no job
+      // outside created..standby can be user-paused.
+      expected = "Can't resume a job that was not paused";
+    }
+    assertThatThrownBy(() -> apply(job, verb))
+        .isInstanceOf(JobException.class)
+        .hasMessage(expected);
+    assertThat(job.status()).as("status after a refused %s", verb).isEqualTo(status);
+  }
+
+  static void apply(Job job, JobVerb verb) {
     switch (verb) {
       case cancel -> job.cancel();
       case pause -> job.pause();

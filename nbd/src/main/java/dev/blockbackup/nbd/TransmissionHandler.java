@@ -33,6 +33,9 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
   private static final System.Logger LOG = System.getLogger(TransmissionHandler.class.getName());
   /** At most this many extents in one NBD_REPLY_TYPE_BLOCK_STATUS chunk; the client asks again for the rest. */
   static final int MAX_EXTENTS = 1024;
+  /** The write flags of NBD_CMD_WRITE, made once: a write is the hottest request. */
+  private static final WriteFlag[] NO_FLAGS = {};
+  private static final WriteFlag[] FUA = {WriteFlag.FUA};
 
   private final NbdExport export;
   private final BlockDevice device;
@@ -238,8 +241,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
         }
         case NBD_CMD_WRITE -> {
           if (r.length() > 0) {
-            device.write(r.offset(), r.payload().nioBuffer(),
-                r.hasFlag(NBD_CMD_FLAG_FUA) ? new WriteFlag[] {WriteFlag.FUA} : new WriteFlag[0]);
+            device.write(r.offset(), r.payload().nioBuffer(), r.hasFlag(NBD_CMD_FLAG_FUA) ? FUA : NO_FLAGS);
           }
         }
         case NBD_CMD_FLUSH -> device.flush();

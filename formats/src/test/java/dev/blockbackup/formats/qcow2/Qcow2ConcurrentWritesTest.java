@@ -14,22 +14,20 @@ import dev.blockbackup.formats.qcow2.ModelOps.Write;
 import dev.blockbackup.formats.qcow2.ModelOps.Zero;
 import dev.blockbackup.testkit.QemuImg;
 import dev.blockbackup.testkit.RangeLock;
+import dev.blockbackup.testkit.Workers;
 import java.nio.ByteBuffer;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Collections;
 import java.util.List;
-import java.util.Map;
 import java.util.SplittableRandom;
 import java.util.TreeSet;
 import java.util.concurrent.ConcurrentLinkedQueue;
 import java.util.concurrent.CountDownLatch;
-import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
-import java.util.concurrent.TimeoutException;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicLong;
 import org.junit.jupiter.api.Tag;
@@ -477,41 +475,13 @@ class Qcow2ConcurrentWritesTest {
   }
 
   private static ExecutorService pool() {
-    AtomicInteger n = new AtomicInteger();
-    return Executors.newFixedThreadPool(THREADS, task -> {
-      Thread t = new Thread(task, THREAD_NAME + n.incrementAndGet());
-      t.setDaemon(true); // a deadlocked driver must not keep the test JVM alive
-      return t;
-    });
+    return Executors.newFixedThreadPool(THREADS, Workers.daemonThreads(THREAD_NAME));
   }
 
   /** Waits for every future until {@code deadline}; fails with the pool's stacks if it passes. */
   private static void awaitAll(List<Future<?>> futures, long deadline, String what) throws Exception {
-    for (Future<?> f : futures) {
-      long left = deadline - System.nanoTime();
-      try {
-        f.get(Math.max(0, left), TimeUnit.NANOSECONDS);
-      } catch (TimeoutException e) {
-        StringBuilder stacks = new StringBuilder();
-        for (Map.Entry<Thread, StackTraceElement[]> t : Thread.getAllStackTraces().entrySet()) {
-          if (t.getKey().getName().startsWith(THREAD_NAME)) {
-            stacks.append(t.getKey().getName()).append(" ").append(t.getKey().getState()).append('\n');
-            for (StackTraceElement s : t.getValue()) {
-              stacks.append("    at ").append(s).append('\n');
-            }
-          }
-        }
-        throw new AssertionError("the writers of " + what + " did not finish within " + DEADLINE_SECONDS
-            + " s of the test's start; the driver may have deadlocked. Writer threads:\n" + stacks);
-      } catch (ExecutionException e) {
-        for (Future<?> other : futures) {
-          other.cancel(true);
-        }
-        if (e.getCause() instanceof AssertionError a) {
-          throw a;
-        }
-        throw new AssertionError(what + ": " + e.getCause(), e.getCause());
-      }
-    }
+    Workers.awaitAll(futures, deadline, what, "the writers of " + what + " did not finish within "
+        + DEADLINE_SECONDS + " s of the test's start; the driver may have deadlocked. Writer threads:\n", THREAD_NAME);
   }
+
 }
