@@ -2,6 +2,7 @@ package dev.blockbackup.engine;
 
 import static org.assertj.core.api.Assertions.assertThat;
 
+import dev.blockbackup.formats.RangeLock;
 import dev.blockbackup.formats.BlockDevice;
 import dev.blockbackup.formats.RawImage;
 import dev.blockbackup.formats.WriteFlag;
@@ -9,7 +10,6 @@ import dev.blockbackup.formats.qcow2.Qcow2CreateOptions;
 import dev.blockbackup.formats.qcow2.Qcow2Image;
 import dev.blockbackup.testkit.Property;
 import dev.blockbackup.testkit.QemuImg;
-import dev.blockbackup.testkit.RangeLock;
 import dev.blockbackup.testkit.Workers;
 import java.nio.ByteBuffer;
 import java.nio.file.Files;
@@ -340,14 +340,14 @@ class BackupPointInTimePropertyTest {
             if (op.thread() != thread) {
               continue;
             }
-            long[] held = lock.acquire(op.offset(), op.length());
+            RangeLock.Held held = lock.acquire(op.offset(), op.length(), RangeLock.Mode.EXCLUSIVE);
             try {
               apply(node, op);
               applied.add(new long[] {seq.getAndIncrement(), i});
             } catch (Exception e) {
               throw new AssertionError(op + " failed: " + e, e);
             } finally {
-              lock.release(held);
+              held.close();
             }
           }
           return null;

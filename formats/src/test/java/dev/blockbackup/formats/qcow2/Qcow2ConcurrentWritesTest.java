@@ -2,6 +2,7 @@ package dev.blockbackup.formats.qcow2;
 
 import static org.assertj.core.api.Assertions.assertThat;
 
+import dev.blockbackup.formats.RangeLock;
 import dev.blockbackup.formats.Extent;
 import dev.blockbackup.formats.WriteFlag;
 import dev.blockbackup.formats.qcow2.ModelOps.Compress;
@@ -13,7 +14,6 @@ import dev.blockbackup.formats.qcow2.ModelOps.Read;
 import dev.blockbackup.formats.qcow2.ModelOps.Write;
 import dev.blockbackup.formats.qcow2.ModelOps.Zero;
 import dev.blockbackup.testkit.QemuImg;
-import dev.blockbackup.testkit.RangeLock;
 import dev.blockbackup.testkit.Workers;
 import java.nio.ByteBuffer;
 import java.nio.file.Path;
@@ -183,14 +183,14 @@ class Qcow2ConcurrentWritesTest {
                 img.flush();
                 continue;
               }
-              long[] held = lock.acquire(start(op), length(op));
+              RangeLock.Held held = lock.acquire(start(op), length(op), RangeLock.Mode.EXCLUSIVE);
               try {
                 byte[] seen = execute(img, op);
                 log.add(new Event(seq.getAndIncrement(), thread, op, seen));
               } catch (Exception e) {
                 throw new AssertionError("thread " + thread + ": " + op + " failed: " + e, e);
               } finally {
-                lock.release(held);
+                held.close();
               }
             }
             return null;
