@@ -254,7 +254,7 @@ final class BlockCopy {
       try {
         c = claimLocked(start, end);
         // nothing dirty left here: done unless a copy over the range is still in flight
-        busy = c.task() == null && c.held() == null && inFlightBytes > 0 && inFlight.overlapsAny(start, end - start);
+        busy = c.task() == null && c.held() == null && inFlightBytes > 0 && copyInFlight(start, end - start);
       } finally {
         lock.unlock();
       }
@@ -298,10 +298,31 @@ final class BlockCopy {
     return new Claim(null, firstHeld);
   }
 
+  /**
+   * Whether a copy over [s, s+n) is in flight; never blocks (we hold lock). The cheap look first;
+   * it also sees other waiters' shared requests, which are no copies, so an overlap is confirmed
+   * by whether a shared request of ours would have to wait.
+   */
+  private boolean copyInFlight(long s, long n) {
+    if (!inFlight.overlapsAny(s, n)) {
+      return false;
+    }
+    RangeLock.Held h = tryHold(s, n, RangeLock.Mode.SHARED);
+    if (h == null) {
+      return true;
+    }
+    h.close();
+    return false;
+  }
+
   /** Holds [s, s+n) for a copy if nobody holds or waits for it; never blocks (we hold lock). */
   private RangeLock.Held tryHold(long s, long n) {
+    return tryHold(s, n, RangeLock.Mode.EXCLUSIVE);
+  }
+
+  private RangeLock.Held tryHold(long s, long n, RangeLock.Mode mode) {
     try {
-      return inFlight.tryAcquire(s, n, RangeLock.Mode.EXCLUSIVE, 0, TimeUnit.NANOSECONDS);
+      return inFlight.tryAcquire(s, n, mode, 0, TimeUnit.NANOSECONDS);
     } catch (InterruptedException e) {
       Thread.currentThread().interrupt(); // a zero timeout never waits; keep the flag for the caller
       return null;
