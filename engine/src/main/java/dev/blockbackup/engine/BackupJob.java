@@ -75,7 +75,7 @@ public final class BackupJob extends Job {
             progressSetRemaining(bytes);
           }
         });
-    this.cbw = new CopyBeforeWrite(source, bcs, options.onCbwError(),
+    this.cbw = new CopyBeforeWrite(filterNodeName, source, bcs, options.onCbwError(),
         TimeUnit.SECONDS.toNanos(options.cbwTimeoutSeconds()), this::wake);
     this.threads = Math.min(options.maxWorkers(), MAX_THREADS);
     this.slots = new Semaphore(threads);
@@ -150,8 +150,11 @@ public final class BackupJob extends Job {
     return bcs.clusterSize();
   }
 
-  /** The copy-before-write filter this job inserted (until it is finalized). */
-  public CopyBeforeWrite filter() {
+  /**
+   * The copy-before-write filter this job inserted (until it is finalized). Engine only: guests
+   * write through {@link #node()}, whose drain the filter's insertion and removal rely on.
+   */
+  CopyBeforeWrite filter() {
     return cbw;
   }
 
@@ -160,9 +163,12 @@ public final class BackupJob extends Job {
     return filterNodeName;
   }
 
-  /** A read-only view of the source at the job's point in time (snapshot-access over the filter). */
+  /**
+   * A read-only view of the source at the job's point in time (snapshot-access over the filter).
+   * It lives as long as the filter: once the job has removed it, the view fails with ESHUTDOWN.
+   */
   public SnapshotView snapshotView() {
-    return SnapshotView.of(cbw);
+    return new SnapshotView(cbw);
   }
 
   public BlockNode node() {
@@ -361,6 +367,9 @@ public final class BackupJob extends Job {
       filterRemoved = true;
       try (BlockNode.Drained d = node.drain()) {
         node.removeFilter(cbw, source);
+        // while still drained: no guest write reaches the source uncopied before the snapshot
+        // reads in flight have ended
+        cbw.shutDown();
       }
       node.unblock("block device is in use by block job: backup");
     }

@@ -4,22 +4,24 @@ import dev.blockbackup.formats.BlockDevice;
 import dev.blockbackup.formats.BlockIOException;
 import dev.blockbackup.formats.DirtyBitmap;
 import dev.blockbackup.formats.Extent;
+import dev.blockbackup.formats.RangeLock;
 import dev.blockbackup.formats.WriteFlag;
 import java.nio.ByteBuffer;
-import java.util.ArrayList;
 import java.util.List;
-import java.util.concurrent.locks.Condition;
+import java.util.concurrent.TimeUnit;
 import java.util.concurrent.locks.ReentrantLock;
 
 /**
  * QEMU's block-copy state: the copy bitmap (one bit per job cluster, set = still to copy) and the
  * table of copies in flight, shared by the copy-before-write filter and the background copier.
  *
- * <p>A copier claims a run of dirty clusters by clearing their bits and listing the run as in
- * flight, both under one lock, so two copiers never copy the same cluster. Whoever finds only
- * in-flight clusters in its range waits for those copies and looks again; a failed copy puts its
- * bits back, so a waiter then copies them itself. That is how each cluster is copied exactly once
- * by whoever reaches it first, and a guest write that meets a background copy waits for it only.
+ * <p>A copier claims a run of dirty clusters by clearing their bits and holding the run exclusive
+ * in the in-flight {@link RangeLock}, both under one lock, so two copiers never copy the same
+ * cluster. Whoever finds only in-flight clusters in its range waits for those copies (a shared hold
+ * of its range waits for exactly the overlapping copies) and looks again; a failed copy puts its
+ * bits back before it lets go of its range, so a waiter then copies them itself. That is how each
+ * cluster is copied exactly once by whoever reaches it first, and a guest write that meets a
+ * background copy waits for it only.
  *
  * <p>Per copy, block status picks the method: an unallocated run in top mode is skipped, a zero
  * run is written as write-zeroes, data is read and written, except that clusters whose content is
@@ -42,15 +44,21 @@ final class BlockCopy {
     void remaining(long bytes);
   }
 
-  /** A run of clusters being copied: [offset, offset + length), length shrinking at most. */
+  /**
+   * A run of clusters being copied: [offset, offset + length), length shrinking at most. It holds
+   * its whole first extent in the in-flight lock until it ends, so a shrunk-off tail is claimed
+   * again only once this copy is over.
+   */
   static final class Task {
     final long offset;
+    /** Guarded by the BlockCopy lock. */
     long length;
-    boolean finished;
+    private final RangeLock.Held held;
 
-    Task(long offset, long length) {
+    Task(long offset, long length, RangeLock.Held held) {
       this.offset = offset;
       this.length = length;
+      this.held = held;
     }
 
     long end() {
@@ -68,12 +76,14 @@ final class BlockCopy {
   private final Progress progress;
 
   private final ReentrantLock lock = new ReentrantLock();
-  private final Condition taskEnded = lock.newCondition();
   /** Dirty = still to be copied. Guarded by itself (DirtyBitmap locks) and changed under lock. */
   private final DirtyBitmap copyBitmap;
   /** Clusters whose point-in-time data is on the target (QEMU's CBW done bitmap, plus background). */
   private final DirtyBitmap copied;
-  private final List<Task> inFlight = new ArrayList<>();
+  /** The copies in flight (QEMU's block-copy tasks), each holding its range exclusive. */
+  private final RangeLock inFlight = new RangeLock();
+  /** Bytes of the copies in flight; guarded by lock. */
+  private long inFlightBytes;
   /** sync=top: skip what the source's top layer does not allocate (until its scan is done). */
   private volatile boolean skipUnallocated;
 
@@ -107,10 +117,6 @@ final class BlockCopy {
 
   long size() {
     return len;
-  }
-
-  int chunk() {
-    return chunkCap;
   }
 
   BlockDevice source() {
@@ -150,11 +156,7 @@ final class BlockCopy {
   }
 
   private long remainingLocked() {
-    long n = copyBitmap.count();
-    for (Task t : inFlight) {
-      n += t.length;
-    }
-    return n;
+    return copyBitmap.count() + inFlightBytes;
   }
 
   /** Reports {@link #remainingBytes} to the job under the lock, so no copy ends between count and report. */
@@ -180,53 +182,24 @@ final class BlockCopy {
   // ---------------------------------------------------------------- claiming
 
   /**
-   * Claims the first dirty run in [from, end), at most one chunk: its bits are cleared and it is
-   * listed as in flight. Null when nothing in the range is dirty.
+   * Claims the first dirty run in [from, end) that no copy holds, at most one chunk: its bits are
+   * cleared and it is held as in flight. Null when nothing in the range is dirty and free.
    */
   Task claim(long from, long end) {
     lock.lock();
     try {
-      return claimLocked(from, end);
+      return claimLocked(from, end).task();
     } finally {
       lock.unlock();
     }
   }
 
-  /** Whether any copy overlapping [from, end) is in flight. */
-  boolean anyInFlight(long from, long end) {
-    lock.lock();
-    try {
-      return overlapping(from, end) != null;
-    } finally {
-      lock.unlock();
-    }
-  }
-
-  private Task overlapping(long from, long end) {
-    for (Task t : inFlight) {
-      if (t.offset < end && from < t.end()) {
-        return t;
-      }
-    }
-    return null;
-  }
-
-  /** Waits until no copy overlapping [from, end) is in flight. */
+  /** Waits until no copy that overlaps [from, end) and is in flight now is still in flight. */
   void awaitIdle(long from, long end) {
-    lock.lock();
-    try {
-      Task t;
-      while ((t = overlapping(from, end)) != null) {
-        while (!t.finished) {
-          taskEnded.awaitUninterruptibly();
-        }
-      }
-    } finally {
-      lock.unlock();
-    }
+    inFlight.acquire(from, end - from, RangeLock.Mode.SHARED).close();
   }
 
-  /** Gives the tail of a task back: [offset+keep, end) is dirty again and no longer in flight. */
+  /** Gives the tail of a task back: [offset+keep, end) is dirty again and no longer counted. */
   private void shrink(Task t, long keep) {
     if (keep >= t.length) {
       return;
@@ -234,14 +207,17 @@ final class BlockCopy {
     lock.lock();
     try {
       copyBitmap.set(t.offset + keep, t.length - keep);
+      inFlightBytes -= t.length - keep;
       t.length = keep;
-      taskEnded.signalAll();
     } finally {
       lock.unlock();
     }
   }
 
-  /** Ends a task; a successful one counts {@code done} bytes as copied as it leaves the table. */
+  /**
+   * Ends a task; a successful one counts {@code done} bytes as copied as it leaves the table, a
+   * failed one makes its clusters dirty again first, so whoever waited for it copies them.
+   */
   private void finish(Task t, boolean ok, long done) {
     lock.lock();
     try {
@@ -250,12 +226,11 @@ final class BlockCopy {
       } else if (done > 0) {
         progress.copied(done);
       }
-      t.finished = true;
-      inFlight.remove(t);
-      taskEnded.signalAll();
+      inFlightBytes -= t.length;
     } finally {
       lock.unlock();
     }
+    t.held.close();
   }
 
   // ---------------------------------------------------------------- copying
@@ -273,38 +248,85 @@ final class BlockCopy {
     long start = offset / clusterSize * clusterSize;
     long end = Math.min(len, roundUp(offset + length));
     while (true) {
-      Task t;
+      Claim c;
+      boolean busy;
       lock.lock();
       try {
-        t = claimLocked(start, end);
-        if (t == null) {
-          Task other = overlapping(start, end);
-          if (other == null) {
-            return;
-          }
-          while (!other.finished) {
-            taskEnded.awaitUninterruptibly();
-          }
-          continue;
-        }
+        c = claimLocked(start, end);
+        // nothing dirty left here: done unless a copy over the range is still in flight
+        busy = c.task() == null && c.held() == null && inFlightBytes > 0 && copyInFlight(start, end - start);
       } finally {
         lock.unlock();
       }
-      run(t);
+      if (c.task() != null) {
+        run(c.task());
+      } else if (c.held() != null) {
+        // dirty clusters a copy still holds (the tail it gave back): wait for that copy
+        inFlight.acquire(c.held().offset(), c.held().length(), RangeLock.Mode.EXCLUSIVE).close();
+      } else if (busy) {
+        inFlight.acquire(start, end - start, RangeLock.Mode.SHARED).close();
+      } else {
+        return;
+      }
     }
   }
 
-  private Task claimLocked(long start, long end) {
-    DirtyBitmap.Area a = copyBitmap.nextDirtyArea(start, end, chunkCap);
-    if (a == null) {
+  /** What a claim found: a task claimed, or else the first dirty run that a copy holds (or neither). */
+  private record Claim(Task task, DirtyBitmap.Area held) {}
+
+  private Claim claimLocked(long from, long end) {
+    DirtyBitmap.Area firstHeld = null;
+    long pos = from;
+    while (pos < end) {
+      DirtyBitmap.Area a = copyBitmap.nextDirtyArea(pos, end, chunkCap);
+      if (a == null) {
+        break;
+      }
+      long s = a.offset() / clusterSize * clusterSize;
+      long e = Math.min(len, Math.min(roundUp(a.end()), s + chunkCap));
+      RangeLock.Held held = tryHold(s, e - s);
+      if (held != null) {
+        copyBitmap.reset(s, e - s);
+        inFlightBytes += e - s;
+        return new Claim(new Task(s, e - s, held), null);
+      }
+      if (firstHeld == null) {
+        firstHeld = new DirtyBitmap.Area(s, e - s);
+      }
+      pos = e;
+    }
+    return new Claim(null, firstHeld);
+  }
+
+  /**
+   * Whether a copy over [s, s+n) is in flight; never blocks (we hold lock). The cheap look first;
+   * it also sees other waiters' shared requests, which are no copies, so an overlap is confirmed
+   * by whether a shared request of ours would have to wait.
+   */
+  private boolean copyInFlight(long s, long n) {
+    if (!inFlight.overlapsAny(s, n)) {
+      return false;
+    }
+    RangeLock.Held h = tryHold(s, n, RangeLock.Mode.SHARED);
+    if (h == null) {
+      return true;
+    }
+    h.close();
+    return false;
+  }
+
+  /** Holds [s, s+n) for a copy if nobody holds or waits for it; never blocks (we hold lock). */
+  private RangeLock.Held tryHold(long s, long n) {
+    return tryHold(s, n, RangeLock.Mode.EXCLUSIVE);
+  }
+
+  private RangeLock.Held tryHold(long s, long n, RangeLock.Mode mode) {
+    try {
+      return inFlight.tryAcquire(s, n, mode, 0, TimeUnit.NANOSECONDS);
+    } catch (InterruptedException e) {
+      Thread.currentThread().interrupt(); // a zero timeout never waits; keep the flag for the caller
       return null;
     }
-    long s = a.offset() / clusterSize * clusterSize;
-    long e = Math.min(len, Math.min(roundUp(a.end()), s + chunkCap));
-    copyBitmap.reset(s, e - s);
-    Task t = new Task(s, e - s);
-    inFlight.add(t);
-    return t;
   }
 
   /**

@@ -16,7 +16,8 @@ import java.util.concurrent.locks.ReentrantLock;
  * guests and exports write to. It counts the requests in flight so that {@link #drain()} can stop
  * new ones and wait for the old ones, which is how a backup job inserts its copy-before-write
  * filter at one exact point in time. Filters are inserted above the node's device, so every user
- * of the node goes through them (QEMU's bdrv_replace_node on the parents).
+ * of the node goes through them (QEMU's bdrv_replace_node on the parents). Every call of the
+ * contract is forwarded, so a node is as capable as its device (compressed writes included).
  *
  * <p>Dirty bitmaps attach here in the bitmaps issue.
  */
@@ -57,8 +58,11 @@ public final class BlockNode implements BlockDevice {
     return base;
   }
 
-  /** The device requests go to now: the base or the topmost filter. */
-  public BlockDevice device() {
+  /**
+   * The device requests go to now: the base or the topmost filter. Engine only: a filter is reached
+   * through the node, never beside it, so a drain holds back every request.
+   */
+  BlockDevice device() {
     return top;
   }
 
@@ -264,6 +268,21 @@ public final class BlockNode implements BlockDevice {
     BlockDevice d = enter();
     try {
       d.discard(offset, length);
+    } finally {
+      leave();
+    }
+  }
+
+  @Override
+  public boolean supportsCompressedWrites() {
+    return top.supportsCompressedWrites();
+  }
+
+  @Override
+  public void writeCompressed(long offset, ByteBuffer cluster) throws BlockIOException {
+    BlockDevice d = enter();
+    try {
+      d.writeCompressed(offset, cluster);
     } finally {
       leave();
     }

@@ -3,67 +3,73 @@ package dev.blockbackup.engine;
 import dev.blockbackup.formats.BlockDevice;
 import dev.blockbackup.formats.BlockError;
 import dev.blockbackup.formats.BlockIOException;
-import dev.blockbackup.formats.ForwardingBlockDevice;
-import dev.blockbackup.formats.WriteFlag;
-import java.nio.ByteBuffer;
-import java.util.ArrayList;
-import java.util.List;
-import java.util.concurrent.ExecutionException;
-import java.util.concurrent.ExecutorService;
-import java.util.concurrent.Executors;
-import java.util.concurrent.Future;
-import java.util.concurrent.TimeUnit;
-import java.util.concurrent.TimeoutException;
-import java.util.concurrent.locks.Condition;
-import java.util.concurrent.locks.ReentrantLock;
+import dev.blockbackup.formats.DirtyBitmap;
+import dev.blockbackup.formats.InterceptingBlockDevice;
+import dev.blockbackup.formats.RangeLock;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.atomic.AtomicReference;
 
 /**
- * QEMU's copy-before-write filter: sits above the source, and before a write, write-zeroes or
- * discard changes clusters that have not been copied yet, copies their old content to the target.
- * Reads and flushes pass straight through. Copy-before-write is never rate limited.
+ * QEMU's copy-before-write filter: sits above the source, and before any call changes clusters
+ * that have not been copied yet (write, write-zeroes, discard, compressed write: every change, as
+ * {@link InterceptingBlockDevice} funnels them all through one hook), copies their old content to
+ * the target. Reads and flushes pass straight through. Copy-before-write is never rate limited.
  *
  * <p>When the copy fails (or takes longer than cbw-timeout), {@link OnCbwError#break_guest_write}
  * fails the guest's request and changes nothing; {@link OnCbwError#break_snapshot} lets it and every
  * later request through uncopied, and marks the snapshot broken: {@link SnapshotView} reads then fail
  * with EACCES and the backup job fails.
+ *
+ * <p>The filter lives until its job removes it ({@link #shutDown}); the snapshot it keeps ends then,
+ * and {@link SnapshotView} reads fail with ESHUTDOWN.
+ *
+ * <p>Only the job's node hands guest requests to the filter: the class is not reachable from
+ * outside the engine, so no caller can write past the node's drain.
  */
-public final class CopyBeforeWrite extends ForwardingBlockDevice {
-
-  /** Threads that run copies under a cbw-timeout; a timed-out copy keeps running, as in QEMU. */
-  private static final ExecutorService TIMED_COPIES = Executors.newCachedThreadPool(r -> {
-    Thread t = new Thread(r, "cbw-timed-copy");
-    t.setDaemon(true);
-    return t;
-  });
+final class CopyBeforeWrite extends InterceptingBlockDevice {
 
   private final BlockCopy bcs;
   private final OnCbwError onCbwError;
   private final long timeoutNanos;
   private final Runnable onBroken;
+  /** The copies under cbw-timeout, on a bounded pool; null without a timeout. */
+  private final TimedCopies timedCopies;
 
-  private final ReentrantLock lock = new ReentrantLock();
-  private final Condition readsEnded = lock.newCondition();
-  /** Snapshot reads of the live source in flight: [start, end) pairs (QEMU's frozen_read_reqs). */
-  private final List<long[]> frozenReads = new ArrayList<>();
+  /**
+   * Snapshot reads of the live source in flight (QEMU's frozen_read_reqs): a read holds its range
+   * shared, a guest write about to change the source takes it exclusive for an instant, so it waits
+   * for the reads that began before it; the filter's removal takes the whole device.
+   */
+  private final RangeLock frozenReads = new RangeLock();
+  /**
+   * Snapshot reads in flight, counted before they hold their range: a guest write that finds none
+   * skips the range lock (see {@link #beforeWrite} for why that is safe).
+   */
+  private final AtomicInteger snapshotReaders = new AtomicInteger();
   /** Clusters a snapshot reader may still read (QEMU's access bitmap); discard removes them. */
-  private final dev.blockbackup.formats.DirtyBitmap access;
-  private volatile BlockIOException snapshotError;
+  private final DirtyBitmap access;
+  /** The first copy failure under break-snapshot, or null while the snapshot is intact. */
+  private final AtomicReference<BlockIOException> snapshotError = new AtomicReference<>();
+  /** Set once when the job removes the filter: the snapshot is gone. */
+  private volatile boolean shutDown;
 
-  CopyBeforeWrite(BlockDevice source, BlockCopy bcs, OnCbwError onCbwError, long timeoutNanos, Runnable onBroken) {
+  CopyBeforeWrite(String name, BlockDevice source, BlockCopy bcs, OnCbwError onCbwError, long timeoutNanos,
+      Runnable onBroken) {
     super(source);
     this.bcs = bcs;
     this.onCbwError = onCbwError;
     this.timeoutNanos = timeoutNanos;
     this.onBroken = onBroken;
+    this.timedCopies = timeoutNanos > 0 ? new TimedCopies(name) : null;
     this.access = bcs.copyBitmap().copy();
   }
 
   /** The first copy failure under break-snapshot, or null while the snapshot is intact. */
-  public BlockIOException snapshotError() {
-    return snapshotError;
+  BlockIOException snapshotError() {
+    return snapshotError.get();
   }
 
-  public OnCbwError onCbwError() {
+  OnCbwError onCbwError() {
     return onCbwError;
   }
 
@@ -72,38 +78,29 @@ public final class CopyBeforeWrite extends ForwardingBlockDevice {
   }
 
   /** The job cluster size: copy-before-write works in these units. */
-  public int clusterSize() {
+  int clusterSize() {
     return bcs.clusterSize();
   }
 
+  /**
+   * The guest write path (every guest request that changes data while the job runs): copy what is
+   * not copied yet, mark the range done, and wait for snapshot reads of the source over it.
+   *
+   * <p>Without snapshot reads that costs no lock of this filter: the done bitmap's own monitor
+   * orders it against readers. A reader counts itself in {@link #snapshotReaders} before it looks
+   * at the done bitmap (under that monitor); the write marks the bitmap done before it reads the
+   * count. If the reader's look came after the mark, it reads the target; if it came before, the
+   * reader's count happened before the write's read of it, so the write sees a reader and takes the
+   * range lock, which waits for it.
+   */
   @Override
-  public void write(long offset, ByteBuffer src, WriteFlag... flags) throws BlockIOException {
-    BlockIOException.checkRange(offset, src.remaining(), size());
-    copyBeforeWrite(offset, src.remaining());
-    super.write(offset, src, flags);
-  }
-
-  @Override
-  public void writeZeroes(long offset, long length, WriteFlag... flags) throws BlockIOException {
-    BlockIOException.checkRange(offset, length, size());
-    copyBeforeWrite(offset, length);
-    super.writeZeroes(offset, length, flags);
-  }
-
-  @Override
-  public void discard(long offset, long length) throws BlockIOException {
-    BlockIOException.checkRange(offset, length, size());
-    copyBeforeWrite(offset, length);
-    super.discard(offset, length);
-  }
-
-  private void copyBeforeWrite(long offset, long length) throws BlockIOException {
-    if (length == 0 || snapshotError != null) {
+  protected void beforeWrite(long offset, long length, Change kind) throws BlockIOException {
+    if (length == 0 || snapshotError.get() != null) {
       return;
     }
     try {
-      if (timeoutNanos > 0) {
-        copyWithTimeout(offset, length);
+      if (timedCopies != null) {
+        timedCopies.run(() -> bcs.copyRange(offset, length), timeoutNanos, "[" + offset + ", +" + length + ")");
       } else {
         bcs.copyRange(offset, length);
       }
@@ -114,82 +111,88 @@ public final class CopyBeforeWrite extends ForwardingBlockDevice {
       breakSnapshot(e);
       return;
     }
-    markDoneAndAwaitReads(offset, length);
-  }
-
-  /**
-   * QEMU's done bitmap: once copy-before-write succeeded, the snapshot reads the clusters it
-   * covered from the target, also those it had nothing to copy for (sync=top's clusters the top
-   * layer does not allocate, whose point-in-time content the target's backing file holds): the
-   * source is about to hold the guest's data there. Then the guest write waits for snapshot reads
-   * of the source still in flight over its range. One lock section for both: this runs on every
-   * guest write while a backup runs.
-   */
-  private void markDoneAndAwaitReads(long offset, long length) {
-    long end = offset + length;
-    lock.lock();
-    try {
-      bcs.copiedBitmap().set(offset, length); // rounds outward to whole clusters
-      while (overlapsFrozen(offset, end)) {
-        readsEnded.awaitUninterruptibly();
-      }
-    } finally {
-      lock.unlock();
-    }
-  }
-
-  private void copyWithTimeout(long offset, long length) throws BlockIOException {
-    Future<Void> f = TIMED_COPIES.submit(() -> {
-      bcs.copyRange(offset, length);
-      return null;
-    });
-    try {
-      f.get(timeoutNanos, TimeUnit.NANOSECONDS);
-    } catch (TimeoutException e) {
-      throw new BlockIOException(BlockError.ETIMEDOUT, "copy-before-write of [" + offset + ", +" + length
-          + ") took longer than cbw-timeout");
-    } catch (ExecutionException e) {
-      if (e.getCause() instanceof BlockIOException b) {
-        throw b;
-      }
-      throw new BlockIOException(BlockError.EIO, "copy-before-write failed: " + e.getCause(), e.getCause());
-    } catch (InterruptedException e) {
-      Thread.currentThread().interrupt();
-      throw new BlockIOException(BlockError.ECANCELED, "interrupted while copying before write");
+    // QEMU's done bitmap: once copy-before-write succeeded, the snapshot reads the clusters it
+    // covered from the target, also those it had nothing to copy for (sync=top's clusters the top
+    // layer does not allocate, whose point-in-time content the target's backing file holds).
+    bcs.copiedBitmap().set(offset, length); // rounds outward to whole clusters
+    if (snapshotReaders.get() > 0) {
+      frozenReads.acquire(offset, length, RangeLock.Mode.EXCLUSIVE).close();
     }
   }
 
   private void breakSnapshot(BlockIOException e) {
-    boolean first;
-    lock.lock();
-    try {
-      first = snapshotError == null;
-      if (first) {
-        snapshotError = e;
-      }
-      readsEnded.signalAll();
-    } finally {
-      lock.unlock();
-    }
-    if (first && onBroken != null) {
+    if (snapshotError.compareAndSet(null, e) && onBroken != null) {
       onBroken.run();
     }
   }
 
-  private boolean overlapsFrozen(long start, long end) {
-    for (long[] r : frozenReads) {
-      if (r[0] < end && start < r[1]) {
-        return true;
-      }
+  /**
+   * The job removes the filter (bdrv_cbw_drop), with its node drained: from now on the snapshot is
+   * gone. Returns once every snapshot read that began before has ended, so none can return what a
+   * guest writes once the filter is off the node.
+   */
+  void shutDown() {
+    shutDown = true;
+    frozenReads.acquire(0, size(), RangeLock.Mode.EXCLUSIVE).close();
+    if (timedCopies != null) {
+      timedCopies.shutdown();
     }
-    return false;
   }
 
   // ---------------------------------------------------------------- snapshot access (package)
 
+  /** A snapshot read in flight: holds its range against guest writes until closed. */
+  final class SnapshotRead implements AutoCloseable {
+    private final RangeLock.Held held;
+    private boolean closed;
+
+    private SnapshotRead(RangeLock.Held held) {
+      this.held = held;
+    }
+
+    @Override
+    public void close() {
+      if (!closed) {
+        closed = true;
+        held.close();
+        snapshotReaders.decrementAndGet();
+      }
+    }
+  }
+
+  /** Where a run of the snapshot lives: {@code length} bytes from the target, or from the source. */
+  record Run(long length, boolean onTarget) {}
+
+  /**
+   * Begins a snapshot read of [start, end): holds the range against guest writes until the returned
+   * handle is closed. Fails with ESHUTDOWN once the filter is removed.
+   */
+  SnapshotRead beginSnapshotRead(long start, long end) throws BlockIOException {
+    snapshotReaders.incrementAndGet();
+    RangeLock.Held held = frozenReads.acquire(start, end - start, RangeLock.Mode.SHARED);
+    SnapshotRead read = new SnapshotRead(held);
+    if (shutDown) {
+      read.close();
+      throw ended();
+    }
+    return read;
+  }
+
+  /**
+   * The run from {@code start} (at most to {@code end}) that is all on the target or all on the
+   * source. Call inside a {@link SnapshotRead} covering it.
+   */
+  Run run(long start, long end) {
+    DirtyBitmap copied = bcs.copiedBitmap();
+    boolean onTarget = copied.isDirty(start);
+    long next = onTarget ? copied.nextClean(start, end) : copied.nextDirty(start, end);
+    long stop = next < 0 ? end : next;
+    return new Run(stop - start, onTarget);
+  }
+
   /** Fails with EACCES when the snapshot is broken or [start, end) is not all readable. */
   void checkAccess(long start, long end) throws BlockIOException {
-    BlockIOException broken = snapshotError;
+    BlockIOException broken = snapshotError.get();
     if (broken != null) {
       throw new BlockIOException(BlockError.EACCES, "the snapshot is broken: copy-before-write failed: "
           + broken.getMessage());
@@ -200,36 +203,9 @@ public final class CopyBeforeWrite extends ForwardingBlockDevice {
     }
   }
 
-  /**
-   * For a snapshot read at {@code start}: returns the length of the run from {@code start} (at most
-   * to {@code end}) that is all on the target (when {@code fromTarget[0]} comes back true) or all on
-   * the source; a source run is registered as a frozen read, which {@link #endFrozenRead} ends.
-   */
-  long beginSnapshotRead(long start, long end, boolean[] fromTarget) {
-    lock.lock();
-    try {
-      var copied = bcs.copiedBitmap();
-      boolean onTarget = copied.isDirty(start);
-      long next = onTarget ? copied.nextClean(start, end) : copied.nextDirty(start, end);
-      long stop = next < 0 ? end : next;
-      fromTarget[0] = onTarget;
-      if (!onTarget) {
-        frozenReads.add(new long[] {start, stop});
-      }
-      return stop - start;
-    } finally {
-      lock.unlock();
-    }
-  }
-
-  void endFrozenRead(long start, long end) {
-    lock.lock();
-    try {
-      frozenReads.removeIf(r -> r[0] == start && r[1] == end);
-      readsEnded.signalAll();
-    } finally {
-      lock.unlock();
-    }
+  private static BlockIOException ended() {
+    return new BlockIOException(BlockError.ESHUTDOWN,
+        "the snapshot has ended: its backup job removed the copy-before-write filter");
   }
 
   /**
@@ -240,21 +216,19 @@ public final class CopyBeforeWrite extends ForwardingBlockDevice {
     int c = bcs.clusterSize();
     long start = (offset + c - 1) / c * c;
     long end = offset + length == size() ? size() : (offset + length) / c * c;
-    if (end <= start) {
-      return;
-    }
-    lock.lock();
-    try {
+    // held like a read, so that the filter's removal waits for the target's discard to end
+    try (SnapshotRead r = beginSnapshotRead(offset, offset + length)) {
+      if (end <= start) {
+        return;
+      }
       access.reset(start, end - start);
       bcs.resetRange(start, end - start);
-    } finally {
-      lock.unlock();
-    }
-    try {
-      bcs.target().discard(start, end - start);
-    } catch (BlockIOException e) {
-      if (e.error() != BlockError.ENOTSUP) {
-        throw e;
+      try {
+        bcs.target().discard(start, end - start);
+      } catch (BlockIOException e) {
+        if (e.error() != BlockError.ENOTSUP) {
+          throw e;
+        }
       }
     }
   }

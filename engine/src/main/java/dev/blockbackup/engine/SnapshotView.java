@@ -15,6 +15,11 @@ import java.util.List;
  * source, while the read holds back the guest writes that would change them (they wait until the
  * read ends, after their copy). A pull-mode backup exports this over NBD.
  *
+ * <p>The view lives exactly as long as its filter (snapshot-access cannot outlive its
+ * copy-before-write filter): once the job is concluded or has removed the filter, reads, block
+ * status and discard fail with ESHUTDOWN, and the removal waits for reads already in flight, so the
+ * view never shows the present as the past.
+ *
  * <p>Reads fail with EACCES once the snapshot is broken (on-cbw-error=break-snapshot) and in ranges
  * discarded through this view. Discard here means "the reader is done with this range": it stops
  * copy-before-write for it and frees its copy on the target. Writes fail with EPERM.
@@ -29,11 +34,6 @@ public final class SnapshotView implements BlockDevice {
     this.cbw = cbw;
     this.source = cbw.blockCopy().source();
     this.target = cbw.blockCopy().target();
-  }
-
-  /** A view of the point in time {@code cbw} keeps. */
-  public static SnapshotView of(CopyBeforeWrite cbw) {
-    return new SnapshotView(cbw);
   }
 
   @Override
@@ -55,24 +55,18 @@ public final class SnapshotView implements BlockDevice {
   public void read(long offset, ByteBuffer dst) throws BlockIOException {
     long end = offset + dst.remaining();
     BlockIOException.checkRange(offset, dst.remaining(), size());
-    cbw.checkAccess(offset, end);
-    boolean[] fromTarget = new boolean[1];
-    long pos = offset;
-    while (pos < end) {
-      long n = cbw.beginSnapshotRead(pos, end, fromTarget);
-      ByteBuffer part = dst.duplicate();
-      part.limit(part.position() + (int) n);
-      if (fromTarget[0]) {
-        target.read(pos, part);
-      } else {
-        try {
-          source.read(pos, part);
-        } finally {
-          cbw.endFrozenRead(pos, pos + n);
-        }
+    try (CopyBeforeWrite.SnapshotRead r = cbw.beginSnapshotRead(offset, end)) {
+      cbw.checkAccess(offset, end);
+      long pos = offset;
+      while (pos < end) {
+        CopyBeforeWrite.Run run = cbw.run(pos, end);
+        int n = (int) run.length();
+        ByteBuffer part = dst.duplicate();
+        part.limit(part.position() + n);
+        (run.onTarget() ? target : source).read(pos, part);
+        dst.position(dst.position() + n);
+        pos += n;
       }
-      dst.position(dst.position() + (int) n);
-      pos += n;
     }
     // A copy that broke the snapshot while we read may have let a guest write through.
     cbw.checkAccess(offset, offset);
@@ -111,21 +105,16 @@ public final class SnapshotView implements BlockDevice {
   public List<Extent> blockStatus(long offset, long length) throws BlockIOException {
     BlockIOException.checkRange(offset, length, size());
     long end = offset + length;
-    cbw.checkAccess(offset, end);
-    boolean[] fromTarget = new boolean[1];
-    long n = cbw.beginSnapshotRead(offset, end, fromTarget);
-    List<Extent> out = new ArrayList<>();
-    try {
-      List<Extent> ext = (fromTarget[0] ? target : source).blockStatus(offset, n);
+    try (CopyBeforeWrite.SnapshotRead r = cbw.beginSnapshotRead(offset, end)) {
+      cbw.checkAccess(offset, end);
+      CopyBeforeWrite.Run run = cbw.run(offset, end);
+      List<Extent> ext = (run.onTarget() ? target : source).blockStatus(offset, run.length());
+      List<Extent> out = new ArrayList<>(ext.size());
       for (Extent e : ext) {
-        out.add(fromTarget[0] ? new Extent(e.offset(), e.length(), e.data(), e.zero(), true) : e);
+        out.add(run.onTarget() ? new Extent(e.offset(), e.length(), e.data(), e.zero(), true) : e);
       }
-    } finally {
-      if (!fromTarget[0]) {
-        cbw.endFrozenRead(offset, offset + n);
-      }
+      return out;
     }
-    return out;
   }
 
   /** The view owns nothing: closing it leaves the job, source and target as they are. */

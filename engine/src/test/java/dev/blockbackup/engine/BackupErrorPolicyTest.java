@@ -411,13 +411,18 @@ class BackupErrorPolicyTest {
     SnapshotView view = job.snapshotView();
     job.start();
     events.awaitStatus(JobStatus.running);
+    job.pause(); // a paused job does not look at the snapshot yet: it stays, broken, to be read
+    events.awaitStatus(JobStatus.paused);
     guestWrite(FAULT, 4096);
     guestWrite(FAULT + 8192, 4096);
     guestWrite(0, 4096);
     assertThat(readAll(src)).isEqualTo(model);
     assertThatThrownBy(() -> view.read(0, ByteBuffer.allocate(4096)))
         .isInstanceOfSatisfying(BlockIOException.class, e -> assertThat(e.error()).isEqualTo(BlockError.EACCES));
+    job.resume();
     assertThat(job.awaitConcluded(WAIT)).isTrue();
+    assertThatThrownBy(() -> view.read(0, ByteBuffer.allocate(4096)))
+        .isInstanceOfSatisfying(BlockIOException.class, e -> assertThat(e.error()).isEqualTo(BlockError.ESHUTDOWN));
     assertThat(job.error()).isEqualTo(BlockError.EIO.strerror());
     assertThat(completedEvent().error()).isEqualTo(BlockError.EIO.strerror());
     assertThat(errorEvents()).isEmpty();
@@ -476,10 +481,14 @@ class BackupErrorPolicyTest {
         .withOnCbwError(OnCbwError.break_snapshot));
     injectStuckTarget();
     job.start();
+    events.awaitStatus(JobStatus.running);
+    job.pause(); // a paused job does not look at the snapshot yet: it stays, broken, to be read
+    events.awaitStatus(JobStatus.paused);
     guestWrite(FAULT, 4096);
     assertThat(readAll(src)).isEqualTo(model);
     assertThatThrownBy(() -> job.snapshotView().read(0, ByteBuffer.allocate(10)))
         .isInstanceOfSatisfying(BlockIOException.class, e -> assertThat(e.error()).isEqualTo(BlockError.EACCES));
+    job.resume();
     assertThat(job.awaitConcluded(WAIT)).isTrue();
     assertThat(job.error()).isEqualTo(BlockError.ETIMEDOUT.strerror());
     releaseStuckCopy(job);
