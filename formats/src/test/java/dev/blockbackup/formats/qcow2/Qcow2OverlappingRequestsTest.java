@@ -13,9 +13,13 @@ import java.nio.ByteBuffer;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
+import java.util.BitSet;
+import java.util.HashMap;
 import java.util.Iterator;
 import java.util.List;
+import java.util.Map;
 import java.util.SplittableRandom;
+import java.util.concurrent.ConcurrentLinkedQueue;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
@@ -54,7 +58,10 @@ import org.junit.jupiter.params.provider.MethodSource;
  * <p>Reads, criterion: every sector a read returns is whole (one tag repeated, or zeros) and holds
  * a value some serial order could show there: its content before the concurrent requests, the tag
  * of a write covering it, or zero if a zeroing request covers it. Never an error, never bytes of a
- * freed or reused host cluster.
+ * freed or reused host cluster. And each read as a whole must fit one serial order together with
+ * the final image: the orderings the reads and the image force (see
+ * {@link #assertReadsFitOneOrder}) must have no cycle, which catches a read that saw part of a
+ * write, or two writes in opposite orders.
  *
  * <p>Compressed writes go only into clusters not allocated yet, the only ones QEMU compresses into:
  * a reserved last quarter of the image where nothing else allocates (each of its clusters gets at
@@ -306,12 +313,13 @@ class Qcow2OverlappingRequestsTest {
         }
       }
       List<List<Long>> possible = possibleValues(c, concurrent, before);
-      runConcurrently(img, concurrent, possible);
+      List<Seen> seen = runConcurrently(img, concurrent, possible);
 
       ByteBuffer all = ByteBuffer.allocate((int) c.size());
       img.read(0, all);
       long[] fin = sectorValues(all.flip(), 0, "the image after the concurrent requests");
       assertSomeSerialOrder(c, concurrent, before, fin);
+      assertReadsFitOneOrder(c, concurrent, before, fin, seen);
 
       img.close();
       closed = true;
@@ -396,8 +404,12 @@ class Qcow2OverlappingRequestsTest {
     return possible;
   }
 
-  private static void runConcurrently(Qcow2Image img, List<Req> concurrent, List<List<Long>> possible)
+  /** What one read returned, sector by sector. */
+  private record Seen(Req read, long[] values) {}
+
+  private static List<Seen> runConcurrently(Qcow2Image img, List<Req> concurrent, List<List<Long>> possible)
       throws Exception {
+    ConcurrentLinkedQueue<Seen> seen = new ConcurrentLinkedQueue<>();
     ExecutorService pool = Executors.newFixedThreadPool(THREADS, Workers.daemonThreads(THREAD_NAME));
     try {
       CountDownLatch go = new CountDownLatch(1);
@@ -412,7 +424,9 @@ class Qcow2OverlappingRequestsTest {
               if (op.kind() == Kind.READ) {
                 ByteBuffer b = ByteBuffer.allocate((int) op.length());
                 img.read(op.offset(), b);
-                checkRead(op, sectorValues(b.flip(), op.offset(), "thread " + thread + "'s " + op), possible);
+                long[] values = sectorValues(b.flip(), op.offset(), "thread " + thread + "'s " + op);
+                checkRead(op, values, possible);
+                seen.add(new Seen(op, values));
               } else {
                 execute(img, op);
               }
@@ -430,6 +444,7 @@ class Qcow2OverlappingRequestsTest {
     } finally {
       pool.shutdownNow();
     }
+    return new ArrayList<>(seen);
   }
 
   private static void checkRead(Req read, long[] seen, List<List<Long>> possible) {
@@ -489,5 +504,131 @@ class Qcow2OverlappingRequestsTest {
       }
     }
     return -1;
+  }
+  /**
+   * Checks that the reads and the final image fit one serial order, through orderings that every
+   * serial order explaining them must have: a request whose tag the final image holds at a sector
+   * comes after every other request covering it; a read that saw a value only one request puts
+   * there comes after that request; a read that saw a sector's content from before, which no
+   * concurrent request puts there, comes before every request covering it. A cycle among these
+   * proves that no serial order explains what was seen (a read saw part of a write, or parts of two
+   * writes in opposite orders); no cycle is necessary, not sufficient, for one to exist.
+   */
+  private static void assertReadsFitOneOrder(Case c, List<Req> concurrent, long[] before, long[] fin,
+      List<Seen> seen) {
+    int n = concurrent.size();
+    Map<Integer, Integer> index = new HashMap<>();
+    for (int i = 0; i < n; i++) {
+      index.put(concurrent.get(i).id(), i);
+    }
+    List<List<Req>> covering = new ArrayList<>();
+    for (int s = 0; s < fin.length; s++) {
+      covering.add(new ArrayList<>(2));
+    }
+    for (Req op : concurrent) {
+      if (op.mutates()) {
+        long[] set = sectorsSet(op, c);
+        for (long s = set[0]; s < set[1]; s++) {
+          covering.get((int) s).add(op);
+        }
+      }
+    }
+    BitSet[] after = new BitSet[n]; // after[i] holds j when request i must come before request j
+    long[][] why = new long[n][n]; // sector * 4 + reason of the first such edge
+    for (int i = 0; i < n; i++) {
+      after[i] = new BitSet(n);
+    }
+    for (int s = 0; s < fin.length; s++) {
+      for (Req w : covering.get(s)) {
+        if (fin[s] != 0 && valueAt(w, s) == fin[s]) {
+          for (Req x : covering.get(s)) {
+            if (x != w) {
+              edge(after, why, index.get(x.id()), index.get(w.id()), s, 1);
+            }
+          }
+        }
+      }
+    }
+    for (Seen r : seen) {
+      int ri = index.get(r.read().id());
+      long first = r.read().offset() / SECTOR;
+      for (int i = 0; i < r.values().length; i++) {
+        int s = (int) (first + i);
+        long v = r.values()[i];
+        List<Req> producers = covering.get(s).stream().filter(x -> valueAt(x, s) == v).toList();
+        if (producers.isEmpty()) {
+          for (Req x : covering.get(s)) {
+            edge(after, why, ri, index.get(x.id()), s, 3);
+          }
+        } else if (producers.size() == 1 && v != before[s]) {
+          edge(after, why, index.get(producers.get(0).id()), ri, s, 2);
+        }
+      }
+    }
+    List<Integer> cycle = findCycle(after);
+    if (cycle != null) {
+      StringBuilder b = new StringBuilder("the reads and the final image fit no serial order; each request below must"
+          + " come before the next, and the last before the first:");
+      for (int k = 0; k < cycle.size(); k++) {
+        int from = cycle.get(k);
+        int to = cycle.get((k + 1) % cycle.size());
+        long reason = why[from][to];
+        long s = reason / 4;
+        String because = switch ((int) (reason % 4)) {
+          case 1 -> "the final image holds the next one's tag in sector " + s + ", which this one covers too";
+          case 2 -> "the next one (a read) saw this one's data in sector " + s;
+          default -> "this read saw sector " + s + " as it was before the concurrent requests";
+        };
+        b.append("\n  ").append(concurrent.get(from)).append(": ").append(because);
+      }
+      throw new AssertionError(b.toString());
+    }
+  }
+
+  private static void edge(BitSet[] after, long[][] why, int from, int to, long sector, int reason) {
+    if (from != to && !after[from].get(to)) {
+      after[from].set(to);
+      why[from][to] = sector * 4 + reason;
+    }
+  }
+
+  /** A cycle in the graph (as its nodes in order), or null. */
+  private static List<Integer> findCycle(BitSet[] after) {
+    int n = after.length;
+    int[] state = new int[n]; // 0 new, 1 on the current path, 2 done
+    int[] parent = new int[n];
+    int[] next = new int[n]; // where a node's scan of its successors resumes
+    for (int root = 0; root < n; root++) {
+      if (state[root] != 0) {
+        continue;
+      }
+      List<Integer> stack = new ArrayList<>();
+      stack.add(root);
+      state[root] = 1;
+      while (!stack.isEmpty()) {
+        int v = stack.get(stack.size() - 1);
+        int w = after[v].nextSetBit(next[v]);
+        if (w < 0) {
+          state[v] = 2;
+          stack.remove(stack.size() - 1);
+          continue;
+        }
+        next[v] = w + 1;
+        if (state[w] == 1) {
+          List<Integer> cycle = new ArrayList<>();
+          for (int u = v; u != w; u = parent[u]) {
+            cycle.add(0, u);
+          }
+          cycle.add(0, w);
+          return cycle;
+        }
+        if (state[w] == 0) {
+          state[w] = 1;
+          parent[w] = v;
+          stack.add(w);
+        }
+      }
+    }
+    return null;
   }
 }
