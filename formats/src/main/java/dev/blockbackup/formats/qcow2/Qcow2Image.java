@@ -14,6 +14,7 @@ import java.nio.ByteBuffer;
 import java.nio.channels.AsynchronousCloseException;
 import java.nio.channels.ClosedChannelException;
 import java.nio.file.Path;
+import java.util.ArrayList;
 import java.util.HashSet;
 import java.util.List;
 
@@ -346,7 +347,7 @@ public final class Qcow2Image implements BlockDevice {
     checkOpen();
     BlockIOException.checkRange(offset, length, md.size);
     if (length == 0) {
-      return new java.util.ArrayList<>();
+      return new ArrayList<>();
     }
     try {
       return status.of(offset, length);
