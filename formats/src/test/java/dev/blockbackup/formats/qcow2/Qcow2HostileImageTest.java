@@ -378,12 +378,12 @@ class Qcow2HostileImageTest {
   void deepBackingChainIsRefused() throws Exception {
     Path prev = dir.resolve("c0.qcow2");
     QemuImg.img("create", "-f", "qcow2", prev, "1M").assertExit(0);
-    for (int i = 1; i <= Qcow2Image.MAX_CHAIN_DEPTH; i++) {
+    for (int i = 1; i <= Qcow2Opener.MAX_CHAIN_DEPTH; i++) {
       Path next = dir.resolve("c" + i + ".qcow2");
       QemuImg.img("create", "-f", "qcow2", "-u", "-b", prev.getFileName(), "-F", "qcow2", next, "1M").assertExit(0);
       prev = next;
     }
-    refusedAtOpen(prev, "deeper than " + Qcow2Image.MAX_CHAIN_DEPTH);
+    refusedAtOpen(prev, "deeper than " + Qcow2Opener.MAX_CHAIN_DEPTH);
   }
 
   @Test

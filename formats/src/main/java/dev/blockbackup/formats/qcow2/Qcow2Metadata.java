@@ -1,0 +1,65 @@
+package dev.blockbackup.formats.qcow2;
+
+import java.util.concurrent.locks.ReentrantLock;
+
+/**
+ * The metadata of one open image and the one lock that guards it: the geometry from the header,
+ * the guest-to-host mapping (L1 in RAM, L2 tables through their cache), the refcounts, the
+ * deferred frees and the cursor that packs compressed streams. Every read or change of the
+ * mutable parts happens under {@link #lock}; data I/O never does.
+ */
+final class Qcow2Metadata {
+
+  /** The image's path, for messages. */
+  final String where;
+  final HostFile file;
+  final Qcow2Header header;
+  /** 2 or 3. */
+  final int version;
+  final int clusterBits;
+  final int clusterSize;
+  /** Entries per L2 table. */
+  final long l2Entries;
+  /** The guest size in bytes (a multiple of 512). */
+  final long size;
+  final RefcountTable refcounts;
+  final L2Cache l2;
+  /** Where compressed streams are packed; told when a host cluster is freed. */
+  final CompressedPacker packer;
+  /** Refcount decreases held back until the removed pointers are durable. */
+  final ClusterFrees frees;
+  /** Guest-to-host mapping: the L1 table and the L2 tables through the cache. */
+  final ClusterMap map;
+  /** Guards the L1 table, the L2 cache, the refcounts, the pending frees and the packing cursor. */
+  final ReentrantLock lock = new ReentrantLock();
+
+  Qcow2Metadata(String where, HostFile file, Qcow2Header header, long[] l1, RefcountTable refcounts, L2Cache l2) {
+    this.where = where;
+    this.file = file;
+    this.header = header;
+    this.version = header.version;
+    this.clusterBits = header.clusterBits;
+    this.clusterSize = 1 << clusterBits;
+    this.l2Entries = clusterSize / 8;
+    this.size = header.size & ~511L;
+    this.refcounts = refcounts;
+    this.l2 = l2;
+    this.packer = new CompressedPacker(refcounts, clusterBits);
+    this.frees = new ClusterFrees(file, refcounts, l2, clusterBits, packer);
+    this.map = new ClusterMap(where, file, version, clusterBits, header.l1TableOffset, l1, l2, refcounts,
+        frees::freeLater);
+  }
+
+  /** The first guest cluster at or after byte {@code offset}. */
+  long clusterAtOrAfter(long offset) {
+    return Qcow2Header.ceilDiv(offset, clusterSize);
+  }
+
+  /**
+   * The end of the whole clusters of a range ending at {@code end}: the image's last cluster counts
+   * as whole when the range reaches the end of the image.
+   */
+  long wholeClustersEnd(long end) {
+    return end == size ? Qcow2Header.ceilDiv(size, clusterSize) : end >>> clusterBits;
+  }
+}
