@@ -49,7 +49,7 @@ class CliUserErrorTest {
     m.add(Arguments.of("cache mode we do not offer", List.of("convert", "-t", "none", "-O", "qcow2", "$/disk.raw", "$/x.qcow2"), "unsupported cache mode 'none'"));
     m.add(Arguments.of("bad size suffix", List.of("create", "$/x.raw", "12Q"), "invalid image size '12Q'"));
     m.add(Arguments.of("size not a number", List.of("create", "$/x.raw", "big"), "invalid image size 'big'"));
-    m.add(Arguments.of("size in fractions of a byte", List.of("create", "$/x.raw", "1.5"), "not a whole number of bytes"));
+    m.add(Arguments.of("size in fractions of a byte", List.of("create", "$/x.raw", "1.5"), "a fraction needs a k, M, G, T, P or E suffix"));
     m.add(Arguments.of("size missing", List.of("create", "-f", "qcow2", "$/x.qcow2"), "image size missing"));
     m.add(Arguments.of("unknown -o key", List.of("create", "-f", "qcow2", "-o", "foo=1", "$/x.qcow2", "1M"), "invalid option 'foo'"));
     m.add(Arguments.of("-o for raw", List.of("create", "-o", "cluster_size=4k", "$/x.raw", "1M"), "invalid option 'cluster_size' for format raw"));
