@@ -4,10 +4,17 @@ import dev.blockbackup.formats.BlockDevice;
 import dev.blockbackup.formats.BlockIOException;
 import dev.blockbackup.formats.CacheMode;
 import dev.blockbackup.formats.ImageFormat;
+import dev.blockbackup.formats.qcow2.Qcow2CreateOptions;
 import dev.blockbackup.formats.qcow2.Qcow2Image;
 import dev.blockbackup.formats.qcow2.Qcow2Info;
+import java.io.IOException;
+import java.nio.file.AccessDeniedException;
+import java.nio.file.FileSystemException;
 import java.nio.file.Files;
+import java.nio.file.LinkOption;
+import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
+import java.nio.file.attribute.BasicFileAttributes;
 
 /**
  * Opening images named on the command line: checks the file first so a user gets "no such file"
@@ -17,21 +24,53 @@ final class Images {
 
   private Images() {}
 
-  /** The format called {@code name} (-f, -O, -F), or a UserError naming the bad value. */
+  /**
+   * The format of an image to be written (create -f, convert -O, backup --target-format), by its
+   * exact name: qemu-img's names are case-sensitive, and so is its refusal, "Unknown file format".
+   */
   static ImageFormat format(String name) {
-    try {
-      return ImageFormat.parse(name);
-    } catch (BlockIOException e) {
-      throw new UserError("unknown format '" + name + "' (known: raw, qcow2)");
+    ImageFormat f = byName(name);
+    if (f == null) {
+      throw new UserError("Unknown file format '" + name + "'" + KNOWN);
     }
+    return f;
   }
 
-  /** Checks that {@code path} is an existing regular, readable file. */
-  static void checkExists(Path path) {
-    if (!Files.exists(path)) {
-      throw new UserError("cannot open '" + path + "': no such file");
+  /**
+   * The format of an image to be read (-f of info, convert, backup; create -F), by its exact name;
+   * {@code path} is the image. qemu-img says "Could not open ...: Unknown driver" for these.
+   */
+  static ImageFormat driver(Path path, String name) {
+    ImageFormat f = byName(name);
+    if (f == null) {
+      throw new UserError("Could not open '" + path + "': Unknown driver '" + name + "'" + KNOWN);
     }
-    if (Files.isDirectory(path)) {
+    return f;
+  }
+
+  private static final String KNOWN = " (known: raw, qcow2)";
+
+  private static ImageFormat byName(String name) {
+    for (ImageFormat f : ImageFormat.values()) {
+      if (f.qemuName().equals(name)) {
+        return f;
+      }
+    }
+    return null;
+  }
+
+  /**
+   * Checks that {@code path} is an existing regular, readable file; else says why not, with the
+   * host's own reason where it is not a plain "no such file" ("File name too long", "Not a directory").
+   */
+  static void checkExists(Path path) {
+    BasicFileAttributes a;
+    try {
+      a = Files.readAttributes(path, BasicFileAttributes.class);
+    } catch (IOException e) {
+      throw new UserError("cannot open '" + path + "': " + reason(e), e);
+    }
+    if (a.isDirectory()) {
       throw new UserError("cannot open '" + path + "': it is a directory");
     }
     if (!Files.isReadable(path)) {
@@ -39,12 +78,97 @@ final class Images {
     }
   }
 
+  /**
+   * Checks, before anything is written, that an image can be made at {@code path}: its directory
+   * exists and is one, and the host takes the name. An existing file there is not refused here.
+   */
+  static void checkCreatable(Path path) {
+    Path dir = path.toAbsolutePath().getParent();
+    if (dir != null) {
+      BasicFileAttributes d;
+      try {
+        d = Files.readAttributes(dir, BasicFileAttributes.class);
+      } catch (NoSuchFileException e) {
+        throw new UserError("cannot create '" + path + "': no such directory '" + dir + "'", e);
+      } catch (IOException e) {
+        throw new UserError("cannot create '" + path + "': " + reason(e), e);
+      }
+      if (!d.isDirectory()) {
+        throw new UserError("cannot create '" + path + "': '" + dir + "' is not a directory");
+      }
+    }
+    try {
+      if (Files.readAttributes(path, BasicFileAttributes.class).isDirectory()) {
+        throw new UserError("cannot create '" + path + "': it is a directory");
+      }
+    } catch (NoSuchFileException absent) {
+      // the usual case: the file is to be made
+    } catch (IOException e) {
+      // ENAMETOOLONG and the like: the host refuses the name itself
+      throw new UserError("cannot create '" + path + "': " + reason(e), e);
+    }
+  }
+
+  /**
+   * Refuses a qcow2 {@code target} of {@code size} bytes that an L1 table of QEMU's largest size
+   * cannot map with {@code clusterSize}-byte clusters, as qemu-img create refuses it.
+   */
+  static void checkQcow2Size(Path target, long size, int clusterSize) {
+    long max = Qcow2CreateOptions.maxSize(clusterSize);
+    if (size > max) {
+      throw new UserError("cannot create '" + target + "': the source's " + size + " bytes are too large for qcow2"
+          + " with cluster_size " + clusterSize + " (at most " + max + "; try a larger cluster_size)");
+    }
+  }
+
+  /** Makes an image at a path; what {@link #creating} runs. */
+  interface Creation {
+    BlockDevice create() throws BlockIOException;
+  }
+
+  /**
+   * Runs {@code creation}, which makes the image {@code target}; if it fails and there was no file
+   * at {@code target} before, removes what it left (an empty file the host would not size, say),
+   * so that a refused command leaves nothing behind.
+   */
+  static BlockDevice creating(Path target, Creation creation) throws BlockIOException {
+    boolean existed = Files.exists(target, LinkOption.NOFOLLOW_LINKS);
+    try {
+      return creation.create();
+    } catch (BlockIOException | RuntimeException e) {
+      if (!existed) {
+        try {
+          Files.deleteIfExists(target);
+        } catch (IOException cleanup) {
+          e.addSuppressed(cleanup);
+        }
+      }
+      throw e;
+    }
+  }
+
+  /** The host's reason for a failed look-up: strerror's text, as qemu-img prints it. */
+  static String reason(IOException e) {
+    if (e instanceof NoSuchFileException) {
+      return "no such file";
+    }
+    if (e instanceof AccessDeniedException) {
+      return "permission denied";
+    }
+    if (e instanceof FileSystemException f && f.getReason() != null) {
+      return f.getReason();
+    }
+    return String.valueOf(e.getMessage());
+  }
+
   /** The format given with -f, or the probed one when none was given (as qemu-img probes). */
   static ImageFormat formatOf(Path path, String given) {
-    checkExists(path);
     if (given != null) {
-      return format(given);
+      ImageFormat f = driver(path, given);
+      checkExists(path);
+      return f;
     }
+    checkExists(path);
     try {
       return ImageFormat.probe(path);
     } catch (BlockIOException e) {
