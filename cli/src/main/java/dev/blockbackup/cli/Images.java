@@ -7,6 +7,8 @@ import dev.blockbackup.formats.ImageFormat;
 import dev.blockbackup.formats.qcow2.Qcow2CreateOptions;
 import dev.blockbackup.formats.qcow2.Qcow2Image;
 import dev.blockbackup.formats.qcow2.Qcow2Info;
+import dev.blockbackup.formats.qcow2.Qcow2Snapshot;
+import dev.blockbackup.formats.qcow2.Qcow2Snapshots;
 import java.io.IOException;
 import java.nio.file.AccessDeniedException;
 import java.nio.file.FileSystemException;
@@ -15,6 +17,7 @@ import java.nio.file.LinkOption;
 import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
 import java.nio.file.attribute.BasicFileAttributes;
+import java.util.List;
 
 /**
  * Opening images named on the command line: checks the file first so a user gets "no such file"
@@ -200,6 +203,15 @@ final class Images {
     try {
       return Qcow2Image.inspect(path);
     } catch (BlockIOException | IllegalArgumentException e) {
+      throw new UserError("cannot open '" + path + "' as qcow2: " + withoutPath(e.getMessage(), path), e);
+    }
+  }
+
+  /** The internal snapshots of a qcow2 image, as qemu-img info lists them; or a UserError saying why not. */
+  static List<Qcow2Snapshot> snapshots(Path path) {
+    try {
+      return Qcow2Snapshots.read(path);
+    } catch (BlockIOException e) {
       throw new UserError("cannot open '" + path + "' as qcow2: " + withoutPath(e.getMessage(), path), e);
     }
   }
