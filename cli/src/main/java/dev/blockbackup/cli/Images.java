@@ -17,7 +17,9 @@ import java.nio.file.LinkOption;
 import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
 import java.nio.file.attribute.BasicFileAttributes;
+import java.util.HashSet;
 import java.util.List;
+import java.util.Set;
 
 /**
  * Opening images named on the command line: checks the file first so a user gets "no such file"
@@ -190,7 +192,48 @@ final class Images {
     try {
       return format.open(path, readOnly, cacheMode);
     } catch (BlockIOException | IllegalArgumentException e) {
+      if (format == ImageFormat.QCOW2) {
+        backingChainFault(path, e);
+      }
       throw new UserError("cannot open '" + path + "' as " + format.qemuName() + ": " + withoutPath(e.getMessage(), path), e);
+    }
+  }
+
+  /**
+   * After {@code image} failed to open: walks its backing chain by the headers alone and, if a
+   * backing file cannot be looked up, says so with the host's reason (the driver sees only that
+   * the file is not there, whether its name was too long or a directory on the way was a file).
+   * Done only on failure, so that a good open reads each header once.
+   */
+  private static void backingChainFault(Path image, Exception failure) {
+    Set<Path> seen = new HashSet<>();
+    Path p = image;
+    while (seen.add(p.toAbsolutePath().normalize())) {
+      Qcow2Info info;
+      try {
+        info = Qcow2Image.inspect(p);
+      } catch (BlockIOException e) {
+        return; // this layer is the fault itself; the driver's message says how
+      }
+      if (info.backingFile() == null) {
+        return;
+      }
+      Path backing = Path.of(backingPath(p, info.backingFile()));
+      try {
+        Files.readAttributes(backing, BasicFileAttributes.class);
+      } catch (IOException e) {
+        throw new UserError("cannot open '" + image + "' as qcow2: cannot open backing file '" + backing + "': "
+            + reason(e), failure);
+      }
+      String fmt = info.backingFormat();
+      try {
+        if (fmt == null ? ImageFormat.probe(backing) != ImageFormat.QCOW2 : !fmt.equals("qcow2")) {
+          return;
+        }
+      } catch (BlockIOException e) {
+        return;
+      }
+      p = backing;
     }
   }
 

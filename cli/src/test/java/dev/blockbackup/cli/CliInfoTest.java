@@ -136,6 +136,22 @@ class CliInfoTest {
   }
 
   @Test
+  void backingNameTooLongForTheHostSaysSo() {
+    // qemu-img create -u writes the header without looking the backing file up; we refuse such a name.
+    String name = "n".repeat(300);
+    Path img = dir.resolve("toolong.qcow2");
+    QemuImg.img("create", "-f", "qcow2", "-u", "-b", name, "-F", "raw", img, "1M").assertExit(0);
+    assertThat(QemuImg.img("convert", "-O", "raw", img, dir.resolve("q.raw")).err()).contains("File name too long");
+    Cli.Run r = Cli.run("convert", "-O", "raw", img, dir.resolve("flat.raw"));
+    assertThat(r.exit()).as("%s", r).isEqualTo(1);
+    assertThat(r.err()).endsWith("cannot open backing file '" + dir.resolve(name) + "': File name too long\n");
+    assertThat(dir.resolve("flat.raw")).doesNotExist();
+    Cli.Run c = Cli.run("create", "-f", "qcow2", "-b", name, "-F", "raw", dir.resolve("again.qcow2"), "1M");
+    assertThat(c.err()).contains("File name too long");
+    assertThat(dir.resolve("again.qcow2")).doesNotExist();
+  }
+
+  @Test
   void humanOutputHasQemuImgsLines() {
     Path img = dir.resolve("h.qcow2");
     Cli.run("create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", img).ok();

@@ -186,6 +186,26 @@ class CliUserErrorTest {
   }
 
   @Test
+  void aBackingFileUnderWhatBecameAFileIsReportedWithTheHostsReason() throws IOException {
+    Path sub = dir.resolve("was-a-dir");
+    Files.createDirectories(sub);
+    Cli.run("create", sub.resolve("base.raw"), "1M").ok();
+    Path overlay = dir.resolve("over.qcow2");
+    Cli.run("create", "-f", "qcow2", "-b", "was-a-dir/base.raw", "-F", "raw", overlay).ok();
+    Files.delete(sub.resolve("base.raw"));
+    Files.delete(sub);
+    Files.createFile(sub);
+    for (Cli.Run r : List.of(Cli.run("convert", "-O", "raw", overlay, dir.resolve("flat.raw")),
+        Cli.run("backup", "--sync", "full", overlay, dir.resolve("flat.qcow2")))) {
+      assertThat(r.exit()).as("%s", r).isEqualTo(1);
+      assertThat(r.err()).as("%s", r).isEqualTo("blockbackup: cannot open '" + overlay
+          + "' as qcow2: cannot open backing file '" + sub.resolve("base.raw") + "': Not a directory\n");
+    }
+    assertThat(dir.resolve("flat.raw")).doesNotExist();
+    assertThat(dir.resolve("flat.qcow2")).doesNotExist();
+  }
+
+  @Test
   void aRefusedBackupCanBeRerunOnceCorrected() {
     Path target = dir.resolve("rerun.qcow2");
     Cli.Run bad = Cli.run("backup", "--sync", "full", "--job-id", "1bad", "-q", dir.resolve("disk.raw"), target);
