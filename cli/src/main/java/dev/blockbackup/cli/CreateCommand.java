@@ -22,8 +22,9 @@ import picocli.CommandLine.Spec;
     name = "create",
     description = {
       "Create a new disk image FILE of SIZE bytes, as qemu-img create does.",
-      "SIZE takes K, M, G, T, P, E suffixes (powers of 1024, either case) or plain bytes; with -b it defaults to"
-          + " the backing file's size.",
+      "SIZE is read as qemu-img reads it: bytes (65536, or 0x10000 in hex), or a number with a K, M, G, T, P or E"
+          + " suffix (powers of 1024, either case; 1.5G); with -b it defaults to the backing file's size. A qcow2"
+          + " image maps at most 2 PiB with the default 64 KiB clusters (larger clusters map more).",
       "Examples:",
       "  blockbackup create -f qcow2 disk.qcow2 10G",
       "  blockbackup create -f qcow2 -o cluster_size=1M big.qcow2 100G",

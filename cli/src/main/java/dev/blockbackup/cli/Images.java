@@ -56,12 +56,11 @@ final class Images {
   private static final String KNOWN = " (known: raw, qcow2)";
 
   private static ImageFormat byName(String name) {
-    for (ImageFormat f : ImageFormat.values()) {
-      if (f.qemuName().equals(name)) {
-        return f;
-      }
+    try {
+      return ImageFormat.parse(name);
+    } catch (BlockIOException e) {
+      return null;
     }
-    return null;
   }
 
   /**
