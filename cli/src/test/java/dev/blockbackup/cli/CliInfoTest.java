@@ -135,6 +135,25 @@ class CliInfoTest {
     assertThat(r.err().trim()).contains("gone.raw").doesNotContain("\n");
   }
 
+  @ParameterizedTest(name = "qcow2 of {0} bytes, cluster_size 2M")
+  @ValueSource(longs = {2305843009213693952L, 2305843009213694464L})
+  void qcow2SizeLimitIsQemuImgs(long size) {
+    // 2^61 bytes is exactly what QEMU's largest L1 table maps with 2 MiB clusters; a sector more is too much.
+    Path q = dir.resolve("q.qcow2");
+    Path ours = dir.resolve("ours.qcow2");
+    QemuImg.Result qemu = QemuImg.img("create", "-f", "qcow2", "-o", "cluster_size=2M", q, size);
+    Cli.Run r = Cli.run("create", "-f", "qcow2", "-o", "cluster_size=2M", ours, size);
+    if (qemu.exit() == 0) {
+      r.ok();
+      assertSameInfo(ours);
+    } else {
+      assertThat(qemu.err()).contains("too large for file format 'qcow2'");
+      assertThat(r.exit()).as("%s", r).isEqualTo(1);
+      assertThat(r.err()).contains("invalid image size '" + size + "'").contains("too large for qcow2");
+      assertThat(ours).doesNotExist();
+    }
+  }
+
   @Test
   void backingNameTooLongForTheHostSaysSo() {
     // qemu-img create -u writes the header without looking the backing file up; we refuse such a name.
