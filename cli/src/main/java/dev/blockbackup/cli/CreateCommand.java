@@ -116,9 +116,10 @@ final class CreateCommand implements Callable<Integer> {
     }
     long max = Qcow2CreateOptions.maxSize(clusterSize);
     if (bytes > max) { // max is whole sectors, so the rounded-up size fits exactly when this one does
-      throw new UserError("invalid image size '" + (sizeText != null ? sizeText : bytes) + "': " + bytes
-          + " bytes is too large for qcow2 with cluster_size " + clusterSize + " (at most " + max
-          + "; try a larger cluster_size)");
+      String limit = " bytes is too large for qcow2 with cluster_size " + clusterSize + " (at most " + max
+          + "; try a larger cluster_size)";
+      throw new UserError(sizeText != null ? "invalid image size '" + sizeText + "': " + bytes + limit
+          : "the backing file's size of " + bytes + limit);
     }
     Qcow2CreateOptions o;
     try {
@@ -131,8 +132,8 @@ final class CreateCommand implements Callable<Integer> {
       throw new UserError(e.getMessage(), e);
     }
     Images.checkCreatable(file);
-    Qcow2CreateOptions options = o;
-    Images.creating(file, () -> Qcow2Image.create(file, options)).close();
+    Qcow2CreateOptions checked = o;
+    Images.creating(file, () -> Qcow2Image.create(file, checked)).close();
     StringBuilder line = new StringBuilder("Formatting '").append(file).append("', fmt=qcow2 cluster_size=")
         .append(clusterSize).append(" extended_l2=off compression_type=zlib size=").append(bytes);
     if (backing != null) {
