@@ -104,8 +104,11 @@ final class BackupCommand implements Callable<Integer> {
 
   @Override
   public Integer call() throws BlockIOException, InterruptedException {
+    // Every argument is checked before TARGET is created, so that a mistake leaves nothing behind
+    // and the corrected command can simply be run again.
     MirrorSyncMode mode = syncMode(sync);
     BackupProgress.Mode shown = quiet ? BackupProgress.Mode.QUIET : progressMode(progressHow);
+    checkJobId(jobId);
     ImageFormat srcFmt = Images.formatOf(source, sourceFormat);
     long bytesPerSecond = speed == null ? 0 : Sizes.parse("speed", speed);
     CacheMode cacheMode;
@@ -128,6 +131,10 @@ final class BackupCommand implements Callable<Integer> {
     if (existing && options != null) {
       throw new UserError("-o applies to a new target only, not with --existing");
     }
+    int clusterSize = opts.clusterSize(Qcow2CreateOptions.DEFAULT_CLUSTER_SIZE);
+    if (!existing) {
+      Images.checkCreatable(target);
+    }
 
     try (BlockDevice src = Images.open(source, srcFmt, true)) {
       Backing backing = src instanceof Qcow2Image q ? Backing.of(q) : null;
@@ -138,15 +145,44 @@ final class BackupCommand implements Callable<Integer> {
         throw new UserError("--sync top needs a qcow2 target to carry the backing file '" + backing.path()
             + "' (use --target-format qcow2, or --sync full)");
       }
-      BackupOptions jobOptions = BackupOptions.of(mode).withSpeed(bytesPerSecond).withCompress(compress)
-          .withJobId(jobId);
-      try (BlockDevice dst = existing
-          ? Images.open(target, dstFmt, false, cacheMode)
-          : createTarget(dstFmt, src.size(), opts, mode == MirrorSyncMode.top ? backing : null, cacheMode)) {
+      BackupOptions jobOptions;
+      try {
+        jobOptions = BackupOptions.of(mode).withSpeed(bytesPerSecond).withCompress(compress).withJobId(jobId);
+      } catch (JobException e) {
+        throw new UserError(e.getMessage(), e);
+      }
+      Qcow2CreateOptions create = existing || dstFmt != ImageFormat.QCOW2 ? null
+          : qcow2Options(src.size(), clusterSize, mode == MirrorSyncMode.top ? backing : null);
+      long size = src.size();
+      try (BlockDevice dst = existing ? Images.open(target, dstFmt, false, cacheMode)
+          : Images.creating(target, () -> create != null
+              ? Qcow2Image.create(target, create, cacheMode) : RawImage.create(target, size, cacheMode))) {
         run(BlockNode.of(NODE_NAME, src), dst, dstFmt, jobOptions, shown);
       }
     }
     return 0;
+  }
+
+  /**
+   * Refuses a job id QEMU would refuse (id_wellformed): a letter first, then letters, digits, '-',
+   * '.' and '_'. Checked here, before TARGET exists, rather than by the job once TARGET is made.
+   */
+  static void checkJobId(String id) {
+    if (id == null) {
+      return;
+    }
+    boolean ok = !id.isEmpty() && isAsciiLetter(id.charAt(0));
+    for (int i = 1; ok && i < id.length(); i++) {
+      char c = id.charAt(i);
+      ok = isAsciiLetter(c) || (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_';
+    }
+    if (!ok) {
+      throw new UserError("Invalid job ID '" + id + "' (a letter first, then letters, digits, '-', '.' or '_')");
+    }
+  }
+
+  private static boolean isAsciiLetter(char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
   }
 
   private static MirrorSyncMode syncMode(String name) {
@@ -193,29 +229,19 @@ final class BackupCommand implements Callable<Integer> {
     }
   }
 
-  private BlockDevice createTarget(ImageFormat fmt, long size, FormatOptions opts, Backing backing,
-      CacheMode cacheMode) throws BlockIOException {
-    Path dir = target.toAbsolutePath().getParent();
-    if (dir != null && !Files.isDirectory(dir)) {
-      throw new UserError("cannot create '" + target + "': no such directory '" + dir + "'");
-    }
-    if (fmt == ImageFormat.RAW) {
-      return RawImage.create(target, size, cacheMode);
-    }
+  /** A new qcow2 TARGET's creation options, checked before the file is made. */
+  private Qcow2CreateOptions qcow2Options(long size, int clusterSize, Backing backing) {
     if (size % 512 != 0) {
       throw new UserError("source size " + size + " is not a multiple of 512 bytes, which a qcow2 target needs"
           + " (use --target-format raw)");
     }
-    Qcow2CreateOptions o;
+    Images.checkQcow2Size(target, size, clusterSize);
     try {
-      o = Qcow2CreateOptions.of(size).withClusterSize(opts.clusterSize(Qcow2CreateOptions.DEFAULT_CLUSTER_SIZE));
-      if (backing != null) {
-        o = o.withBacking(backing.path(), backing.format());
-      }
+      Qcow2CreateOptions o = new Qcow2CreateOptions(size, clusterSize, null, null);
+      return backing == null ? o : o.withBacking(backing.path(), backing.format());
     } catch (IllegalArgumentException e) {
       throw new UserError("cannot create '" + target + "': " + e.getMessage(), e);
     }
-    return Qcow2Image.create(target, o, cacheMode);
   }
 
   /** Runs the job to its end, showing progress; a failed job becomes one error line. */

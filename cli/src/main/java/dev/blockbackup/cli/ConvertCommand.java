@@ -102,11 +102,15 @@ final class ConvertCommand implements Callable<Integer> {
     } catch (BlockIOException e) {
       throw new UserError("invalid -t: " + e.getMessage(), e);
     }
+    Images.checkCreatable(target);
 
     Converter.Result r;
     try (BlockDevice src = Images.open(source, srcFmt, true)) {
       long size = Sizes.roundUpToSector(src.size());
-      try (BlockDevice dst = createTarget(dstFmt, size, clusterSize, cacheMode)) {
+      if (dstFmt == ImageFormat.QCOW2) {
+        Images.checkQcow2Size(target, size, clusterSize);
+      }
+      try (BlockDevice dst = Images.creating(target, () -> createTarget(dstFmt, size, clusterSize, cacheMode))) {
         // One L2 table of 8-byte entries maps clusterSize / 8 clusters.
         long l2Span = dstFmt == ImageFormat.QCOW2 ? (long) clusterSize * (clusterSize / 8) : 0;
         Converter converter = new Converter(src, dst, workers, compress, l2Span);
@@ -156,15 +160,11 @@ final class ConvertCommand implements Callable<Integer> {
 
   private BlockDevice createTarget(ImageFormat fmt, long size, int clusterSize, CacheMode cacheMode)
       throws BlockIOException {
-    Path dir = target.toAbsolutePath().getParent();
-    if (dir != null && !Files.isDirectory(dir)) {
-      throw new UserError("cannot create '" + target + "': no such directory '" + dir + "'");
-    }
     if (fmt == ImageFormat.RAW) {
       return RawImage.create(target, size, cacheMode);
     }
     try {
-      return Qcow2Image.create(target, Qcow2CreateOptions.of(size).withClusterSize(clusterSize), cacheMode);
+      return Qcow2Image.create(target, new Qcow2CreateOptions(size, clusterSize, null, null), cacheMode);
     } catch (IllegalArgumentException e) {
       throw new UserError("cannot create '" + target + "': " + e.getMessage(), e);
     }

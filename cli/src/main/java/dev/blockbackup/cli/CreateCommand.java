@@ -6,6 +6,7 @@ import dev.blockbackup.formats.ImageFormat;
 import dev.blockbackup.formats.RawImage;
 import dev.blockbackup.formats.qcow2.Qcow2CreateOptions;
 import dev.blockbackup.formats.qcow2.Qcow2Image;
+import java.nio.charset.StandardCharsets;
 import java.nio.file.Path;
 import java.util.List;
 import java.util.concurrent.Callable;
@@ -21,8 +22,9 @@ import picocli.CommandLine.Spec;
     name = "create",
     description = {
       "Create a new disk image FILE of SIZE bytes, as qemu-img create does.",
-      "SIZE takes K, M, G, T, P, E suffixes (powers of 1024, either case) or plain bytes; with -b it defaults to"
-          + " the backing file's size.",
+      "SIZE is read as qemu-img reads it: bytes (65536, or 0x10000 in hex), or a number with a K, M, G, T, P or E"
+          + " suffix (powers of 1024, either case; 1.5G); with -b it defaults to the backing file's size. A qcow2"
+          + " image maps at most 2 PiB with the default 64 KiB clusters (larger clusters map more).",
       "Examples:",
       "  blockbackup create -f qcow2 disk.qcow2 10G",
       "  blockbackup create -f qcow2 -o cluster_size=1M big.qcow2 100G",
@@ -66,6 +68,7 @@ final class CreateCommand implements Callable<Integer> {
     if (file == null) {
       throw new ParameterException(spec.commandLine(), "Missing required parameter: 'FILE'");
     }
+    // Every argument is checked before the file is touched, so that a mistake leaves nothing behind.
     FormatOptions opts = FormatOptions.parse(fmt, options, known);
     String backing = backingFile != null ? backingFile : opts.get("backing_file");
     String backingFmt = backingFormat != null ? backingFormat : opts.get("backing_fmt");
@@ -76,7 +79,8 @@ final class CreateCommand implements Callable<Integer> {
         throw new UserError("backing files are not supported by format raw (use -f qcow2)");
       }
       long bytes = requireSize(sizeText);
-      RawImage.create(file, bytes).close();
+      Images.checkCreatable(file);
+      Images.creating(file, () -> RawImage.create(file, bytes)).close();
       spec.commandLine().getOut().println("Formatting '" + file + "', fmt=raw size=" + bytes);
       return 0;
     }
@@ -88,27 +92,48 @@ final class CreateCommand implements Callable<Integer> {
       // qemu-img 7.2 refuses this too: probing a backing file's format is unsafe.
       throw new UserError("backing file '" + backing + "' given without its format (add -F raw or -F qcow2)");
     }
-    if (backingFmt != null) {
-      Images.format(backingFmt);
-    }
-    if (backing != null && Path.of(Images.backingPath(file, backing)).toAbsolutePath().normalize()
-        .equals(file.toAbsolutePath().normalize())) {
-      // Creating it would destroy the very data the new image is to sit on.
-      throw new UserError("'" + file + "' cannot be its own backing file");
-    }
-    long bytes = sizeText != null || backing == null ? requireSize(sizeText) : backingSize(backing, backingFmt);
     int clusterSize = opts.clusterSize(Qcow2CreateOptions.DEFAULT_CLUSTER_SIZE);
+    Long given = sizeText == null && backing != null ? null : requireSize(sizeText);
+    long bytes;
+    if (backing != null) {
+      int nameBytes = backing.getBytes(StandardCharsets.UTF_8).length;
+      if (nameBytes > Qcow2CreateOptions.MAX_BACKING_NAME) {
+        throw new UserError("backing file name of " + nameBytes + " bytes is longer than qcow2's limit of "
+            + Qcow2CreateOptions.MAX_BACKING_NAME + " bytes");
+      }
+      Path where = Path.of(Images.backingPath(file, backing));
+      ImageFormat bfmt = Images.driver(where, backingFmt);
+      if (where.toAbsolutePath().normalize().equals(file.toAbsolutePath().normalize())) {
+        // Creating it would destroy the very data the new image is to sit on.
+        throw new UserError("'" + file + "' cannot be its own backing file");
+      }
+      // As qemu-img create, open the backing file even when SIZE is given: a name that does not
+      // open is refused now, with the host's reason, not when the overlay is first used.
+      long backingSize = backingSize(where, bfmt);
+      bytes = given != null ? given : backingSize;
+    } else {
+      bytes = given;
+    }
+    long max = Qcow2CreateOptions.maxSize(clusterSize);
+    if (bytes > max) { // max is whole sectors, so the rounded-up size fits exactly when this one does
+      String limit = " bytes is too large for qcow2 with cluster_size " + clusterSize + " (at most " + max
+          + "; try a larger cluster_size)";
+      throw new UserError(sizeText != null ? "invalid image size '" + sizeText + "': " + bytes + limit
+          : "the backing file's size of " + bytes + limit);
+    }
     Qcow2CreateOptions o;
     try {
       // QEMU counts the size in sectors: 1000 bytes make a 1024-byte disk, and it says size=1000.
       o = Qcow2CreateOptions.of(Sizes.roundUpToSector(bytes)).withClusterSize(clusterSize);
       if (backing != null) {
-        o = o.withBacking(backing, backingFmt.toLowerCase(java.util.Locale.ROOT));
+        o = o.withBacking(backing, backingFmt);
       }
     } catch (IllegalArgumentException e) {
       throw new UserError(e.getMessage(), e);
     }
-    Qcow2Image.create(file, o).close();
+    Images.checkCreatable(file);
+    Qcow2CreateOptions checked = o;
+    Images.creating(file, () -> Qcow2Image.create(file, checked)).close();
     StringBuilder line = new StringBuilder("Formatting '").append(file).append("', fmt=qcow2 cluster_size=")
         .append(clusterSize).append(" extended_l2=off compression_type=zlib size=").append(bytes);
     if (backing != null) {
@@ -123,14 +148,12 @@ final class CreateCommand implements Callable<Integer> {
     if (text == null) {
       throw new UserError("image size missing (give SIZE, e.g. 64M, or -b BACKING to take its size)");
     }
-    long bytes = Sizes.parse("image size", text);
-    return bytes;
+    return Sizes.parse("image size", text);
   }
 
   /** The backing file's virtual size: what qemu-img create takes when SIZE is left out. */
-  private long backingSize(String backing, String backingFmt) throws BlockIOException {
-    Path where = Path.of(Images.backingPath(file, backing));
-    try (BlockDevice b = Images.open(where, Images.format(backingFmt), true)) {
+  private static long backingSize(Path where, ImageFormat format) throws BlockIOException {
+    try (BlockDevice b = Images.open(where, format, true)) {
       return Sizes.roundUpToSector(b.size());
     }
   }

@@ -3,17 +3,26 @@ package dev.blockbackup.cli;
 import com.fasterxml.jackson.core.util.DefaultIndenter;
 import com.fasterxml.jackson.core.util.DefaultPrettyPrinter;
 import com.fasterxml.jackson.core.util.Separators;
+import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ArrayNode;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import dev.blockbackup.formats.BlockDevice;
 import dev.blockbackup.formats.BlockIOException;
 import dev.blockbackup.formats.ImageFormat;
 import dev.blockbackup.formats.qcow2.Qcow2Image;
 import dev.blockbackup.formats.qcow2.Qcow2Info;
+import dev.blockbackup.formats.qcow2.Qcow2Snapshot;
 import java.io.IOException;
 import java.io.UncheckedIOException;
+import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.time.Instant;
+import java.time.ZoneId;
+import java.time.format.DateTimeFormatter;
+import java.util.List;
+import java.util.Locale;
 
 /**
  * What qemu-img info says about an image, held as its JSON. Kept apart from {@link InfoCommand}
@@ -22,6 +31,8 @@ import java.nio.file.Path;
 final class ImageInfo {
 
   private static final ObjectMapper MAPPER = new ObjectMapper();
+  private static final long NANOS = 1_000_000_000L;
+  private static final DateTimeFormatter DATE = DateTimeFormatter.ofPattern("yyyy-MM-dd HH:mm:ss", Locale.ROOT);
 
   private final ObjectNode j;
 
@@ -41,6 +52,22 @@ final class ImageInfo {
       Qcow2Info i = Images.inspectQcow2(file);
       if (i.backingFormat() != null) {
         j.put("backing-filename-format", i.backingFormat());
+      }
+      List<Qcow2Snapshot> snapshots = Images.snapshots(file);
+      if (!snapshots.isEmpty()) {
+        ArrayNode list = j.putArray("snapshots");
+        for (Qcow2Snapshot sn : snapshots) {
+          // QAPI SnapshotInfo, its fields in the order qemu-img prints them; icount only if recorded.
+          ObjectNode o = list.addObject();
+          sn.icount().ifPresent(c -> o.put("icount", c));
+          o.put("vm-clock-nsec", sn.vmClockNsec() % NANOS);
+          o.put("name", sn.name());
+          o.put("date-sec", sn.dateSec());
+          o.put("date-nsec", sn.dateNsec());
+          o.put("vm-clock-sec", sn.vmClockNsec() / NANOS);
+          o.put("id", sn.id());
+          o.put("vm-state-size", sn.vmStateSize());
+        }
       }
       j.put("virtual-size", i.virtualSize());
       j.put("filename", file.toString());
@@ -105,12 +132,44 @@ final class ImageInfo {
         s.append("backing file format: ").append(j.get("backing-filename-format").asText()).append('\n');
       }
     }
+    if (j.has("snapshots")) {
+      s.append("Snapshot list:\n");
+      s.append(snapshotTable());
+    }
     if (j.has("format-specific")) {
       s.append("Format specific information:\n");
       j.get("format-specific").get("data").fields().forEachRemaining(e ->
           s.append("    ").append(e.getKey().replace('-', ' ')).append(": ").append(e.getValue().asText()).append('\n'));
     }
     return s.toString();
+  }
+
+  /**
+   * The "Snapshot list:" table of bdrv_snapshot_dump (QEMU 7.2): ID and TAG left-aligned, the rest
+   * right-aligned, widths counted in bytes as C's printf counts them; the date in local time.
+   */
+  private String snapshotTable() {
+    StringBuilder t = new StringBuilder();
+    t.append(left("ID", 10)).append(left("TAG", 17)).append(right("VM SIZE", 8)).append(right("DATE", 20))
+        .append(right("VM CLOCK", 13)).append(right("ICOUNT", 11)).append('\n');
+    for (JsonNode sn : j.get("snapshots")) {
+      long clockSec = sn.get("vm-clock-sec").asLong();
+      String clock = String.format(Locale.ROOT, "%02d:%02d:%02d.%03d", clockSec / 3600, clockSec / 60 % 60,
+          clockSec % 60, sn.get("vm-clock-nsec").asLong() / 1_000_000);
+      String date = DATE.format(Instant.ofEpochSecond(sn.get("date-sec").asLong()).atZone(ZoneId.systemDefault()));
+      t.append(left(sn.get("id").asText(), 9)).append(' ').append(left(sn.get("name").asText(), 16)).append(' ')
+          .append(right(Sizes.human(sn.get("vm-state-size").asLong()), 8)).append(right(date, 20))
+          .append(right(clock, 13)).append(right(sn.has("icount") ? sn.get("icount").asText() : "", 11)).append('\n');
+    }
+    return t.toString();
+  }
+
+  private static String left(String s, int width) {
+    return s + " ".repeat(Math.max(0, width - s.getBytes(StandardCharsets.UTF_8).length));
+  }
+
+  private static String right(String s, int width) {
+    return " ".repeat(Math.max(0, width - s.getBytes(StandardCharsets.UTF_8).length)) + s;
   }
 
   /** JSON indented with four spaces and {@code "key": value}, as qemu-img prints it. */

@@ -4,10 +4,22 @@ import dev.blockbackup.formats.BlockDevice;
 import dev.blockbackup.formats.BlockIOException;
 import dev.blockbackup.formats.CacheMode;
 import dev.blockbackup.formats.ImageFormat;
+import dev.blockbackup.formats.qcow2.Qcow2CreateOptions;
 import dev.blockbackup.formats.qcow2.Qcow2Image;
 import dev.blockbackup.formats.qcow2.Qcow2Info;
+import dev.blockbackup.formats.qcow2.Qcow2Snapshot;
+import dev.blockbackup.formats.qcow2.Qcow2Snapshots;
+import java.io.IOException;
+import java.nio.file.AccessDeniedException;
+import java.nio.file.FileSystemException;
 import java.nio.file.Files;
+import java.nio.file.LinkOption;
+import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
+import java.nio.file.attribute.BasicFileAttributes;
+import java.util.HashSet;
+import java.util.List;
+import java.util.Set;
 
 /**
  * Opening images named on the command line: checks the file first so a user gets "no such file"
@@ -17,21 +29,52 @@ final class Images {
 
   private Images() {}
 
-  /** The format called {@code name} (-f, -O, -F), or a UserError naming the bad value. */
+  /**
+   * The format of an image to be written (create -f, convert -O, backup --target-format), by its
+   * exact name: qemu-img's names are case-sensitive, and so is its refusal, "Unknown file format".
+   */
   static ImageFormat format(String name) {
+    ImageFormat f = byName(name);
+    if (f == null) {
+      throw new UserError("Unknown file format '" + name + "'" + KNOWN);
+    }
+    return f;
+  }
+
+  /**
+   * The format of an image to be read (-f of info, convert, backup; create -F), by its exact name;
+   * {@code path} is the image. qemu-img says "Could not open ...: Unknown driver" for these.
+   */
+  static ImageFormat driver(Path path, String name) {
+    ImageFormat f = byName(name);
+    if (f == null) {
+      throw new UserError("Could not open '" + path + "': Unknown driver '" + name + "'" + KNOWN);
+    }
+    return f;
+  }
+
+  private static final String KNOWN = " (known: raw, qcow2)";
+
+  private static ImageFormat byName(String name) {
     try {
       return ImageFormat.parse(name);
     } catch (BlockIOException e) {
-      throw new UserError("unknown format '" + name + "' (known: raw, qcow2)");
+      return null;
     }
   }
 
-  /** Checks that {@code path} is an existing regular, readable file. */
+  /**
+   * Checks that {@code path} is an existing regular, readable file; else says why not, with the
+   * host's own reason where it is not a plain "no such file" ("File name too long", "Not a directory").
+   */
   static void checkExists(Path path) {
-    if (!Files.exists(path)) {
-      throw new UserError("cannot open '" + path + "': no such file");
+    BasicFileAttributes a;
+    try {
+      a = Files.readAttributes(path, BasicFileAttributes.class);
+    } catch (IOException e) {
+      throw new UserError("cannot open '" + path + "': " + reason(e), e);
     }
-    if (Files.isDirectory(path)) {
+    if (a.isDirectory()) {
       throw new UserError("cannot open '" + path + "': it is a directory");
     }
     if (!Files.isReadable(path)) {
@@ -39,12 +82,97 @@ final class Images {
     }
   }
 
+  /**
+   * Checks, before anything is written, that an image can be made at {@code path}: its directory
+   * exists and is one, and the host takes the name. An existing file there is not refused here.
+   */
+  static void checkCreatable(Path path) {
+    Path dir = path.toAbsolutePath().getParent();
+    if (dir != null) {
+      BasicFileAttributes d;
+      try {
+        d = Files.readAttributes(dir, BasicFileAttributes.class);
+      } catch (NoSuchFileException e) {
+        throw new UserError("cannot create '" + path + "': no such directory '" + dir + "'", e);
+      } catch (IOException e) {
+        throw new UserError("cannot create '" + path + "': " + reason(e), e);
+      }
+      if (!d.isDirectory()) {
+        throw new UserError("cannot create '" + path + "': '" + dir + "' is not a directory");
+      }
+    }
+    try {
+      if (Files.readAttributes(path, BasicFileAttributes.class).isDirectory()) {
+        throw new UserError("cannot create '" + path + "': it is a directory");
+      }
+    } catch (NoSuchFileException absent) {
+      // the usual case: the file is to be made
+    } catch (IOException e) {
+      // ENAMETOOLONG and the like: the host refuses the name itself
+      throw new UserError("cannot create '" + path + "': " + reason(e), e);
+    }
+  }
+
+  /**
+   * Refuses a qcow2 {@code target} of {@code size} bytes that an L1 table of QEMU's largest size
+   * cannot map with {@code clusterSize}-byte clusters, as qemu-img create refuses it.
+   */
+  static void checkQcow2Size(Path target, long size, int clusterSize) {
+    long max = Qcow2CreateOptions.maxSize(clusterSize);
+    if (size > max) {
+      throw new UserError("cannot create '" + target + "': the source's " + size + " bytes are too large for qcow2"
+          + " with cluster_size " + clusterSize + " (at most " + max + "; try a larger cluster_size)");
+    }
+  }
+
+  /** Makes an image at a path; what {@link #creating} runs. */
+  interface Creation {
+    BlockDevice create() throws BlockIOException;
+  }
+
+  /**
+   * Runs {@code creation}, which makes the image {@code target}; if it fails and there was no file
+   * at {@code target} before, removes what it left (an empty file the host would not size, say),
+   * so that a refused command leaves nothing behind.
+   */
+  static BlockDevice creating(Path target, Creation creation) throws BlockIOException {
+    boolean existed = Files.exists(target, LinkOption.NOFOLLOW_LINKS);
+    try {
+      return creation.create();
+    } catch (BlockIOException | RuntimeException e) {
+      if (!existed) {
+        try {
+          Files.deleteIfExists(target);
+        } catch (IOException cleanup) {
+          e.addSuppressed(cleanup);
+        }
+      }
+      throw e;
+    }
+  }
+
+  /** The host's reason for a failed look-up: strerror's text, as qemu-img prints it. */
+  static String reason(IOException e) {
+    if (e instanceof NoSuchFileException) {
+      return "no such file";
+    }
+    if (e instanceof AccessDeniedException) {
+      return "permission denied";
+    }
+    if (e instanceof FileSystemException f && f.getReason() != null) {
+      return f.getReason();
+    }
+    return String.valueOf(e.getMessage());
+  }
+
   /** The format given with -f, or the probed one when none was given (as qemu-img probes). */
   static ImageFormat formatOf(Path path, String given) {
-    checkExists(path);
     if (given != null) {
-      return format(given);
+      ImageFormat f = driver(path, given);
+      checkExists(path);
+      return f;
     }
+    checkExists(path);
     try {
       return ImageFormat.probe(path);
     } catch (BlockIOException e) {
@@ -63,7 +191,48 @@ final class Images {
     try {
       return format.open(path, readOnly, cacheMode);
     } catch (BlockIOException | IllegalArgumentException e) {
+      if (format == ImageFormat.QCOW2) {
+        backingChainFault(path, e);
+      }
       throw new UserError("cannot open '" + path + "' as " + format.qemuName() + ": " + withoutPath(e.getMessage(), path), e);
+    }
+  }
+
+  /**
+   * After {@code image} failed to open: walks its backing chain by the headers alone and, if a
+   * backing file cannot be looked up, says so with the host's reason (the driver sees only that
+   * the file is not there, whether its name was too long or a directory on the way was a file).
+   * Done only on failure, so that a good open reads each header once.
+   */
+  private static void backingChainFault(Path image, Exception failure) {
+    Set<Path> seen = new HashSet<>();
+    Path p = image;
+    while (seen.add(p.toAbsolutePath().normalize())) {
+      Qcow2Info info;
+      try {
+        info = Qcow2Image.inspect(p);
+      } catch (BlockIOException e) {
+        return; // this layer is the fault itself; the driver's message says how
+      }
+      if (info.backingFile() == null) {
+        return;
+      }
+      Path backing = Path.of(backingPath(p, info.backingFile()));
+      try {
+        Files.readAttributes(backing, BasicFileAttributes.class);
+      } catch (IOException e) {
+        throw new UserError("cannot open '" + image + "' as qcow2: cannot open backing file '" + backing + "': "
+            + reason(e), failure);
+      }
+      String fmt = info.backingFormat();
+      try {
+        if (fmt == null ? ImageFormat.probe(backing) != ImageFormat.QCOW2 : !fmt.equals("qcow2")) {
+          return;
+        }
+      } catch (BlockIOException e) {
+        return;
+      }
+      p = backing;
     }
   }
 
@@ -76,6 +245,15 @@ final class Images {
     try {
       return Qcow2Image.inspect(path);
     } catch (BlockIOException | IllegalArgumentException e) {
+      throw new UserError("cannot open '" + path + "' as qcow2: " + withoutPath(e.getMessage(), path), e);
+    }
+  }
+
+  /** The internal snapshots of a qcow2 image, as qemu-img info lists them; or a UserError saying why not. */
+  static List<Qcow2Snapshot> snapshots(Path path) {
+    try {
+      return Qcow2Snapshots.read(path);
+    } catch (BlockIOException e) {
       throw new UserError("cannot open '" + path + "' as qcow2: " + withoutPath(e.getMessage(), path), e);
     }
   }

@@ -14,7 +14,8 @@ import picocli.CommandLine.Spec;
 @Command(
     name = "info",
     description = {
-      "Show what an image is: format, virtual size, disk usage, cluster size, backing file, qcow2 header flags.",
+      "Show what an image is: format, virtual size, disk usage, cluster size, backing file, internal snapshots,"
+          + " qcow2 header flags.",
       "The JSON form uses qemu-img info's field names and leaves out absent fields as it does.",
       "actual-size (human: 'disk size') differs from qemu-img's, which counts the host file's allocated blocks"
           + " (st_blocks), something Java cannot read: for qcow2 it is the host clusters in use times the"

@@ -7,6 +7,9 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 import dev.blockbackup.testkit.QemuImg;
 import java.io.IOException;
+import java.nio.ByteBuffer;
+import java.nio.channels.FileChannel;
+import java.nio.file.StandardOpenOption;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -132,6 +135,41 @@ class CliInfoTest {
     assertThat(r.err().trim()).contains("gone.raw").doesNotContain("\n");
   }
 
+  @ParameterizedTest(name = "qcow2 of {0} bytes, cluster_size 2M")
+  @ValueSource(longs = {2305843009213693952L, 2305843009213694464L})
+  void qcow2SizeLimitIsQemuImgs(long size) {
+    // 2^61 bytes is exactly what QEMU's largest L1 table maps with 2 MiB clusters; a sector more is too much.
+    Path q = dir.resolve("q.qcow2");
+    Path ours = dir.resolve("ours.qcow2");
+    QemuImg.Result qemu = QemuImg.img("create", "-f", "qcow2", "-o", "cluster_size=2M", q, size);
+    Cli.Run r = Cli.run("create", "-f", "qcow2", "-o", "cluster_size=2M", ours, size);
+    if (qemu.exit() == 0) {
+      r.ok();
+      assertSameInfo(ours);
+    } else {
+      assertThat(qemu.err()).contains("too large for file format 'qcow2'");
+      assertThat(r.exit()).as("%s", r).isEqualTo(1);
+      assertThat(r.err()).contains("invalid image size '" + size + "'").contains("too large for qcow2");
+      assertThat(ours).doesNotExist();
+    }
+  }
+
+  @Test
+  void backingNameTooLongForTheHostSaysSo() {
+    // qemu-img create -u writes the header without looking the backing file up; we refuse such a name.
+    String name = "n".repeat(300);
+    Path img = dir.resolve("toolong.qcow2");
+    QemuImg.img("create", "-f", "qcow2", "-u", "-b", name, "-F", "raw", img, "1M").assertExit(0);
+    assertThat(QemuImg.img("convert", "-O", "raw", img, dir.resolve("q.raw")).err()).contains("File name too long");
+    Cli.Run r = Cli.run("convert", "-O", "raw", img, dir.resolve("flat.raw"));
+    assertThat(r.exit()).as("%s", r).isEqualTo(1);
+    assertThat(r.err()).endsWith("cannot open backing file '" + dir.resolve(name) + "': File name too long\n");
+    assertThat(dir.resolve("flat.raw")).doesNotExist();
+    Cli.Run c = Cli.run("create", "-f", "qcow2", "-b", name, "-F", "raw", dir.resolve("again.qcow2"), "1M");
+    assertThat(c.err()).contains("File name too long");
+    assertThat(dir.resolve("again.qcow2")).doesNotExist();
+  }
+
   @Test
   void humanOutputHasQemuImgsLines() {
     Path img = dir.resolve("h.qcow2");
@@ -139,6 +177,64 @@ class CliInfoTest {
     String ours = Cli.run("info", img).ok().out();
     assertThat(ours).startsWith("image: " + img + "\nfile format: qcow2\nvirtual size: 3 MiB (3145728 bytes)\ndisk size: ");
     assertThat(ours).contains("\nbacking file: base.raw (actual path: " + dir + "/base.raw)\nbacking file format: raw\n");
+  }
+
+  @ParameterizedTest(name = "snapshots of a compat={0} image")
+  @ValueSource(strings = {"1.1", "0.10"})
+  void internalSnapshotsAreListedAsQemuImgListsThem(String compat) {
+    Path img = dir.resolve("snap.qcow2");
+    QemuImg.img("create", "-f", "qcow2", "-o", "compat=" + compat, img, "64M").assertExit(0);
+    QemuImg.img("snapshot", "-c", "first", img).assertExit(0);
+    QemuImg.io("-f", "qcow2", "-c", "write -P 3 0 1M", img).assertExit(0);
+    QemuImg.img("snapshot", "-c", "second one", img).assertExit(0);
+    QemuImg.img("snapshot", "-c", "\u00e9t\u00e9-and-a-name-longer-than-its-column", img).assertExit(0);
+    assertSameInfo(img);
+    JsonNode snapshots = ourJson(img).get("snapshots");
+    assertThat(snapshots).hasSize(3);
+    assertThat(snapshots.get(1).get("name").asText()).isEqualTo("second one");
+    assertThat(snapshots.get(1).get("id").asText()).isEqualTo("2");
+    assertThat(Cli.run("info", img).ok().out()).contains("\nSnapshot list:\nID        TAG               VM SIZE"
+        + "                DATE     VM CLOCK     ICOUNT\n1         first     ");
+  }
+
+  @Test
+  void snapshotFieldsQemuImgSnapshotLeavesAtZeroAreShownAsQemuImgShowsThem() throws IOException {
+    Path img = dir.resolve("vm.qcow2");
+    QemuImg.img("create", "-f", "qcow2", img, "16M").assertExit(0);
+    QemuImg.img("snapshot", "-c", "vm", img).assertExit(0);
+    // Give the entry what a savevm would: VM state, a running clock; and no instruction count.
+    try (FileChannel c = FileChannel.open(img, StandardOpenOption.READ, StandardOpenOption.WRITE)) {
+      ByteBuffer h = ByteBuffer.allocate(8);
+      c.read(h, 64);
+      long entry = h.getLong(0);
+      ByteBuffer e = ByteBuffer.allocate(64);
+      c.read(e, entry);
+      assertThat(e.getInt(36)).as("extra data of qemu-img's entry").isGreaterThanOrEqualTo(24);
+      e.putInt(16, 1_700_000_000).putInt(20, 123_456_789).putLong(24, 3_723_456_789_012L).putInt(32, 5 << 20)
+          .putLong(40, 5L << 20).putLong(56, -1L);
+      c.write(e.flip(), entry);
+    }
+    assertSameInfo(img);
+    JsonNode sn = ourJson(img).get("snapshots").get(0);
+    assertThat(sn.has("icount")).isFalse();
+    assertThat(sn.get("vm-clock-sec").asLong()).isEqualTo(3723);
+    assertThat(sn.get("vm-state-size").asLong()).isEqualTo(5L << 20);
+    assertThat(Cli.run("info", img).ok().out()).contains("   5 MiB ").contains(" 01:02:03.456");
+  }
+
+  @Test
+  void snapshotTableBeyondTheFileIsOneLineError() throws IOException {
+    Path img = dir.resolve("hostile.qcow2");
+    QemuImg.img("create", "-f", "qcow2", img, "16M").assertExit(0);
+    QemuImg.img("snapshot", "-c", "one", img).assertExit(0);
+    try (FileChannel c = FileChannel.open(img, StandardOpenOption.WRITE)) {
+      c.write(ByteBuffer.allocate(4).putInt(0, 65536), 60); // nb_snapshots
+    }
+    Cli.Run r = Cli.run("info", img);
+    assertThat(r.exit()).as("%s", r).isEqualTo(1);
+    assertThat(r.err()).startsWith("blockbackup: cannot open").contains("beyond the end of the file")
+        .doesNotContain("Exception");
+    assertThat(r.err().lines()).hasSize(1);
   }
 
   private void assertSameInfo(Path file) {

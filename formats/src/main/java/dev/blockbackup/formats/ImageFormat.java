@@ -5,7 +5,6 @@ import java.io.IOException;
 import java.io.InputStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.util.Locale;
 
 /** The image formats we read and write, by the names qemu-img gives them. */
 public enum ImageFormat {
@@ -23,10 +22,13 @@ public enum ImageFormat {
     return qemuName;
   }
 
-  /** The format called {@code name} as qemu-img would call it; EINVAL for any other name. */
+  /**
+   * The format called {@code name} exactly as qemu-img calls it (its names are case-sensitive:
+   * "QCOW2" is no format); EINVAL for any other name.
+   */
   public static ImageFormat parse(String name) throws BlockIOException {
     for (ImageFormat f : values()) {
-      if (f.qemuName.equals(name.toLowerCase(Locale.ROOT))) {
+      if (f.qemuName.equals(name)) {
         return f;
       }
     }

@@ -15,6 +15,8 @@ public record Qcow2CreateOptions(long size, int clusterSize, String backingFile,
   public static final int DEFAULT_CLUSTER_SIZE = 64 * 1024;
   public static final int MIN_CLUSTER_SIZE = 512;
   public static final int MAX_CLUSTER_SIZE = 2 * 1024 * 1024;
+  /** The longest backing file name the header holds, in bytes of UTF-8 (QEMU's limit). */
+  public static final int MAX_BACKING_NAME = Qcow2Header.MAX_BACKING_NAME;
 
   public Qcow2CreateOptions {
     if (size < 0 || size % 512 != 0) {
@@ -30,6 +32,16 @@ public record Qcow2CreateOptions(long size, int clusterSize, String backingFile,
     if (backingFormat != null && !backingFormat.equals("raw") && !backingFormat.equals("qcow2")) {
       throw new IllegalArgumentException("backing format '" + backingFormat + "' is not raw or qcow2");
     }
+  }
+
+  /**
+   * The largest virtual size an image with {@code clusterSize}-byte clusters can have: what an L1
+   * table of QEMU's maximum (32 MiB of 8-byte entries, each mapping an L2 table of clusterSize / 8
+   * clusters) maps. 2 PiB for 64 KiB clusters; qemu-img create refuses anything larger. Not checked
+   * by the constructor, whose withers may set the size before the cluster size; creation refuses it.
+   */
+  public static long maxSize(int clusterSize) {
+    return Qcow2Header.MAX_L1_BYTES / 8 * (clusterSize / 8) * clusterSize;
   }
 
   /** A plain image of {@code size} bytes with 64 KiB clusters and no backing file. */
