@@ -190,6 +190,9 @@ public final class Qcow2Image implements BlockDevice {
     });
 
     this.map = new ClusterMap(where, file, version, clusterBits, l1Offset, l1, l2, refcounts, this::addPendingFree);
+    if (!readOnly) {
+      file.checkOverlaps(OverlapCheck.of(where, file, header, l1, reftable));
+    }
     // the backing chain first: an image whose chain cannot be opened is not touched
     this.backing = header.backingFile == null || !withBacking ? null : openBacking(chain, depth);
     try {
@@ -199,7 +202,7 @@ public final class Qcow2Image implements BlockDevice {
       }
       if (!readOnly && header.autoclear != 0) {
         // We maintain no bitmaps and know no other autoclear feature: clear them before the first write.
-        file.write(ByteBuffer.allocate(8), Qcow2Header.OFF_AUTOCLEAR);
+        file.writeMetadata(OverlapCheck.Kind.HEADER, ByteBuffer.allocate(8), Qcow2Header.OFF_AUTOCLEAR);
         file.sync();
       }
     } catch (IOException | RuntimeException e) {
