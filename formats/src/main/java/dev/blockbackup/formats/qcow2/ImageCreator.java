@@ -6,10 +6,12 @@ import dev.blockbackup.formats.CacheMode;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.channels.FileChannel;
+import java.nio.file.AccessDeniedException;
 import java.nio.file.FileAlreadyExistsException;
 import java.nio.file.FileSystemException;
 import java.nio.file.Files;
 import java.nio.file.LinkOption;
+import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
 import java.nio.file.StandardOpenOption;
 import java.util.concurrent.ThreadLocalRandom;
@@ -138,6 +140,9 @@ final class ImageCreator {
     } catch (FileAlreadyExistsException e) {
       throw new BlockIOException(BlockError.EINVAL, "cannot create " + path + ": it appeared while the image was"
           + " being written; it is left as it is");
+    } catch (FileSystemException e) {
+      // name the target the user gave, not our temporary name
+      throw BlockIOException.fromHost("cannot create " + path, new IOException(reason(e), e));
     } catch (IOException e) {
       throw BlockIOException.fromHost("cannot create " + path, e);
     } finally {
@@ -157,6 +162,16 @@ final class ImageCreator {
     } catch (IOException ignored) {
       // the failure that brought us here is what the caller must see
     }
+  }
+
+  private static String reason(FileSystemException e) {
+    if (e instanceof NoSuchFileException) {
+      return "No such file or directory";
+    }
+    if (e instanceof AccessDeniedException) {
+      return "Permission denied";
+    }
+    return e.getReason() != null ? e.getReason() : String.valueOf(e.getMessage());
   }
 
   /** A temporary file in {@code dir}, created exclusively, named after the target. */
