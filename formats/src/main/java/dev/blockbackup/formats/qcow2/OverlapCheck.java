@@ -42,6 +42,7 @@ final class OverlapCheck {
   /** Metadata regions past this cannot be written through an L2 entry (offsets are 56 bits). */
   private static final long MAX_OFFSET = RefcountTable.MAX_HOST_OFFSET;
   private static final int KIND_BITS = 4;
+  private static final Kind[] KINDS = Kind.values();
 
   /** One cluster or less: L2 tables, refcount blocks, the header. */
   private final Regions small = new Regions();
@@ -60,7 +61,7 @@ final class OverlapCheck {
       long to = Math.min(end, MAX_OFFSET) << KIND_BITS;
       for (Map.Entry<Long, long[]> e = map.ceilingEntry(from); e != null && e.getKey() < to;
           e = map.higherEntry(e.getKey())) {
-        Kind kind = Kind.values()[(int) (e.getKey() & ((1 << KIND_BITS) - 1))];
+        Kind kind = KINDS[(int) (e.getKey() & ((1 << KIND_BITS) - 1))];
         long start = e.getKey() >>> KIND_BITS;
         long regionEnd = e.getValue()[0];
         if (kind != ignore && regionEnd > pos) {

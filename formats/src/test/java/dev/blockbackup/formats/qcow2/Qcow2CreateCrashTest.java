@@ -137,7 +137,12 @@ class Qcow2CreateCrashTest {
     cmd.addAll(List.of(Path.of(System.getProperty("java.home"), "bin", "java").toString(), "-XX:-UsePerfData",
         "-XX:TieredStopAtLevel=1", "-Xshare:auto", "-cp", System.getProperty("java.class.path"),
         CreateMain.class.getName(), target.toString(), Long.toString(SIZE)));
-    Process p = new ProcessBuilder(cmd).redirectOutput(ProcessBuilder.Redirect.DISCARD).start();
+    Process p;
+    try {
+      p = new ProcessBuilder(cmd).redirectOutput(ProcessBuilder.Redirect.DISCARD).start();
+    } catch (IOException e) {
+      throw new AssertionError("cannot run " + cmd.get(0) + " (is strace installed? apt-get install strace)", e);
+    }
     p.getOutputStream().close();
     String err = new String(p.getErrorStream().readAllBytes(), StandardCharsets.UTF_8);
     if (!p.waitFor(120, TimeUnit.SECONDS)) {
