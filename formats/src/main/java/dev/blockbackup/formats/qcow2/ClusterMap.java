@@ -210,14 +210,17 @@ final class ClusterMap {
     long newOff = refcounts.allocate(1) << clusterBits;
     ByteBuffer b = ByteBuffer.allocate(clusterSize);
     b.asLongBuffer().put(content);
-    file.write(b, newOff);
+    file.writeMetadata(OverlapCheck.Kind.ACTIVE_L2, b, newOff);
     refcounts.flush();
     file.sync();
     long entry = newOff | COPIED;
     l1[(int) l1i] = entry;
-    file.write(ByteBuffer.allocate(8).putLong(0, entry), l1Offset + l1i * 8);
+    file.writeMetadata(OverlapCheck.Kind.ACTIVE_L1, ByteBuffer.allocate(8).putLong(0, entry), l1Offset + l1i * 8);
     l2.put(newOff, content);
+    file.overlaps().add(OverlapCheck.Kind.ACTIVE_L2, newOff, clusterSize);
     if (old != 0) {
+      // a shared table stays a snapshot's (inactive) L2 table, which the cached check does not cover
+      file.overlaps().remove(OverlapCheck.Kind.ACTIVE_L2, old, clusterSize);
       freeLater.accept(old);
     }
     return newOff;

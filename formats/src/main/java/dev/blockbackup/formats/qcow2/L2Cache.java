@@ -144,7 +144,7 @@ final class L2Cache {
       scratch.putLong(t.e[i]);
     }
     scratch.flip();
-    file.write(scratch, t.offset + (long) lo * 8);
+    file.writeMetadata(OverlapCheck.Kind.ACTIVE_L2, scratch, t.offset + (long) lo * 8);
     t.dirtyLo = Integer.MAX_VALUE;
     t.dirtyHi = -1;
   }

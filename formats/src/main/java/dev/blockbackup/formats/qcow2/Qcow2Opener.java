@@ -125,6 +125,9 @@ final class Qcow2Opener {
       file.sync();
     });
     Qcow2Metadata md = new Qcow2Metadata(where, file, header, l1, refcounts, l2);
+    if (!readOnly) {
+      file.checkOverlaps(OverlapCheck.of(where, file, header, l1, reftable));
+    }
 
     // the backing chain first: an image whose chain cannot be opened is not touched
     BlockDevice backing = header.backingFile == null || !withBacking ? null : openBacking(path, header, chain, depth);
@@ -135,7 +138,7 @@ final class Qcow2Opener {
       }
       if (!readOnly && header.autoclear != 0) {
         // We maintain no bitmaps and know no other autoclear feature: clear them before the first write.
-        file.write(ByteBuffer.allocate(8), Qcow2Header.OFF_AUTOCLEAR);
+        file.writeMetadata(OverlapCheck.Kind.HEADER, ByteBuffer.allocate(8), Qcow2Header.OFF_AUTOCLEAR);
         file.sync();
       }
     } catch (IOException | RuntimeException e) {

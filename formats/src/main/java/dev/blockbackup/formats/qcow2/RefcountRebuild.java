@@ -71,7 +71,7 @@ final class RefcountRebuild {
     fixCopiedFlags();
     file.sync();
     ByteBuffer incompat = ByteBuffer.allocate(8).putLong(0, header.incompatible & ~Qcow2Header.INCOMPAT_DIRTY);
-    file.write(incompat, Qcow2Header.OFF_INCOMPAT);
+    file.writeMetadata(OverlapCheck.Kind.HEADER, incompat, Qcow2Header.OFF_INCOMPAT);
     file.sync();
   }
 
@@ -171,7 +171,8 @@ final class RefcountRebuild {
       long want = ref[(int) (off >>> clusterBits)] == 1 ? e | Qcow2Image.COPIED : e & ~Qcow2Image.COPIED;
       if (want != e) {
         l1[i] = want;
-        file.write(ByteBuffer.allocate(8).putLong(0, want), header.l1TableOffset + (long) i * 8);
+        file.writeMetadata(OverlapCheck.Kind.ACTIVE_L1, ByteBuffer.allocate(8).putLong(0, want),
+            header.l1TableOffset + (long) i * 8);
       }
       readL2(off, buf, l2);
       boolean changed = false;
@@ -190,7 +191,7 @@ final class RefcountRebuild {
       if (changed) {
         buf.clear();
         buf.asLongBuffer().put(l2);
-        file.write(buf, off);
+        file.writeMetadata(OverlapCheck.Kind.ACTIVE_L2, buf, off);
       }
     }
   }

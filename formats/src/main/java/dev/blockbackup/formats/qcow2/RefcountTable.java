@@ -223,22 +223,29 @@ final class RefcountTable {
         setEntry(data, (int) (c % entries), 1);
       }
       long off = blockCluster << clusterBits;
-      file.write(ByteBuffer.wrap(data), off);
+      file.writeMetadata(OverlapCheck.Kind.REFCOUNT_BLOCK, ByteBuffer.wrap(data), off);
       table[(int) b] = off;
     }
     ByteBuffer t = ByteBuffer.allocate((int) (tableClusters * clusterSize));
     t.asLongBuffer().put(table);
     long tableOff = start << clusterBits;
-    file.write(t, tableOff);
+    file.writeMetadata(OverlapCheck.Kind.REFCOUNT_TABLE, t, tableOff);
     flush();
     file.sync();
     ByteBuffer h = ByteBuffer.allocate(12).putLong(0, tableOff).putInt(8, (int) tableClusters);
-    file.write(h, 48);
+    file.writeMetadata(OverlapCheck.Kind.HEADER, h, 48);
     file.sync();
     long oldOff = reftableOffset;
     long oldClusters = Qcow2Header.ceilDiv(oldEntries * 8, clusterSize);
     reftable = table;
     reftableOffset = tableOff;
+    OverlapCheck overlaps = file.overlaps();
+    overlaps.add(OverlapCheck.Kind.REFCOUNT_TABLE, tableOff, tableClusters * clusterSize);
+    for (long b = firstBlock; b <= lastBlock; b++) {
+      overlaps.add(OverlapCheck.Kind.REFCOUNT_BLOCK, table[(int) b], clusterSize);
+    }
+    // the old table's clusters are freed below and may hold data from then on
+    overlaps.remove(OverlapCheck.Kind.REFCOUNT_TABLE, oldOff, oldClusters * clusterSize);
     for (long c = 0; c < oldClusters; c++) {
       add((oldOff >>> clusterBits) + c, -1);
     }
@@ -309,11 +316,12 @@ final class RefcountTable {
     long off = ci << clusterBits;
     byte[] data = new byte[clusterSize];
     setEntry(data, (int) (ci % entries), 1);
-    file.write(ByteBuffer.wrap(data), off);
+    file.writeMetadata(OverlapCheck.Kind.REFCOUNT_BLOCK, ByteBuffer.wrap(data), off);
     file.sync();
     reftable[(int) bi] = off;
     ByteBuffer e = ByteBuffer.allocate(8).putLong(0, off);
-    file.write(e, reftableOffset + bi * 8);
+    file.writeMetadata(OverlapCheck.Kind.REFCOUNT_TABLE, e, reftableOffset + bi * 8);
+    file.overlaps().add(OverlapCheck.Kind.REFCOUNT_BLOCK, off, clusterSize);
     put(new Block(off, data));
   }
 
@@ -358,7 +366,7 @@ final class RefcountTable {
   }
 
   private void writeBlock(Block b) throws IOException {
-    file.write(ByteBuffer.wrap(b.data), b.offset);
+    file.writeMetadata(OverlapCheck.Kind.REFCOUNT_BLOCK, ByteBuffer.wrap(b.data), b.offset);
     b.dirty = false;
   }
 
