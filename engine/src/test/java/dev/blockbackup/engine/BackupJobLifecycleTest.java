@@ -112,7 +112,7 @@ class BackupJobLifecycleTest {
     cleanups.add(() -> {
       while (job.isPaused() && !job.isUserPaused() && job.status() != JobStatus.created
           && job.status() != JobStatus.concluded && job.status() != JobStatus.null_) {
-        job.resumeInternal();
+        job.pauses().resume();
       }
       try {
         job.cancel();
@@ -246,7 +246,7 @@ class BackupJobLifecycleTest {
       case paused -> {
         BackupJob job = backup(src, rawTarget(SIZE), slow);
         job.start();
-        job.pauseInternal(); // a drain's pause, so that the user's pause verb stays open
+        job.pauses().pause(); // a drain's pause, so that the user's pause verb stays open
         awaitStatus(job, JobStatus.paused);
         return job;
       }
