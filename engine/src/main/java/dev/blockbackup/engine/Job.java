@@ -10,6 +10,7 @@ import java.util.concurrent.ExecutionException;
 import java.util.concurrent.Executor;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.TimeoutException;
+import java.util.function.BooleanSupplier;
 
 /**
  * QEMU's generic job (job.c and the job half of blockjob.c), the façade of its parts: the status
@@ -259,6 +260,14 @@ public abstract class Job {
    */
   protected final void sleep(long nanos) {
     pauses.sleep(nanos);
+  }
+
+  /**
+   * Waits, as {@link #sleep} does, until {@code ready} holds: whoever makes it true must then call
+   * {@link #wake()}. Returns early, like sleep, on a cancel, a pause or a new speed.
+   */
+  protected final void sleepUntil(BooleanSupplier ready, long nanos) {
+    pauses.sleepUntil(ready, nanos);
   }
 
   /** job_enter: ends a {@link #sleep} early, e.g. because something the body waits for happened. */

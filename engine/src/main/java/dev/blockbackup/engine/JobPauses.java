@@ -1,5 +1,7 @@
 package dev.blockbackup.engine;
 
+import java.util.function.BooleanSupplier;
+
 /**
  * A job's pause counter and its sleeps (QEMU's pause_count, job_pause_point, job_sleep_ns and
  * job_enter). Internal pauses (a drain) and one user pause (job-pause, or an error with
@@ -115,11 +117,20 @@ final class JobPauses {
 
   /** job_sleep_ns: waits up to {@code nanos}, or less on a cancel, a pause or a wake-up. */
   void sleep(long nanos) {
+    sleepUntil(() -> false, nanos);
+  }
+
+  /**
+   * Like {@link #sleep}, and returns as soon as {@code ready} holds. {@code ready} is tested under
+   * the job's lock; whoever makes it true and then calls {@link #wake()} cannot be missed, since
+   * wake() needs that lock too.
+   */
+  void sleepUntil(BooleanSupplier ready, long nanos) {
     state.lock.lock();
     try {
       long left = nanos;
       long seen = wakeups;
-      while (left > 0 && !state.cancelled && count == 0 && seen == wakeups) {
+      while (left > 0 && !state.cancelled && count == 0 && seen == wakeups && !ready.getAsBoolean()) {
         try {
           left = state.changed.awaitNanos(left);
         } catch (InterruptedException e) {
