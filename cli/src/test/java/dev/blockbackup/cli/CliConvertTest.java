@@ -19,7 +19,6 @@ import org.junit.jupiter.params.provider.CsvSource;
  * compare), writes qcow2 that qemu-img check finds clean, and keeps every zero region (zeros
  * written as data, and holes) out of the target's data (qemu-img map).
  */
-@Tag("interop")
 class CliConvertTest {
 
   /** Not a multiple of any cluster size, so the last cluster is partial. */
@@ -38,6 +37,7 @@ class CliConvertTest {
 
   @ParameterizedTest(name = "cluster_size={0}, -m {1}")
   @CsvSource({"65536, 8", "65536, 1", "4096, 8", "512, 3", "2097152, 8"})
+  @Tag("interop")
   void rawToQcow2IsIdenticalCleanAndKeepsZerosOutOfData(int clusterSize, int workers) {
     Path out = dir.resolve("out.qcow2");
     Cli.run("convert", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=" + clusterSize, "-m", workers,
@@ -50,6 +50,7 @@ class CliConvertTest {
   }
 
   @Test
+  @Tag("interop")
   void writebackCacheModeGivesTheSameCleanImage() {
     Path out = dir.resolve("writeback.qcow2");
     Cli.run("convert", "-t", "writeback", "-f", "raw", "-O", "qcow2", source.path, out).ok();
@@ -58,6 +59,7 @@ class CliConvertTest {
   }
 
   @Test
+  @Tag("interop")
   void compressedRawToQcow2IsIdenticalCleanAndCompressed() {
     Path out = dir.resolve("out.qcow2");
     Cli.run("convert", "-c", "-O", "qcow2", source.path, out).ok();
@@ -71,6 +73,7 @@ class CliConvertTest {
   }
 
   @Test
+  @Tag("interop")
   void qcow2ToRawIsIdenticalAndSparse() {
     Path qcow2 = qcow2SourceWithZeroDataAndZeroFlags();
     Path out = dir.resolve("out.raw");
@@ -82,6 +85,7 @@ class CliConvertTest {
   }
 
   @Test
+  @Tag("interop")
   void qcow2ToCompressedQcow2IsIdenticalAndClean() {
     Path qcow2 = qcow2SourceWithZeroDataAndZeroFlags();
     Path out = dir.resolve("out.qcow2");
@@ -93,6 +97,7 @@ class CliConvertTest {
   }
 
   @Test
+  @Tag("interop")
   void qemuCompressedQcow2ConvertsToIdenticalRaw() {
     Path compressed = dir.resolve("c.qcow2");
     QemuImg.img("convert", "-c", "-f", "raw", "-O", "qcow2", source.path, compressed).assertExit(0);
@@ -104,6 +109,7 @@ class CliConvertTest {
   }
 
   @Test
+  @Tag("interop")
   void overlayIsFlattenedIntoAStandaloneImage() {
     Path overlay = dir.resolve("overlay.qcow2");
     QemuImg.img("create", "-f", "qcow2", "-b", source.path, "-F", "raw", overlay).assertExit(0);
@@ -123,6 +129,7 @@ class CliConvertTest {
   }
 
   @Test
+  @Tag("interop")
   void oddSizedRawBecomesWholeSectorsAsInQemu() throws IOException {
     SeededDisk odd = SeededDisk.write(dir.resolve("odd.raw"), 3L * 1024 * 1024 + 1000, 99);
     java.nio.file.Files.write(odd.path, new byte[] {7}, java.nio.file.StandardOpenOption.APPEND);

@@ -218,12 +218,16 @@ public final class BackupJob extends Job {
     target.flush();
   }
 
-  /** sync=none: nothing to do in the background; copy-before-write goes on until cancel. */
+  /**
+   * sync=none: nothing to do in the background; copy-before-write goes on until cancel. The body
+   * waits for what can change that: a cancel or a pause (each wakes the job) or a broken snapshot
+   * (copy-before-write wakes the job after it set the error).
+   */
   private void waitForCancel() throws BlockIOException {
     while (true) {
       checkSnapshot();
       pausePoint();
-      sleep(TimeUnit.MILLISECONDS.toNanos(100));
+      sleepUntil(() -> cbw.snapshotError() != null, Long.MAX_VALUE);
     }
   }
 
@@ -292,7 +296,13 @@ public final class BackupJob extends Job {
           sleep(delay);
           continue;
         }
-        if (!slots.tryAcquire(50, TimeUnit.MILLISECONDS)) {
+        if (!slots.tryAcquire()) {
+          // every worker is busy: wait until one is done (each wakes the job when it ends) or
+          // something else needs the body (a pause, a cancel, a failed copy)
+          sleepUntil(() -> slots.availablePermits() > 0 || backgroundError.get() != null, Long.MAX_VALUE);
+          if (Thread.interrupted()) {
+            throw new InterruptedException(); // a sleep that ends at once would spin
+          }
           continue;
         }
         BlockCopy.Task t = bcs.claim(pos, len);
@@ -316,9 +326,9 @@ public final class BackupJob extends Job {
             bcs.run(t);
           } catch (BlockCopyException e) {
             backgroundError.compareAndSet(null, e);
-            wake();
           } finally {
             slots.release();
+            wake(); // after the release: a body waiting for a free worker must see it
           }
         });
       }

@@ -1,28 +1,23 @@
 package dev.blockbackup.engine;
 
-import dev.blockbackup.engine.JobEvent.BlockJobCancelled;
-import dev.blockbackup.engine.JobEvent.BlockJobCompleted;
 import dev.blockbackup.engine.JobEvent.BlockJobError;
-import dev.blockbackup.engine.JobEvent.BlockJobPending;
-import dev.blockbackup.engine.JobEvent.BlockJobReady;
 import dev.blockbackup.engine.JobEvent.ErrorAction;
 import dev.blockbackup.engine.JobEvent.IoOperation;
-import dev.blockbackup.engine.JobEvent.JobStatusChange;
 import java.time.Duration;
 import java.util.Objects;
-import java.util.Queue;
 import java.util.concurrent.CompletableFuture;
-import java.util.concurrent.ConcurrentLinkedQueue;
-import java.util.concurrent.CopyOnWriteArrayList;
+import java.util.concurrent.ExecutionException;
 import java.util.concurrent.Executor;
 import java.util.concurrent.TimeUnit;
-import java.util.concurrent.locks.Condition;
-import java.util.concurrent.locks.ReentrantLock;
+import java.util.concurrent.TimeoutException;
+import java.util.function.BooleanSupplier;
 
 /**
- * QEMU's generic job (job.c and the job half of blockjob.c): the status machine of
- * {@link JobTables}, the user verbs, the pause counter and the QMP events. A subclass supplies
- * {@link #run()} (the job body, QEMU's JobDriver.run) and the finalization hooks.
+ * QEMU's generic job (job.c and the job half of blockjob.c), the façade of its parts: the status
+ * machine ({@link JobState} over {@link JobTables}), the pause counter and sleeps ({@link
+ * JobPauses}), progress ({@link JobProgress}), event dispatch ({@link JobEvents}) and how a job
+ * ends ({@link JobExit}). A subclass supplies {@link #run()} (the job body, QEMU's JobDriver.run)
+ * and the finalization hooks.
  *
  * <p>Threads: {@link #run()} runs on its own thread (the given Executor's or a new one), and the
  * finalization (prepare, commit or abort, clean) follows on that same thread, so no verb ever
@@ -34,53 +29,18 @@ import java.util.concurrent.locks.ReentrantLock;
  */
 public abstract class Job {
 
-  private static final System.Logger LOG = System.getLogger(Job.class.getName());
-
-  /** strerror(ECANCELED) on Linux: the error a cancelled job reports in query-jobs. */
-  static final String ECANCELED_MESSAGE = "Operation canceled";
-
   private final String id;
   private final String type;
   private final boolean autoFinalize;
   private final boolean autoDismiss;
 
-  private final ReentrantLock lock = new ReentrantLock();
-  /** Signalled on every change of the fields below. */
-  private final Condition changed = lock.newCondition();
-
-  // The fields below are written only under the lock. Those a getter returns are volatile, so a
-  // getter reads them without taking the lock (one field, one consistent value).
-
-  /** Current status. */
-  private volatile JobStatus status = JobStatus.undefined;
-  /** QEMU's pause_count: internal pauses (drains) plus one user pause; 1 until start(). */
-  private volatile int pauseCount = 1;
-  /** A user pause (job-pause, or an error with action=stop) is counted in pauseCount. */
-  private volatile boolean userPaused;
-  /** Cancel was requested (backup always force-cancels). */
-  private volatile boolean cancelled;
-  /** start() was called: the body ran or is running. */
-  private boolean started;
-  /** job-finalize arrived while PENDING with auto-finalize=false. */
-  private boolean finalizeRequested;
-  /** Why the job failed (QEMU's job->err), or null. */
-  private volatile String error;
-  /** Progress: bytes done and bytes expected in total (QEMU's ProgressMeter). */
-  private volatile long progressCurrent;
-  private volatile long progressTotal;
-  /** Counts {@link #wake()} calls, so a sleeper notices one that came while it was not waiting. */
-  private long wakeups;
-  /** Rate limit in bytes per second; 0 = unlimited. */
+  private final JobEvents events;
+  private final JobState state;
+  private final JobPauses pauses;
+  private final JobProgress progress = new JobProgress();
+  private final JobExit exit;
+  /** Rate limit in bytes per second; 0 = unlimited. Written under the lock. */
   private volatile long speed;
-  /** The manager that lists this job, set once at registration; read when delivering events. */
-  private volatile JobManager manager;
-
-  private final CopyOnWriteArrayList<JobListener> listeners = new CopyOnWriteArrayList<>();
-  /** Events queued under lock, delivered by flushEvents() outside it. */
-  private final Queue<JobEvent> pendingEvents = new ConcurrentLinkedQueue<>();
-  /** Held by the thread delivering events, so they go out one at a time and in order. */
-  private final ReentrantLock dispatchLock = new ReentrantLock();
-  private final CompletableFuture<JobStatus> concluded = new CompletableFuture<>();
 
   /**
    * @param id the job id (QAPI job-id): letters, digits, '-', '.', '_', starting with a letter
@@ -98,6 +58,10 @@ public abstract class Job {
     this.type = Objects.requireNonNull(type, "type");
     this.autoFinalize = autoFinalize;
     this.autoDismiss = autoDismiss;
+    this.events = new JobEvents(id);
+    this.state = new JobState(id, events);
+    this.pauses = new JobPauses(id, state);
+    this.exit = new JobExit(this, state, events);
   }
 
   /** A job with auto-finalize and auto-dismiss on, QAPI's defaults. */
@@ -144,13 +108,17 @@ public abstract class Job {
   /** The rate limit changed (block-job-set-speed); called outside the lock. */
   protected void onSpeedChanged(long bytesPerSecond) {}
 
-  /** Whether job-complete means something for this job type (JobDriver.complete exists). */
-  protected boolean canComplete() {
+  /**
+   * Whether job-complete means something for this job type (JobDriver.complete exists). No job
+   * type here completes (backup never does); package-private so that only this package's job
+   * types, and the tests' mirror-like job, can say otherwise.
+   */
+  boolean canComplete() {
     return false;
   }
 
   /** JobDriver.complete: the user asked a READY job to finish; called outside the lock. */
-  protected void onComplete() {}
+  void onComplete() {}
 
   /**
    * JobDriver.change (block-job-change since QEMU 8.2, job-change in newer QEMU); called outside
@@ -173,7 +141,7 @@ public abstract class Job {
   }
 
   public final JobStatus status() {
-    return status;
+    return state.status;
   }
 
   public final boolean autoFinalize() {
@@ -186,12 +154,12 @@ public abstract class Job {
 
   /** query-jobs current-progress. */
   public final long currentProgress() {
-    return progressCurrent;
+    return progress.current();
   }
 
   /** query-jobs total-progress. */
   public final long totalProgress() {
-    return progressTotal;
+    return progress.total();
   }
 
   /** The rate limit in bytes per second, 0 for none. */
@@ -201,34 +169,34 @@ public abstract class Job {
 
   /** query-jobs error: why the job failed ("Operation canceled" after a cancel), or null. */
   public final String error() {
-    return error;
+    return state.error;
   }
 
   /** query-block-jobs paused: the pause counter is above zero. */
   public final boolean isPaused() {
-    return pauseCount > 0;
+    return pauses.isPaused();
   }
 
   /** Whether a user pause (or an error with action=stop) holds the job. */
   public final boolean isUserPaused() {
-    return userPaused;
+    return pauses.isUserPaused();
   }
 
   public final boolean isCancelled() {
-    return cancelled;
+    return state.cancelled;
   }
 
   public final void addListener(JobListener listener) {
-    listeners.add(Objects.requireNonNull(listener, "listener"));
+    events.addListener(listener);
   }
 
   public final void removeListener(JobListener listener) {
-    listeners.remove(listener);
+    events.removeListener(listener);
   }
 
   /** Completes with CONCLUDED or NULL once the job has concluded (after its final events). */
   public final CompletableFuture<JobStatus> concludedFuture() {
-    return concluded;
+    return exit.concluded;
   }
 
   /** Waits until the job is CONCLUDED or NULL; false if the timeout passed first. */
@@ -236,79 +204,91 @@ public abstract class Job {
     // The future completes after the final events went out, so a caller that returns from here
     // has seen (through its listeners) how the job ended.
     try {
-      concluded.get(timeout.toNanos(), java.util.concurrent.TimeUnit.NANOSECONDS);
+      exit.concluded.get(timeout.toNanos(), TimeUnit.NANOSECONDS);
       return true;
-    } catch (java.util.concurrent.TimeoutException e) {
+    } catch (TimeoutException e) {
       return false;
-    } catch (java.util.concurrent.ExecutionException e) {
+    } catch (ExecutionException e) {
       return true; // never completed exceptionally; concluded all the same
     }
   }
 
   /** Waits until the status is one of {@code wanted}; false if the timeout passed first. */
   final boolean awaitStatus(Duration timeout, JobStatus... wanted) throws InterruptedException {
-    long nanos = timeout.toNanos();
-    lock.lock();
-    try {
-      while (!isOneOf(status, wanted)) {
-        if (nanos <= 0) {
-          return false;
-        }
-        nanos = changed.awaitNanos(nanos);
-      }
-      return true;
-    } finally {
-      lock.unlock();
-    }
+    return state.awaitStatus(timeout, wanted);
   }
 
-  private static boolean isOneOf(JobStatus s, JobStatus... set) {
-    for (JobStatus w : set) {
-      if (s == w) {
-        return true;
-      }
-    }
-    return false;
+  /** The status machine, for this package's job types and tests. */
+  final JobState state() {
+    return state;
   }
 
-  // ---------------------------------------------------------------- progress (QEMU's progress API)
+  /** The pause counter: a drain pauses the job through it (job_pause / job_resume). */
+  final JobPauses pauses() {
+    return pauses;
+  }
+
+  /** The event queue, for this package's job types and tests. */
+  final JobEvents events() {
+    return events;
+  }
+
+  // ---------------------------------------------------------------- for the body
 
   /** progress_work_done: {@code done} more bytes were processed. */
   protected final void progressUpdate(long done) {
-    checkNonNegative("done", done);
-    lock.lock();
-    try {
-      progressCurrent += done;
-    } finally {
-      lock.unlock();
-    }
+    progress.workDone(done);
   }
 
   /** progress_set_remaining: {@code remaining} bytes are left, so total = current + remaining. */
   protected final void progressSetRemaining(long remaining) {
-    checkNonNegative("remaining", remaining);
-    lock.lock();
-    try {
-      progressTotal = progressCurrent + remaining;
-    } finally {
-      lock.unlock();
-    }
+    progress.setRemaining(remaining);
   }
 
-  /** progress_increase_remaining: {@code delta} more bytes are expected. */
-  protected final void progressIncreaseRemaining(long delta) {
-    checkNonNegative("delta", delta);
-    lock.lock();
-    try {
-      progressTotal += delta;
-    } finally {
-      lock.unlock();
-    }
+  /**
+   * A pause point (job_pause_point): blocks while the job is paused, moving RUNNING -> PAUSED
+   * (READY -> STANDBY) and back; throws {@link JobCancelledException} if the job was cancelled.
+   * Call only from the job body.
+   */
+  protected final void pausePoint() {
+    pauses.pausePoint();
   }
 
-  private static void checkNonNegative(String what, long value) {
-    if (value < 0) {
-      throw new IllegalArgumentException(what + " (" + value + ") must not be negative");
+  /**
+   * job_sleep_ns: waits up to {@code nanos}, or less when the job is cancelled, asked to pause,
+   * given a new speed or {@linkplain #wake() woken}. Call {@link #pausePoint()} afterwards.
+   */
+  protected final void sleep(long nanos) {
+    pauses.sleep(nanos);
+  }
+
+  /**
+   * Waits, as {@link #sleep} does, until {@code ready} holds: whoever makes it true must then call
+   * {@link #wake()}. Returns early, like sleep, on a cancel, a pause or a new speed.
+   */
+  protected final void sleepUntil(BooleanSupplier ready, long nanos) {
+    pauses.sleepUntil(ready, nanos);
+  }
+
+  /** job_enter: ends a {@link #sleep} early, e.g. because something the body waits for happened. */
+  protected final void wake() {
+    pauses.wake();
+  }
+
+  /**
+   * block_job_error_action: reports a background I/O error with BLOCK_JOB_ERROR; with
+   * action=stop the job is also user-paused (it stops at its next pause point and needs
+   * job-resume).
+   */
+  protected final void blockJobError(IoOperation operation, ErrorAction action) {
+    state.lock.lock();
+    try {
+      if (action == ErrorAction.stop) {
+        pauses.pauseByUser();
+      }
+      events.queue(new BlockJobError(id, operation, action));
+    } finally {
+      state.unlockAndFlush();
     }
   }
 
@@ -316,15 +296,15 @@ public abstract class Job {
 
   /** Called by {@link JobManager#register}: UNDEFINED -> CREATED (job_create). */
   final void attach(JobManager owner) {
-    lock.lock();
+    state.lock.lock();
     try {
-      if (manager != null || status != JobStatus.undefined) {
+      if (events.manager() != null || state.status != JobStatus.undefined) {
         throw new IllegalStateException("job '" + id + "' is already registered");
       }
-      manager = owner;
-      transition(JobStatus.created);
+      events.setManager(owner);
+      state.transition(JobStatus.created);
     } finally {
-      unlockAndFlush();
+      state.unlockAndFlush();
     }
   }
 
@@ -339,306 +319,47 @@ public abstract class Job {
   /** Starts the body on {@code executor} (job_start): CREATED -> RUNNING. */
   public final void start(Executor executor) {
     Objects.requireNonNull(executor, "executor");
-    lock.lock();
+    state.lock.lock();
     try {
-      if (status != JobStatus.created || started || cancelled) {
+      if (state.status != JobStatus.created || state.started || state.cancelled) {
         throw new IllegalStateException("job '" + id + "' cannot start in state '"
-            + status.qapiName() + "'" + (cancelled ? " (cancelled)" : ""));
+            + state.status.qapiName() + "'" + (state.cancelled ? " (cancelled)" : ""));
       }
-      started = true;
-      pauseCount--; // job_create's initial pause is dropped by job_start
-      transition(JobStatus.running);
+      state.started = true;
+      pauses.resume(); // job_create's initial pause is dropped by job_start
+      state.transition(JobStatus.running);
     } finally {
-      unlockAndFlush();
+      state.unlockAndFlush();
     }
-    executor.execute(this::jobMain);
-  }
-
-  /**
-   * A pause point (job_pause_point): blocks while the job is paused, moving RUNNING -> PAUSED
-   * (READY -> STANDBY) and back; throws {@link JobCancelledException} if the job was cancelled.
-   * Call only from the job body.
-   */
-  protected final void pausePoint() {
-    lock.lock();
-    try {
-      if (!cancelled && pauseCount > 0
-          && (status == JobStatus.running || status == JobStatus.ready)) {
-        JobStatus resumeTo = status;
-        transition(resumeTo == JobStatus.ready ? JobStatus.standby : JobStatus.paused);
-        flushOutsideLock();
-        while (pauseCount > 0 && !cancelled) {
-          changed.awaitUninterruptibly();
-        }
-        transition(resumeTo);
-      }
-      if (cancelled) {
-        throw new JobCancelledException(id);
-      }
-    } finally {
-      unlockAndFlush();
-    }
-  }
-
-  /**
-   * job_sleep_ns: waits up to {@code nanos}, or less when the job is cancelled, asked to pause,
-   * given a new speed or {@linkplain #wake() woken}. Call {@link #pausePoint()} afterwards.
-   */
-  protected final void sleep(long nanos) {
-    lock.lock();
-    try {
-      long left = nanos;
-      long seen = wakeups;
-      while (left > 0 && !cancelled && pauseCount == 0 && seen == wakeups) {
-        try {
-          left = changed.awaitNanos(left);
-        } catch (InterruptedException e) {
-          Thread.currentThread().interrupt();
-          return;
-        }
-      }
-    } finally {
-      lock.unlock();
-    }
-  }
-
-  /** job_enter: ends a {@link #sleep} early, e.g. because something the body waits for happened. */
-  protected final void wake() {
-    lock.lock();
-    try {
-      wakeups++;
-      changed.signalAll();
-    } finally {
-      lock.unlock();
-    }
-  }
-
-  /** job_transition_to_ready: RUNNING -> READY and BLOCK_JOB_READY; for jobs that complete. */
-  protected final void transitionToReady() {
-    lock.lock();
-    try {
-      transition(JobStatus.ready);
-      pendingEvents.add(new BlockJobReady(type, id, progressTotal, progressCurrent, speed));
-    } finally {
-      unlockAndFlush();
-    }
-  }
-
-  /**
-   * block_job_error_action: reports a background I/O error with BLOCK_JOB_ERROR; with
-   * action=stop the job is also user-paused (it stops at its next pause point and needs
-   * job-resume).
-   */
-  protected final void blockJobError(IoOperation operation, ErrorAction action) {
-    lock.lock();
-    try {
-      if (action == ErrorAction.stop && !userPaused) {
-        userPaused = true;
-        pauseCount++;
-        changed.signalAll();
-      }
-      pendingEvents.add(new BlockJobError(id, operation, action));
-    } finally {
-      unlockAndFlush();
-    }
-  }
-
-  /** Internal pause for drains (job_pause): counts, and the body stops at its next pause point. */
-  final void pauseInternal() {
-    lock.lock();
-    try {
-      pauseCount++;
-      changed.signalAll();
-    } finally {
-      lock.unlock();
-    }
-  }
-
-  /** Internal resume for drains (job_resume): the body continues once the count reaches zero. */
-  final void resumeInternal() {
-    lock.lock();
-    try {
-      if (pauseCount <= 0) {
-        throw new IllegalStateException("job '" + id + "' is not paused");
-      }
-      pauseCount--;
-      changed.signalAll();
-    } finally {
-      lock.unlock();
-    }
-  }
-
-  /** The job thread: run the body, then finalize like job_exit / job_completed. */
-  private void jobMain() {
-    String failure = null;
-    try {
-      run();
-    } catch (JobCancelledException e) {
-      // the cancel flag says it all
-    } catch (Throwable t) {
-      failure = t.getMessage() != null ? t.getMessage() : t.toString();
-      if (t instanceof Error && !(t instanceof AssertionError)) {
-        LOG.log(System.Logger.Level.ERROR, "job '" + id + "' failed", t);
-      }
-    }
-    boolean success;
-    lock.lock();
-    try {
-      if (failure != null && error == null) {
-        error = failure;
-      }
-      success = error == null && !cancelled;
-      if (success) {
-        // job_completed_txn_success: the whole (one-job) transaction has converged.
-        transition(JobStatus.waiting);
-        transition(JobStatus.pending);
-        if (!autoFinalize) {
-          pendingEvents.add(new BlockJobPending(type, id));
-          flushOutsideLock();
-          while (!finalizeRequested && !cancelled) {
-            changed.awaitUninterruptibly();
-          }
-        }
-        success = !cancelled;
-      }
-    } finally {
-      unlockAndFlush();
-    }
-    if (success) {
-      try {
-        prepare();
-      } catch (Throwable t) {
-        lock.lock();
-        try {
-          error = t.getMessage() != null ? t.getMessage() : t.toString();
-        } finally {
-          lock.unlock();
-        }
-        success = false;
-      }
-    }
-    if (success) {
-      lock.lock();
-      try {
-        success = !cancelled; // a cancel during prepare still aborts
-      } finally {
-        lock.unlock();
-      }
-    }
-    if (success) {
-      finalizeSuccess();
-    } else {
-      beginAbort();
-      finishAbort();
-    }
-  }
-
-  private void finalizeSuccess() {
-    runHook("commit", this::commit);
-    runHook("clean", this::clean);
-    lock.lock();
-    try {
-      pendingEvents.add(new BlockJobCompleted(type, id, progressTotal, progressCurrent, speed, null));
-      conclude();
-    } finally {
-      unlockAndFlush();
-    }
-    concluded.complete(status());
-  }
-
-  /** job_update_rc with an error: -> ABORTING. */
-  private void beginAbort() {
-    lock.lock();
-    try {
-      beginAbortLocked();
-    } finally {
-      unlockAndFlush();
-    }
-  }
-
-  private void beginAbortLocked() {
-    if (error == null) {
-      error = ECANCELED_MESSAGE;
-    }
-    transition(JobStatus.aborting);
-  }
-
-  /** job_finalize_single on the abort side: abort and clean hooks, event, CONCLUDED. */
-  private void finishAbort() {
-    runHook("abort", this::abort);
-    runHook("clean", this::clean);
-    lock.lock();
-    try {
-      // Only a job that actually started reports how it ended.
-      if (started) {
-        if (cancelled) {
-          pendingEvents.add(new BlockJobCancelled(type, id, progressTotal, progressCurrent, speed));
-        } else {
-          pendingEvents.add(new BlockJobCompleted(type, id, progressTotal, progressCurrent, speed, error));
-        }
-      }
-      conclude();
-    } finally {
-      unlockAndFlush();
-    }
-    concluded.complete(status());
-  }
-
-  /** job_conclude: -> CONCLUDED, then NULL if auto-dismiss or never started. */
-  private void conclude() {
-    transition(JobStatus.concluded);
-    if (autoDismiss || !started) {
-      dismissLocked();
-    }
-  }
-
-  private void dismissLocked() {
-    transition(JobStatus.null_);
-    if (manager != null) {
-      manager.remove(this);
-    }
-  }
-
-  private void runHook(String name, Runnable hook) {
-    try {
-      hook.run();
-    } catch (RuntimeException | AssertionError e) {
-      // QEMU's hooks cannot fail; a throwing hook is a bug in the subclass.
-      LOG.log(System.Logger.Level.ERROR, "job '" + id + "': " + name + " hook threw", e);
-    }
+    executor.execute(exit::runJob);
   }
 
   // ---------------------------------------------------------------- user verbs
 
   /** job-pause: the job pauses at its next pause point. Pausing twice is an error. */
   public final void pause() {
-    lock.lock();
+    state.lock.lock();
     try {
-      checkVerb(JobVerb.pause);
-      if (userPaused) {
+      state.checkVerb(JobVerb.pause);
+      if (!pauses.pauseByUser()) {
         throw new JobException("Job is already paused");
       }
-      userPaused = true;
-      pauseCount++;
-      changed.signalAll();
     } finally {
-      unlockAndFlush();
+      state.unlockAndFlush();
     }
   }
 
   /** job-resume: only for a user-paused job (job_user_resume checks that before the verb). */
   public final void resume() {
-    lock.lock();
+    state.lock.lock();
     try {
-      if (!userPaused || pauseCount <= 0) {
+      if (!pauses.isUserPaused() || !pauses.isPaused()) {
         throw new JobException("Can't resume a job that was not paused");
       }
-      checkVerb(JobVerb.resume);
-      userPaused = false;
-      pauseCount--;
-      changed.signalAll();
+      state.checkVerb(JobVerb.resume);
+      pauses.resumeByUser();
     } finally {
-      unlockAndFlush();
+      state.unlockAndFlush();
     }
   }
 
@@ -649,66 +370,62 @@ public abstract class Job {
    */
   public final void cancel() {
     boolean abortHere;
-    lock.lock();
+    state.lock.lock();
     try {
-      checkVerb(JobVerb.cancel);
-      if (userPaused) {
-        userPaused = false;
-        pauseCount--;
-      }
-      cancelled = true;
-      abortHere = !started;
+      state.checkVerb(JobVerb.cancel);
+      pauses.resumeByUser();
+      state.cancelled = true;
+      abortHere = !state.started;
       if (abortHere) {
-        beginAbortLocked();
+        exit.beginAbort();
       }
-      changed.signalAll();
+      state.changed.signalAll();
     } finally {
-      unlockAndFlush();
+      state.unlockAndFlush();
     }
     if (abortHere) {
-      finishAbort();
+      exit.finishAbort();
     }
   }
 
   /** block-job-set-speed: the rate limit in bytes per second, 0 for none. */
   public final void setSpeed(long bytesPerSecond) {
-    lock.lock();
+    state.lock.lock();
     try {
-      checkVerb(JobVerb.set_speed);
+      state.checkVerb(JobVerb.set_speed);
       if (bytesPerSecond < 0) {
         // QERR_INVALID_PARAMETER_VALUE, as block_job_set_speed says it
         throw new JobException("Parameter 'speed' expects a non-negative value");
       }
       speed = bytesPerSecond;
-      wakeups++; // a sleeping rate-limited body recomputes its delay (block_job_set_speed)
-      changed.signalAll();
+      pauses.wake(); // a sleeping rate-limited body recomputes its delay (block_job_set_speed)
     } finally {
-      unlockAndFlush();
+      state.unlockAndFlush();
     }
     onSpeedChanged(bytesPerSecond);
   }
 
   /** job-change (QEMU 8.2+): passes the change to the job type. */
   public final void change() {
-    lock.lock();
+    state.lock.lock();
     try {
-      checkVerb(JobVerb.change);
+      state.checkVerb(JobVerb.change);
     } finally {
-      unlockAndFlush();
+      state.unlockAndFlush();
     }
     onChange();
   }
 
   /** job-complete: only READY/STANDBY jobs of a type that can complete; backup never can. */
   public final void complete() {
-    lock.lock();
+    state.lock.lock();
     try {
-      checkVerb(JobVerb.complete);
-      if (cancelled || !canComplete()) {
+      state.checkVerb(JobVerb.complete);
+      if (state.cancelled || !canComplete()) {
         throw new JobException("The active block job '" + id + "' cannot be completed");
       }
     } finally {
-      unlockAndFlush();
+      state.unlockAndFlush();
     }
     onComplete();
   }
@@ -718,111 +435,24 @@ public abstract class Job {
    * Not named {@code finalize()}: that would override {@link Object}'s GC finalizer.
    */
   public final void finalizeJob() {
-    lock.lock();
+    state.lock.lock();
     try {
-      checkVerb(JobVerb.finalize);
-      finalizeRequested = true;
-      changed.signalAll();
+      state.checkVerb(JobVerb.finalize);
+      state.finalizeRequested = true;
+      state.changed.signalAll();
     } finally {
-      unlockAndFlush();
+      state.unlockAndFlush();
     }
   }
 
   /** job-dismiss: only in CONCLUDED; the job goes to NULL and leaves its manager. */
   public final void dismiss() {
-    lock.lock();
+    state.lock.lock();
     try {
-      checkVerb(JobVerb.dismiss);
-      dismissLocked();
+      state.checkVerb(JobVerb.dismiss);
+      exit.dismiss();
     } finally {
-      unlockAndFlush();
-    }
-  }
-
-  /** job_apply_verb: refuses a verb the status does not accept. Caller holds the lock. */
-  private void checkVerb(JobVerb verb) {
-    if (!JobTables.verbAllowed(verb, status)) {
-      throw JobException.verbRefused(id, status, verb);
-    }
-  }
-
-  // ---------------------------------------------------------------- transitions and events
-
-  /** job_state_transition: an illegal transition is a bug. Caller holds the lock. */
-  private void transition(JobStatus to) {
-    if (!JobTables.transitionAllowed(status, to)) {
-      throw new IllegalStateException("job '" + id + "': illegal transition "
-          + status.qapiName() + " -> " + to.qapiName());
-    }
-    status = to;
-    pendingEvents.add(new JobStatusChange(id, to));
-    changed.signalAll();
-  }
-
-  private void unlockAndFlush() {
-    lock.unlock();
-    if (!lock.isHeldByCurrentThread()) {
-      flushEvents();
-    }
-  }
-
-  /** Delivers queued events while the lock is held once by this thread; re-takes it after. */
-  private void flushOutsideLock() {
-    int holds = lock.getHoldCount();
-    for (int i = 0; i < holds; i++) {
-      lock.unlock();
-    }
-    try {
-      flushEvents();
-    } finally {
-      for (int i = 0; i < holds; i++) {
-        lock.lock();
-      }
-    }
-  }
-
-  /**
-   * Delivers queued events in order. Whoever holds dispatchLock delivers everyone's events; a
-   * thread that finds it taken leaves its events to the holder, which re-checks the queue after
-   * letting go. Events a listener causes are delivered after the current event, never nested.
-   */
-  private void flushEvents() {
-    if (dispatchLock.isHeldByCurrentThread()) {
-      // A listener called a verb: its events wait until every listener has seen this one.
-      return;
-    }
-    while (!pendingEvents.isEmpty()) {
-      if (!dispatchLock.tryLock()) {
-        return;
-      }
-      try {
-        JobEvent e;
-        while ((e = pendingEvents.poll()) != null) {
-          deliver(e);
-        }
-      } finally {
-        dispatchLock.unlock();
-      }
-    }
-  }
-
-  private void deliver(JobEvent e) {
-    for (JobListener l : listeners) {
-      safeDeliver(l, e);
-    }
-    JobManager m = manager;
-    if (m != null) {
-      for (JobListener l : m.listeners()) {
-        safeDeliver(l, e);
-      }
-    }
-  }
-
-  private void safeDeliver(JobListener l, JobEvent e) {
-    try {
-      l.onEvent(e);
-    } catch (RuntimeException ex) {
-      LOG.log(System.Logger.Level.WARNING, "job '" + id + "': listener threw on " + e.name(), ex);
+      state.unlockAndFlush();
     }
   }
 

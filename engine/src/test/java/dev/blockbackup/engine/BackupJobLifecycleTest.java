@@ -16,6 +16,7 @@ import dev.blockbackup.formats.RawImage;
 import dev.blockbackup.formats.WriteFlag;
 import dev.blockbackup.formats.qcow2.Qcow2CreateOptions;
 import dev.blockbackup.formats.qcow2.Qcow2Image;
+import dev.blockbackup.testkit.Parked;
 import dev.blockbackup.testkit.QemuImg;
 import java.nio.ByteBuffer;
 import java.nio.file.Path;
@@ -26,9 +27,11 @@ import java.util.List;
 import java.util.SplittableRandom;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.locks.LockSupport;
 import java.util.stream.Stream;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
@@ -65,6 +68,8 @@ class BackupJobLifecycleTest {
   private int images;
   /** The source of the job {@link #holdIn} made last. */
   private Source held;
+  /** The thread the job body of the last {@link #startOnOwnThread} runs on. */
+  private Thread jobThread;
 
   @BeforeEach
   void setUp() {
@@ -107,7 +112,7 @@ class BackupJobLifecycleTest {
     cleanups.add(() -> {
       while (job.isPaused() && !job.isUserPaused() && job.status() != JobStatus.created
           && job.status() != JobStatus.concluded && job.status() != JobStatus.null_) {
-        job.resumeInternal();
+        job.pauses().resume();
       }
       try {
         job.cancel();
@@ -131,6 +136,14 @@ class BackupJobLifecycleTest {
     }
   }
 
+  /** Starts {@code job} on a thread the test keeps, so it can see where the body waits. */
+  private void startOnOwnThread(Job job) {
+    job.start(body -> {
+      jobThread = new Thread(body, "job-" + job.id());
+      jobThread.start();
+    });
+  }
+
   private static void awaitProgress(Job job) throws InterruptedException {
     long deadline = System.nanoTime() + TIMEOUT.toNanos();
     while (job.currentProgress() == 0) {
@@ -138,6 +151,22 @@ class BackupJobLifecycleTest {
         fail("no progress within " + TIMEOUT);
       }
       Thread.sleep(5);
+    }
+  }
+
+  /**
+   * Waits until every live pool thread called {@code name} is parked waiting for a task. (A pool of
+   * an earlier test's job0 may still be shutting down: its threads end rather than park.)
+   */
+  private static void awaitIdle(String name) {
+    long deadline = System.nanoTime() + TIMEOUT.toNanos();
+    while (!Thread.getAllStackTraces().keySet().stream()
+        .filter(t -> t.getName().equals(name))
+        .allMatch(t -> !t.isAlive() || Parked.isParkedIn(t, "ThreadPoolExecutor", "getTask"))) {
+      if (System.nanoTime() > deadline) {
+        fail("threads '" + name + "' still busy after " + TIMEOUT);
+      }
+      LockSupport.parkNanos(1_000_000);
     }
   }
 
@@ -217,7 +246,7 @@ class BackupJobLifecycleTest {
       case paused -> {
         BackupJob job = backup(src, rawTarget(SIZE), slow);
         job.start();
-        job.pauseInternal(); // a drain's pause, so that the user's pause verb stays open
+        job.pauses().pause(); // a drain's pause, so that the user's pause verb stays open
         awaitStatus(job, JobStatus.paused);
         return job;
       }
@@ -238,7 +267,7 @@ class BackupJobLifecycleTest {
         // the job's clean (which drains the node to take its filter out) waits for that write
         GatedTarget target = new GatedTarget(rawTarget(SIZE));
         BackupJob job = backup(src, target, BackupOptions.of(MirrorSyncMode.none));
-        job.start();
+        startOnOwnThread(job);
         Thread guest = new Thread(() -> {
           try {
             src.node().write(0, ByteBuffer.wrap(new byte[4096]));
@@ -355,7 +384,9 @@ class BackupJobLifecycleTest {
   void abortingWaitsForGuestWritesInFlightThenConcludesCancelled() throws Exception {
     BackupJob job = holdIn(JobStatus.aborting);
     GatedTarget target = (GatedTarget) job.target();
-    Thread.sleep(100); // were clean not waiting for the write, the job would conclude meanwhile
+    // clean's drain waits for the guest write held at the target: the job thread is parked there,
+    // so it cannot conclude before the gate opens
+    Parked.awaitParkedIn(jobThread, "BlockNode", "drain", TIMEOUT);
     assertThat(job.status()).isEqualTo(JobStatus.aborting);
     assertThat(held.node().device()).as("filter still in place").isSameAs(job.filter());
 
@@ -419,16 +450,20 @@ class BackupJobLifecycleTest {
     cleanups.add(tgt::close);
     BackupJob job = backup(src, tgt, BackupOptions.of(MirrorSyncMode.full).withSpeed(4 * SLOW).withMaxChunk(CLUSTER));
     DirtyBitmap copyBitmap = job.filter().blockCopy().copyBitmap();
-    job.start();
+    startOnOwnThread(job);
     awaitProgress(job);
     job.pause();
     awaitStatus(job, JobStatus.paused);
+    // The background copier stops for the pause: its body is parked at the pause point (which it
+    // reaches only after its copies finished) and every worker is idle, so nothing but
+    // copy-before-write can change the target until job-resume.
+    Parked.awaitParkedIn(jobThread, "Job", "pausePoint", TIMEOUT);
+    awaitIdle("backup-job0-worker");
 
     long progress = job.currentProgress();
     long dirty = copyBitmap.count();
     byte[] target = readAll(tgt);
     assertThat(dirty).as("still to copy when paused").isGreaterThan(CLUSTER);
-    Thread.sleep(500); // at 256 KiB/s a running copier would do about 8 clusters meanwhile
     assertThat(job.currentProgress()).as("progress while paused").isEqualTo(progress);
     assertThat(copyBitmap.count()).as("copy bitmap while paused").isEqualTo(dirty);
     assertThat(readAll(tgt)).as("target while paused").isEqualTo(target);
@@ -460,6 +495,7 @@ class BackupJobLifecycleTest {
   // ---------------------------------------------------------------- cancel
 
   @Test
+  @Tag("interop")
   void cancelMidCopyLeavesTheSourceAloneAndTheTargetConsistent() throws Exception {
     Source src = source("drive0");
     Path tgtPath = dir.resolve("target.qcow2");

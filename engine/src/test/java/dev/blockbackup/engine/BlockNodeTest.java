@@ -8,10 +8,13 @@ import dev.blockbackup.formats.BlockIOException;
 import dev.blockbackup.formats.ForwardingBlockDevice;
 import dev.blockbackup.formats.RawImage;
 import dev.blockbackup.formats.WriteFlag;
+import dev.blockbackup.testkit.Parked;
 import java.nio.ByteBuffer;
 import java.nio.file.Path;
-import java.util.concurrent.CompletableFuture;
+import java.time.Duration;
+import java.util.concurrent.Callable;
 import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.FutureTask;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
@@ -19,6 +22,8 @@ import org.junit.jupiter.api.io.TempDir;
 
 @Timeout(30)
 class BlockNodeTest {
+
+  private static final Duration DEADLINE = Duration.ofSeconds(10);
 
   @TempDir Path dir;
 
@@ -43,41 +48,49 @@ class BlockNodeTest {
     }
   }
 
+  /** A call running on its own thread, so a test can see where that thread waits. */
+  record Running(Thread thread, FutureTask<Object> result) {
+    static Running start(String name, Callable<Object> body) {
+      FutureTask<Object> task = new FutureTask<>(body);
+      Thread t = new Thread(task, name);
+      t.start();
+      return new Running(t, task);
+    }
+  }
+
   @Test
   void drainWaitsForRequestsInFlightAndHoldsNewOnes() throws Exception {
     Gate gate = new Gate(RawImage.create(dir.resolve("a.raw"), 1 << 20));
     BlockNode node = BlockNode.of("drive0", gate);
-    CompletableFuture<Void> w = CompletableFuture.runAsync(() -> {
-      try {
-        node.write(0, ByteBuffer.wrap(new byte[] {1}));
-      } catch (BlockIOException e) {
-        throw new RuntimeException(e);
-      }
+    Running w = Running.start("writer", () -> {
+      node.write(0, ByteBuffer.wrap(new byte[] {1}));
+      return null;
     });
     assertThat(gate.entered.await(10, TimeUnit.SECONDS)).isTrue();
     assertThat(node.inFlight()).isEqualTo(1);
 
-    CompletableFuture<BlockNode.Drained> drain = CompletableFuture.supplyAsync(node::drain);
-    Thread.sleep(100);
-    assertThat(drain).isNotDone(); // the write is still in flight
+    Running drain = Running.start("drainer", node::drain);
+    // The drain has begun (new requests wait) and its thread is parked inside drain(): it can
+    // only go on once the write in flight leaves.
+    Parked.awaitParkedIn(drain.thread(), "BlockNode", "drain", DEADLINE);
+    assertThat(node.isDrained()).isTrue();
+    assertThat(drain.result()).isNotDone();
     gate.release.countDown();
-    BlockNode.Drained d = drain.get(10, TimeUnit.SECONDS);
-    w.get(10, TimeUnit.SECONDS);
+    BlockNode.Drained d = (BlockNode.Drained) drain.result().get(10, TimeUnit.SECONDS);
+    w.result().get(10, TimeUnit.SECONDS);
     assertThat(node.inFlight()).isZero();
     assertThat(node.isDrained()).isTrue();
 
-    // while drained, a new request waits
-    CompletableFuture<Void> r = CompletableFuture.runAsync(() -> {
-      try {
-        node.read(0, ByteBuffer.allocate(1));
-      } catch (BlockIOException e) {
-        throw new RuntimeException(e);
-      }
+    // while drained, a new request waits: its thread parks on the way in, before the device
+    Running r = Running.start("reader", () -> {
+      node.read(0, ByteBuffer.allocate(1));
+      return null;
     });
-    Thread.sleep(100);
-    assertThat(r).isNotDone();
+    Parked.awaitParkedIn(r.thread(), "BlockNode", "read", DEADLINE);
+    assertThat(node.inFlight()).as("the read is not admitted").isZero();
+    assertThat(r.result()).isNotDone();
     d.close();
-    r.get(10, TimeUnit.SECONDS);
+    r.result().get(10, TimeUnit.SECONDS);
     assertThat(node.isDrained()).isFalse();
     d.close(); // a second close changes nothing
     assertThat(node.isDrained()).isFalse();

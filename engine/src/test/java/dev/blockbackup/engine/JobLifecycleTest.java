@@ -193,7 +193,7 @@ class JobLifecycleTest {
   void cancelWhileDrainedStillAborts() throws Exception {
     TestJob job = register(new TestJob("job0"));
     job.start();
-    job.pauseInternal();
+    job.pauses().pause();
     awaitStatus(job, paused);
     job.cancel();
     recorder.awaitStatus(null_);
@@ -252,13 +252,13 @@ class JobLifecycleTest {
         .isInstanceOf(JobException.class)
         .hasMessage("Can't resume a job that was not paused");
 
-    job.pauseInternal(); // a drain is not a user pause
+    job.pauses().pause(); // a drain is not a user pause
     awaitStatus(job, paused);
     assertThatThrownBy(job::resume)
         .isInstanceOf(JobException.class)
         .hasMessage("Can't resume a job that was not paused");
     assertThat(job.status()).isEqualTo(paused);
-    job.resumeInternal();
+    job.pauses().resume();
     awaitStatus(job, running);
   }
 
@@ -290,12 +290,12 @@ class JobLifecycleTest {
   void drainPausesNestAsACounter() throws Exception {
     TestJob job = register(new TestJob("job0"));
     job.start();
-    job.pauseInternal();
-    job.pauseInternal();
+    job.pauses().pause();
+    job.pauses().pause();
     awaitStatus(job, paused);
-    job.resumeInternal();
+    job.pauses().resume();
     assertThat(job.isPaused()).isTrue();
-    job.resumeInternal();
+    job.pauses().resume();
     awaitStatus(job, running);
     assertThat(job.isPaused()).isFalse();
   }
@@ -367,8 +367,6 @@ class JobLifecycleTest {
     assertThat(job.totalProgress()).isEqualTo(100);
     job.progressSetRemaining(50); // total = current + remaining
     assertThat(job.totalProgress()).isEqualTo(80);
-    job.progressIncreaseRemaining(20);
-    assertThat(job.totalProgress()).isEqualTo(100);
     assertThatThrownBy(() -> job.progressUpdate(-1)).isInstanceOf(IllegalArgumentException.class);
   }
 

@@ -216,7 +216,7 @@ class JobTransitionTableTest {
       }
       case paused, standby -> {
         job.start();
-        job.pauseInternal(); // a drain, so that the user-pause verb stays open
+        job.pauses().pause(); // a drain, so that the user-pause verb stays open
         awaitStatus(job, status);
       }
       case pending, concluded -> {
@@ -240,7 +240,7 @@ class JobTransitionTableTest {
     abortGate.countDown();
     job.finish.countDown();
     while (job.isPaused() && !job.isUserPaused() && job.status() != JobStatus.created) {
-      job.resumeInternal();
+      job.pauses().resume();
     }
     try {
       job.cancel();

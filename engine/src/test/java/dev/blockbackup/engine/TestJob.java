@@ -44,6 +44,21 @@ final class TestJob extends Job {
     return this;
   }
 
+  /**
+   * job_transition_to_ready, as a mirror job calls it: RUNNING -> READY and BLOCK_JOB_READY. No
+   * job type of ours gets ready, so only this test job reaches into the status machine for it.
+   */
+  private void transitionToReady() {
+    JobState s = state();
+    s.lock.lock();
+    try {
+      s.transition(JobStatus.ready);
+      events().queue(new JobEvent.BlockJobReady(type(), id(), totalProgress(), currentProgress(), speed()));
+    } finally {
+      s.unlockAndFlush();
+    }
+  }
+
   @Override
   protected void run() throws Exception {
     progressSetRemaining(LEN);
@@ -95,12 +110,12 @@ final class TestJob extends Job {
   }
 
   @Override
-  protected boolean canComplete() {
+  boolean canComplete() {
     return declareReady;
   }
 
   @Override
-  protected void onComplete() {
+  void onComplete() {
     completes.incrementAndGet();
     finish.countDown();
   }

@@ -2,13 +2,16 @@ package dev.blockbackup.testkit;
 
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Objects;
 import java.util.SplittableRandom;
 
 /**
  * Our small property harness (we do not use jqwik: its maintainer asks AI agents not to). Each try
  * draws an operation list from a seeded {@link SplittableRandom}; the test runs it against the
  * system and a plain model and throws on a mismatch. A failing list is shrunk by deleting
- * operations while the failure persists, and reported with the seed that reproduces it.
+ * operations while the <em>same</em> failure persists (same exception type, same message): a
+ * shorter list that fails for another reason is a different bug, and taking it would report that
+ * one and lose the first. The shrunk list is reported with the seed that reproduces the original.
  *
  * <p>{@code -Dprops.tries=N} overrides every property's number of tries (a soak run uses many);
  * {@code -Dprops.seed=S} makes the first try use seed S, so a reported failure replays with
@@ -40,7 +43,11 @@ public final class Property {
   /** Runs {@link #tries} tries of the property; returns how many ran. */
   public static <O> int check(String name, int defaultTries, Generator<O> generator, Run<O> run) {
     long base = Long.getLong("props.seed", new SplittableRandom().nextLong());
-    int tries = tries(defaultTries);
+    return check(name, base, tries(defaultTries), generator, run);
+  }
+
+  /** Runs {@code tries} tries, the first with seed {@code base}: what {@code -Dprops.seed} selects. */
+  static <O> int check(String name, long base, int tries, Generator<O> generator, Run<O> run) {
     for (int i = 0; i < tries; i++) {
       long seed = i == 0 ? base : new SplittableRandom(base + i).nextLong();
       List<O> ops = generator.generate(new SplittableRandom(seed));
@@ -63,7 +70,10 @@ public final class Property {
 
   private record Shrunk<O>(List<O> ops, Throwable failure) {}
 
-  /** Deletes ever smaller runs of operations while the property keeps failing (simple delta debugging). */
+  /**
+   * Deletes ever smaller runs of operations while the property keeps failing the same way (simple
+   * delta debugging).
+   */
   private static <O> Shrunk<O> shrink(Run<O> run, List<O> ops, Throwable failure) {
     List<O> current = new ArrayList<>(ops);
     Throwable currentFailure = failure;
@@ -75,7 +85,7 @@ public final class Property {
         candidate.addAll(current.subList(Math.min(current.size(), start + chunk), current.size()));
         budget--;
         Throwable f = failureOf(run, candidate);
-        if (f != null) {
+        if (f != null && sameFailure(failure, f)) {
           current = candidate;
           currentFailure = f;
         } else {
@@ -87,6 +97,16 @@ public final class Property {
       }
     }
     return new Shrunk<>(current, currentFailure);
+  }
+
+  /**
+   * Whether {@code candidate} is the failure being shrunk: the same exception class with the same
+   * message. A message that carries values of the run (an offset, a byte) must stay the same too,
+   * which keeps shrinking honest at the cost of shrinking less.
+   */
+  private static boolean sameFailure(Throwable original, Throwable candidate) {
+    return original.getClass() == candidate.getClass()
+        && Objects.equals(original.getMessage(), candidate.getMessage());
   }
 
   private static <O> Throwable failureOf(Run<O> run, List<O> ops) {

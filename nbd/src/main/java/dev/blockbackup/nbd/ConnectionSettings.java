@@ -1,13 +1,13 @@
 package dev.blockbackup.nbd;
 
 import java.util.Map;
-import java.util.concurrent.Executor;
 
 /**
- * What every connection of one server shares: the exports by name, the pool that runs block I/O
- * off the event loops, and the back-pressure limit (requests in flight per connection).
+ * What every connection of one server shares: the exports by name, the bounded queue to the pool
+ * that runs block I/O off the event loops, and the back-pressure limit (requests in flight per
+ * connection).
  */
-record ConnectionSettings(Map<String, NbdExport> exports, Executor workers, int maxInFlight) {
+record ConnectionSettings(Map<String, NbdExport> exports, WorkQueue workers, int maxInFlight) {
 
   /** The export a client asked for by {@code name}: exact, or the only one for the empty name. */
   NbdExport find(String name) {

@@ -53,7 +53,8 @@ import java.util.concurrent.atomic.AtomicInteger;
  * }</pre>
  *
  * <p>Netty's event loops only decode and encode; block I/O runs on a bounded worker pool, and a
- * connection stops reading while it has {@link Builder#maxInFlight} requests in flight. The native
+ * connection stops reading while it has {@link Builder#maxInFlight} requests in flight, or while
+ * the server's work queue holds {@link Builder#maxQueued} requests of all connections. The native
  * epoll transport is used where it loads (a Unix socket needs it); TCP falls back to NIO.
  * {@link #close()} stops accepting, lets requests in flight finish, closes the connections and
  * leaves the exported devices open: they belong to the caller.
@@ -69,6 +70,7 @@ public final class NbdServer implements AutoCloseable {
   private final int workerThreads;
   private final int eventLoopThreads;
   private final int maxInFlight;
+  private final int maxQueued;
   private final long closeTimeoutMillis;
 
   private EventLoopGroup group;
@@ -89,6 +91,7 @@ public final class NbdServer implements AutoCloseable {
     this.workerThreads = b.workerThreads;
     this.eventLoopThreads = b.eventLoopThreads;
     this.maxInFlight = b.maxInFlight;
+    this.maxQueued = b.maxQueued;
     this.closeTimeoutMillis = b.closeTimeoutMillis;
   }
 
@@ -119,6 +122,9 @@ public final class NbdServer implements AutoCloseable {
     group = new MultiThreadIoEventLoopGroup(eventLoopThreads,
         epoll ? EpollIoHandler.newFactory() : NioIoHandler.newFactory());
     AtomicInteger n = new AtomicInteger();
+    // The pool's own queue has no fixed size: WorkQueue bounds it by stopping the connections'
+    // reads, and a fixed size would have to refuse the requests a connection decoded before it
+    // stopped, which would fail requests the client rightly sent.
     ThreadPoolExecutor pool = new ThreadPoolExecutor(workerThreads, workerThreads, 60, TimeUnit.SECONDS,
         new LinkedBlockingQueue<>(), r -> {
           Thread t = new Thread(r, "nbd-worker-" + n.incrementAndGet());
@@ -127,7 +133,7 @@ public final class NbdServer implements AutoCloseable {
         });
     workers = pool;
     connections = new DefaultChannelGroup("nbd-connections", GlobalEventExecutor.INSTANCE);
-    ConnectionSettings settings = new ConnectionSettings(exports, pool, maxInFlight);
+    ConnectionSettings settings = new ConnectionSettings(exports, new WorkQueue(pool, maxQueued), maxInFlight);
     try {
       if (unixSocket != null) {
         removeStaleSocket(unixSocket);
@@ -266,6 +272,7 @@ public final class NbdServer implements AutoCloseable {
     private int workerThreads = 32;
     private int eventLoopThreads = Math.min(4, Math.max(1, Runtime.getRuntime().availableProcessors()));
     private int maxInFlight = 32;
+    private int maxQueued = 256;
     private long closeTimeoutMillis = 30_000;
 
     private Builder() {}
@@ -319,6 +326,18 @@ public final class NbdServer implements AutoCloseable {
         throw new IllegalArgumentException("maxInFlight (" + n + ") must be in 1..1024");
       }
       this.maxInFlight = n;
+      return this;
+    }
+
+    /**
+     * Requests of all connections handed to the workers and not yet done, above which every
+     * connection stops reading until the queue drains (default 256). No request is refused for it.
+     */
+    public Builder maxQueued(int n) {
+      if (n < 1) {
+        throw new IllegalArgumentException("maxQueued (" + n + ") must be positive");
+      }
+      this.maxQueued = n;
       return this;
     }
 

@@ -26,7 +26,8 @@ import java.util.concurrent.RejectedExecutionException;
  * worker pool (it blocks), and writes the reply back on the event loop, in one write each. Requests
  * of one connection run concurrently and their replies go out in completion order; the handle
  * tells the client which is which. Over {@code maxInFlight} requests in flight the connection
- * stops reading (autoRead off), so a client that never reads its replies cannot pile up work.
+ * stops reading (autoRead off), so a client that never reads its replies cannot pile up work; it
+ * also stops while the server's {@link WorkQueue} is full, and reads again once that has room.
  */
 final class TransmissionHandler extends ChannelInboundHandlerAdapter {
 
@@ -52,6 +53,8 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
   private boolean flushScheduled;
   /** NBD_CMD_DISC came: answer what is in flight, then close. */
   private boolean disconnecting;
+  /** This connection asked the full work queue to say when it has room; on the event loop only. */
+  private boolean waitingForRoom;
 
   TransmissionHandler(NbdExport export, boolean structured, boolean baseAllocation, ConnectionSettings settings) {
     this.export = export;
@@ -85,7 +88,6 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
     long bytes = r.type() == NBD_CMD_READ || r.type() == NBD_CMD_WRITE ? r.length() : 0;
     inFlight++;
     inFlightBytes += bytes;
-    updateAutoRead(ctx);
     try {
       settings.workers().execute(() -> {
         Object reply = perform(ctx, r);
@@ -95,6 +97,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
           ReferenceCountUtil.release(reply); // the event loop is gone: so is the connection
         }
       });
+      updateAutoRead(ctx); // after the hand-over, which may have filled the work queue
     } catch (RejectedExecutionException e) {
       release(r);
       replied(ctx, errorReply(r, NBD_ESHUTDOWN, "the server is shutting down"), bytes);
@@ -129,15 +132,31 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
   }
 
   /**
-   * Reads only while the connection is under its limits: requests and bytes in flight, and replies
+   * Reads only while the connection is under its limits: requests and bytes in flight, replies
    * the client has not taken yet (channel writability), so a client that sends without reading
-   * its replies is stopped rather than buffered for.
+   * its replies is stopped rather than buffered for, and room in the server's work queue.
    */
   private void updateAutoRead(ChannelHandlerContext ctx) {
+    boolean queueFull = settings.workers().isFull();
     boolean read = !disconnecting && inFlight < settings.maxInFlight() && inFlightBytes < MAX_IN_FLIGHT_BYTES
-        && ctx.channel().isWritable();
+        && ctx.channel().isWritable() && !queueFull;
     if (ctx.channel().config().isAutoRead() != read) {
       ctx.channel().config().setAutoRead(read);
+    }
+    if (queueFull && !disconnecting && !waitingForRoom) {
+      // Nothing of this connection may be in flight to reopen reading when the queue drains, so
+      // the queue itself calls back; the call comes on a worker and hops to the event loop.
+      waitingForRoom = true;
+      settings.workers().whenRoom(() -> {
+        try {
+          ctx.executor().execute(() -> {
+            waitingForRoom = false;
+            updateAutoRead(ctx);
+          });
+        } catch (RejectedExecutionException e) {
+          // the event loop is gone, and the connection with it
+        }
+      });
     }
   }
 

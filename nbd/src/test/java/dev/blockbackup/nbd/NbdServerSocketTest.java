@@ -12,6 +12,10 @@ import java.net.Socket;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.HashSet;
+import java.util.List;
+import java.util.Set;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
@@ -242,5 +246,46 @@ class NbdServerSocketTest {
         .hasMessageContaining("given twice");
     assertThatThrownBy(() -> NbdExport.of("x".repeat(4097), disk)).hasMessageContaining("4096");
     assertThat("x".getBytes(StandardCharsets.UTF_8)).hasSize(1);
+  }
+
+  @Test
+  void clientsThatOverfillTheWorkQueueAreSlowedNotRefused() throws Exception {
+    server.close();
+    // one worker and room for one request: three clients that each pipeline 64 reads keep the
+    // queue full, so every connection keeps stopping and resuming its reads
+    server = NbdServer.builder().export(NbdExport.of("disk", disk)).tcp("127.0.0.1", 0)
+        .workerThreads(1).maxQueued(1).build();
+    server.start();
+    for (int i = 0; i < SIZE; i++) {
+      disk.bytes[i] = (byte) (i / 4096);
+    }
+    List<Client> clients = new ArrayList<>();
+    try {
+      for (int c = 0; c < 3; c++) {
+        clients.add(new Client().go("disk"));
+      }
+      for (Client c : clients) {
+        for (int i = 0; i < 64; i++) {
+          c.request(NBD_CMD_READ, i, i * 4096L, 4096);
+        }
+        c.out.flush();
+      }
+      for (Client c : clients) {
+        Set<Long> answered = new HashSet<>();
+        for (int i = 0; i < 64; i++) {
+          assertThat(c.in.readInt()).isEqualTo(NBD_SIMPLE_REPLY_MAGIC);
+          assertThat(c.in.readInt()).as("error").isZero();
+          long handle = c.in.readLong();
+          byte[] data = c.in.readNBytes(4096);
+          assertThat(data).containsOnly((byte) handle);
+          answered.add(handle);
+        }
+        assertThat(answered).hasSize(64);
+      }
+    } finally {
+      for (Client c : clients) {
+        c.close();
+      }
+    }
   }
 }

@@ -65,11 +65,16 @@ final class Wire {
   }
 
   static ConnectionSettings settings(Executor workers, NbdExport... exports) {
+    return settings(new WorkQueue(workers, 1024), exports);
+  }
+
+  /** Settings whose block I/O goes through {@code queue}, which connections sharing it fill together. */
+  static ConnectionSettings settings(WorkQueue queue, NbdExport... exports) {
     java.util.Map<String, NbdExport> m = new java.util.LinkedHashMap<>();
     for (NbdExport e : exports) {
       m.put(e.name(), e);
     }
-    return new ConnectionSettings(m, workers, 32);
+    return new ConnectionSettings(m, queue, 32);
   }
 
   /** Everything the server has written so far, as one buffer (runs pending event-loop tasks first). */

@@ -20,7 +20,6 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
 /** The BlockDevice contract's error cases and the open-time refusals, on qcow2 images. */
-@Tag("interop")
 class Qcow2ContractTest {
 
   private static final int C = 65536;
@@ -39,6 +38,7 @@ class Qcow2ContractTest {
   }
 
   @Test
+  @Tag("interop")
   void requestsOutsideTheImageFailWithEinvalAndChangeNothing() throws Exception {
     Path p = dir.resolve("a.qcow2");
     try (Qcow2Image img = Qcow2Image.create(p, Qcow2CreateOptions.of(SIZE))) {
@@ -56,6 +56,7 @@ class Qcow2ContractTest {
   }
 
   @Test
+  @Tag("interop")
   void writesToAReadOnlyImageFailWithEperm() throws Exception {
     Path p = dir.resolve("b.qcow2");
     Qcow2Image.create(p, Qcow2CreateOptions.of(SIZE)).close();
@@ -83,6 +84,7 @@ class Qcow2ContractTest {
   }
 
   @Test
+  @Tag("interop")
   void fastZeroOfWholeClustersSucceedsWithTheZeroFlag() throws Exception {
     Path p = dir.resolve("d.qcow2");
     try (Qcow2Image img = Qcow2Image.create(p, Qcow2CreateOptions.of(SIZE))) {
@@ -120,6 +122,7 @@ class Qcow2ContractTest {
   }
 
   @Test
+  @Tag("interop")
   void accessorsDescribeTheImageAndItsReadOnlyBacking() throws Exception {
     Path base = dir.resolve("acc-base.raw");
     QemuImg.img("create", "-q", "-f", "raw", base, SIZE / 2).assertExit(0);
@@ -143,6 +146,7 @@ class Qcow2ContractTest {
   }
 
   @Test
+  @Tag("interop")
   void anUnknownIncompatibleFeatureIsRefusedAtOpen() throws Exception {
     Path p = dir.resolve("e.qcow2");
     QemuImg.img("create", "-q", "-f", "qcow2", p, SIZE).assertExit(0);
@@ -152,6 +156,7 @@ class Qcow2ContractTest {
 
   /** The driver does not implement extended L2 entries, so it must say so at open, not fail on a later read. */
   @Test
+  @Tag("interop")
   void anExtendedL2ImageIsRefusedAtOpenNotOnALaterRead() throws Exception {
     Path p = dir.resolve("x.qcow2");
     QemuImg.img("create", "-q", "-f", "qcow2", "-o", "extended_l2=on,cluster_size=128k", p, SIZE).assertExit(0);
@@ -161,6 +166,7 @@ class Qcow2ContractTest {
 
   /** Nor zstd: an image compressed with it is refused at open rather than failing on its first compressed cluster. */
   @Test
+  @Tag("interop")
   void aZstdCompressedImageIsRefusedAtOpenNotOnALaterRead() throws Exception {
     Path raw = dir.resolve("z.raw");
     Files.write(raw, "zstd compresses this well. ".repeat(40_000).getBytes(java.nio.charset.StandardCharsets.US_ASCII));
@@ -170,6 +176,7 @@ class Qcow2ContractTest {
   }
 
   @Test
+  @Tag("interop")
   void anImageWithTheCorruptBitOpensReadOnlyOnly() throws Exception {
     Path p = dir.resolve("f.qcow2");
     QemuImg.img("create", "-q", "-f", "qcow2", p, SIZE).assertExit(0);
@@ -192,6 +199,7 @@ class Qcow2ContractTest {
   }
 
   @Test
+  @Tag("interop")
   void aBackingChainThatLoopsIsRefusedAtOpen() throws Exception {
     Path self = dir.resolve("self.qcow2");
     QemuImg.img("create", "-q", "-f", "qcow2", self, SIZE).assertExit(0);
@@ -207,6 +215,7 @@ class Qcow2ContractTest {
   }
 
   @Test
+  @Tag("interop")
   void aMissingBackingFileFailsTheOpen() throws Exception {
     Path base = dir.resolve("gone.raw");
     QemuImg.img("create", "-q", "-f", "raw", base, SIZE).assertExit(0);
@@ -218,6 +227,7 @@ class Qcow2ContractTest {
 
   /** As QEMU does: a relative backing name is relative to the overlay's directory, not the working directory. */
   @Test
+  @Tag("interop")
   void aRelativeBackingNameIsResolvedAgainstTheOverlaysDirectory() throws Exception {
     Path baseDir = Files.createDirectory(dir.resolve("base"));
     Path topDir = Files.createDirectory(dir.resolve("top"));
@@ -243,6 +253,7 @@ class Qcow2ContractTest {
    * buffer positioned mid-array.
    */
   @Test
+  @Tag("interop")
   void requestsUseTheBufferFromItsPositionToItsLimitWhateverItsKind() throws Exception {
     Path p = dir.resolve("buf.qcow2");
     byte[] expected = new byte[(int) SIZE];

@@ -18,7 +18,6 @@ import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 
-@Tag("interop")
 class Qcow2ImageTest {
 
   @TempDir Path dir;
@@ -36,6 +35,7 @@ class Qcow2ImageTest {
   }
 
   @Test
+  @Tag("interop")
   void createdImageIsCleanAndHasQemuLayout() throws Exception {
     Path p = dir.resolve("a.qcow2");
     try (Qcow2Image img = Qcow2Image.create(p, Qcow2CreateOptions.of(1L << 30))) {
@@ -52,6 +52,7 @@ class Qcow2ImageTest {
   }
 
   @Test
+  @Tag("interop")
   void firstWriteAllocatesL2ThenDataLikeQemu() throws Exception {
     Path p = dir.resolve("a.qcow2");
     byte[] data = random(1, 65536);
@@ -66,6 +67,7 @@ class Qcow2ImageTest {
   }
 
   @Test
+  @Tag("interop")
   void unalignedWritesMatchARawFile() throws Exception {
     for (int cs : new int[] {512, 4096, 65536, 2 << 20}) {
       Path q = dir.resolve("u" + cs + ".qcow2");
@@ -92,6 +94,7 @@ class Qcow2ImageTest {
   }
 
   @Test
+  @Tag("interop")
   void reopenedImageReadsWhatWasWritten() throws Exception {
     Path p = dir.resolve("a.qcow2");
     byte[] d = random(7, 200_000);
@@ -107,6 +110,7 @@ class Qcow2ImageTest {
   }
 
   @Test
+  @Tag("interop")
   void qemuWrittenImageReadsBack() throws Exception {
     Path p = dir.resolve("q.qcow2");
     Path r = dir.resolve("q.raw");
@@ -121,6 +125,7 @@ class Qcow2ImageTest {
   }
 
   @Test
+  @Tag("interop")
   void overlayReadsThroughAndCopiesOnWrite() throws Exception {
     Path base = dir.resolve("base.qcow2");
     Path flat = dir.resolve("flat.raw");
@@ -156,6 +161,7 @@ class Qcow2ImageTest {
   }
 
   @Test
+  @Tag("interop")
   void compressedWritesAreCleanAndIdentical() throws Exception {
     Path p = dir.resolve("c.qcow2");
     Path r = dir.resolve("c.raw");
@@ -199,6 +205,7 @@ class Qcow2ImageTest {
   }
 
   @Test
+  @Tag("interop")
   void zeroesAndDiscardShowInQemuMap() throws Exception {
     Path p = dir.resolve("z.qcow2");
     try (Qcow2Image img = Qcow2Image.create(p, Qcow2CreateOptions.of(1 << 20))) {
@@ -236,6 +243,7 @@ class Qcow2ImageTest {
   }
 
   @Test
+  @Tag("interop")
   void writesToSnapshottedClustersCopyAndKeepTheSnapshot() throws Exception {
     Path p = dir.resolve("s.qcow2");
     Path before = dir.resolve("before.raw");
@@ -267,6 +275,7 @@ class Qcow2ImageTest {
   }
 
   @Test
+  @Tag("interop")
   void v2ImagesAndOtherRefcountWidthsAreWrittenCleanly() throws Exception {
     String[][] variants = {
       {"compat=0.10"}, {"refcount_bits=1"}, {"refcount_bits=8"}, {"refcount_bits=64"}, {"cluster_size=512"},
@@ -300,6 +309,7 @@ class Qcow2ImageTest {
   }
 
   @Test
+  @Tag("interop")
   void refcountTableGrowsWhenTheHostFileOutgrowsIt() throws Exception {
     Path p = dir.resolve("g.qcow2");
     Path r = dir.resolve("g.raw");
@@ -320,6 +330,7 @@ class Qcow2ImageTest {
   }
 
   @Test
+  @Tag("interop")
   void dirtyLazyRefcountImageIsRepairedOnReadWriteOpen() throws Exception {
     Path p = dir.resolve("lazy.qcow2");
     Path r = dir.resolve("lazy.raw");
@@ -348,6 +359,7 @@ class Qcow2ImageTest {
   }
 
   @Test
+  @Tag("interop")
   void edgeSizesAndArgumentsAreHandled() throws Exception {
     Path empty = dir.resolve("empty.qcow2");
     try (Qcow2Image img = Qcow2Image.create(empty, Qcow2CreateOptions.of(0))) {
@@ -378,6 +390,7 @@ class Qcow2ImageTest {
   }
 
   @Test
+  @Tag("interop")
   void lastPartialClusterCompressesZeroPadded() throws Exception {
     Path p = dir.resolve("tail.qcow2");
     Path r = dir.resolve("tail.raw");
@@ -398,6 +411,7 @@ class Qcow2ImageTest {
   }
 
   @Test
+  @Tag("interop")
   void unknownAutoclearBitsAreClearedBeforeWriting() throws Exception {
     Path p = dir.resolve("ac.qcow2");
     QemuImg.img("create", "-f", "qcow2", p, "1M").assertExit(0);
@@ -421,6 +435,7 @@ class Qcow2ImageTest {
   }
 
   @Test
+  @Tag("interop")
   void backingFormatIsProbedWhenTheExtensionIsAbsent() throws Exception {
     Path base = dir.resolve("pbase.qcow2");
     Path top = dir.resolve("ptop.qcow2");
@@ -449,6 +464,7 @@ class Qcow2ImageTest {
   }
 
   @Test
+  @Tag("interop")
   void writeIntoPreallocatedZeroClusterReusesItInPlace() throws Exception {
     Path p = dir.resolve("za.qcow2");
     try (Qcow2Image img = Qcow2Image.create(p, Qcow2CreateOptions.of(1 << 20))) {
@@ -465,6 +481,7 @@ class Qcow2ImageTest {
   }
 
   @Test
+  @Tag("interop")
   void preallocatedImagesReadAndWrite() throws Exception {
     for (String mode : new String[] {"metadata", "falloc", "full"}) {
       Path p = dir.resolve("pre-" + mode + ".qcow2");

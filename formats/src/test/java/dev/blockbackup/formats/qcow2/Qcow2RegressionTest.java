@@ -15,7 +15,6 @@ import org.junit.jupiter.api.io.TempDir;
  * Minimal cases of driver bugs the acceptance tests found, each pinned by the seed that found it
  * (see the test's comment), so that a fix can be checked without replaying the property.
  */
-@Tag("interop")
 class Qcow2RegressionTest {
 
   private static final int C = 65536;
@@ -35,6 +34,7 @@ class Qcow2RegressionTest {
    * cluster's part unzeroed.
    */
   @Test
+  @Tag("interop")
   void zeroingFromAnUnallocatedClusterIntoADataClusterZeroesTheDataPart() throws Exception {
     Path p = dir.resolve("a.qcow2");
     try (Qcow2Image img = Qcow2Image.create(p, Qcow2CreateOptions.of(4L * C))) {
@@ -69,6 +69,7 @@ class Qcow2RegressionTest {
    * format is lost (and a raw backing file would have to be probed).
    */
   @Test
+  @Tag("interop")
   void aV2ImageKeepsItsBackingFormatExtension() throws Exception {
     Path base = dir.resolve("base.raw");
     QemuImg.img("create", "-q", "-f", "raw", base, 1 << 20).assertExit(0);
@@ -88,6 +89,7 @@ class Qcow2RegressionTest {
    * so the overlay reads other bytes than QEMU, which honours the "raw" extension.
    */
   @Test
+  @Tag("interop")
   void aV2ImageOverARawBaseThatLooksLikeQcow2ReadsTheRawBytes() throws Exception {
     Path inner = dir.resolve("inner.qcow2");
     QemuImg.img("create", "-q", "-f", "qcow2", inner, 1 << 20).assertExit(0);
