@@ -22,8 +22,9 @@ import java.util.concurrent.locks.ReentrantReadWriteLock;
  * the image and is closed with it.
  *
  * <p>Only 64-bit Linux on x86-64 and aarch64 (whose open flags and {@code off_t} we know) gets one;
- * elsewhere, where JNA cannot load, or where /proc is not mounted, {@link #open} answers null and
- * the image keeps the pure-Java behaviour. A file system that answers EOPNOTSUPP, ENOSYS or EINVAL
+ * elsewhere, where JNA cannot load, where /proc is not mounted, or with the system property
+ * {@code blockbackup.pureJavaRaw=true}, {@link #open} answers null and the image keeps the
+ * pure-Java behaviour. A file system that answers EOPNOTSUPP, ENOSYS or EINVAL
  * to one of the calls turns that call off for this file, and the image falls back for it.
  */
 final class SparseFile implements Closeable {
@@ -74,6 +75,9 @@ final class SparseFile implements Closeable {
   }
 
   private static boolean load() {
+    if (Boolean.getBoolean("blockbackup.pureJavaRaw")) {
+      return false; // asked for: comparing the two paths, or working round a native problem
+    }
     String os = System.getProperty("os.name", "");
     String arch = System.getProperty("os.arch", "");
     if (!os.equals("Linux") || !(arch.equals("amd64") || arch.equals("x86_64") || arch.equals("aarch64"))) {
