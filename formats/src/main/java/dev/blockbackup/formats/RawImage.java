@@ -55,6 +55,17 @@ public final class RawImage implements BlockDevice {
     this.cacheMode = cacheMode;
   }
 
+  /**
+   * Starts binding native access (JNA loading its library and the C library's calls, which takes
+   * tens of milliseconds) on a background thread, so that a short-lived command's first open does
+   * not wait for all of it. Harmless to call more than once, or never.
+   */
+  public static void preloadNativeAccess() {
+    Thread t = new Thread(SparseFile::available, "raw-native-access");
+    t.setDaemon(true);
+    t.start();
+  }
+
   /** Creates (or truncates) {@code path} as a sparse raw image of {@code size} bytes, open read-write. */
   public static RawImage create(Path path, long size) throws BlockIOException {
     return create(path, size, CacheMode.WRITEBACK);
