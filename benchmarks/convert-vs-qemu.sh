@@ -2,7 +2,8 @@
 # Times `qemu-img convert -f raw -O qcow2` against `blockbackup convert -f raw -O qcow2` on the same
 # 2 GiB raw image with a seeded layout (qemu-baselines.md "Test images"), alternating the two, with
 # the page-cache settle step before every timed run. Prints medians and the ratio ours/qemu
-# (target: <= 1.0). Ours runs through bin/blockbackup, the launcher users run, so JVM start-up
+# (target: <= 0.8). About 15% of the image is holes, which neither tool reads: both see them
+# through lseek SEEK_DATA/SEEK_HOLE (ours through JNA, RawImage's SparseFile). Ours runs through bin/blockbackup, the launcher users run, so JVM start-up
 # (with the launcher's options and class data sharing archive) counts in our time; the copy alone
 # is printed beside it.
 #
@@ -81,7 +82,7 @@ printf '%-44s %.3f\n' "qemu-img convert" "$q"
 printf '%-44s %.3f\n' "blockbackup convert (whole process)" "$o"
 printf '%-44s %.3f\n' "blockbackup convert (inside the JVM)" "$c"
 printf '%-44s %.3f\n' "JVM start-up (bin/blockbackup --version)" "$startup"
-printf '%-44s %s  (target <= 1.0)\n' "ratio ours/qemu (whole process)" "$(ratio "$o" "$q")"
+printf '%-44s %s  (target <= 0.8)\n' "ratio ours/qemu (whole process)" "$(ratio "$o" "$q")"
 printf '%-44s %s\n' "ratio ours/qemu (inside the JVM)" "$(ratio "$c" "$q")"
 printf '%-44s qemu %s, ours %s\n' "output file sizes" "$(du -h --apparent-size "$qemu_out" | cut -f1)" \
   "$(du -h --apparent-size "$ours_out" | cut -f1)"

@@ -1,5 +1,6 @@
 package dev.blockbackup.cli;
 
+import dev.blockbackup.formats.RawImage;
 import java.io.PrintWriter;
 import java.nio.charset.StandardCharsets;
 import java.util.LinkedHashMap;
@@ -52,6 +53,8 @@ public final class Main implements Callable<Integer> {
   }
 
   public static void main(String[] args) {
+    // JNA's start-up overlaps picocli's instead of coming after it, at the first raw image's open
+    RawImage.preloadNativeAccess();
     PrintWriter out = new PrintWriter(System.out, true, StandardCharsets.UTF_8);
     PrintWriter err = new PrintWriter(System.err, true, StandardCharsets.UTF_8);
     int exit = run(out, err, args);

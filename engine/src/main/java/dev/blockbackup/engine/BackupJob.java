@@ -237,25 +237,40 @@ public final class BackupJob extends Job {
    */
   private void dropUnallocated() throws BlockIOException {
     long len = bcs.size();
-    int c = bcs.clusterSize();
     long pos = 0;
+    // Neighbouring unallocated extents (a backing file's data beside its holes) are one run: a
+    // cluster they share between them is unallocated too.
+    long runStart = -1;
     while (pos < len) {
       pausePoint();
       checkSnapshot();
       List<Extent> extents = source.blockStatus(pos, Math.min(len - pos, 1L << 30));
       for (Extent e : extents) {
-        if (!e.allocated()) {
-          long s = (e.offset() + c - 1) / c * c;
-          long end = e.end() == len ? len : e.end() / c * c;
-          if (end > s) {
-            bcs.resetRange(s, end - s);
-          }
+        if (!e.allocated() && runStart < 0) {
+          runStart = e.offset();
+        } else if (e.allocated() && runStart >= 0) {
+          resetWholeClusters(runStart, e.offset());
+          runStart = -1;
         }
         pos = e.end();
       }
       if (extents.isEmpty()) {
         break;
       }
+    }
+    if (runStart >= 0) {
+      resetWholeClusters(runStart, pos);
+    }
+  }
+
+  /** Clears the clusters wholly inside {@code [from, to)}; the last one counts as whole at the end. */
+  private void resetWholeClusters(long from, long to) {
+    long len = bcs.size();
+    int c = bcs.clusterSize();
+    long s = (from + c - 1) / c * c;
+    long end = to == len ? len : to / c * c;
+    if (end > s) {
+      bcs.resetRange(s, end - s);
     }
   }
 

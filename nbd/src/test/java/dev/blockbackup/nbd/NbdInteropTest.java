@@ -40,8 +40,8 @@ class NbdInteropTest {
   void serve() throws Exception {
     // a short path: Unix socket paths are limited to 107 bytes
     sock = Files.createTempDirectory(Path.of("/tmp"), "bbnbd").resolve("s");
-    // qcow2 rather than raw: our raw driver reports every range as data (Java has no SEEK_HOLE),
-    // the qcow2 one reports the clusters never written as holes, which block status must show
+    // qcow2: the clusters never written are holes, which block status must show (NbdRawHolesTest
+    // does the same for a raw file's holes)
     image = dir.resolve("disk.qcow2");
     disk = Qcow2Image.create(image, Qcow2CreateOptions.of(SIZE), CacheMode.UNSAFE);
     content = new byte[(int) SIZE];
