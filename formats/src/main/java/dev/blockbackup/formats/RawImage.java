@@ -52,7 +52,7 @@ public final class RawImage implements BlockDevice {
       throw new BlockIOException(BlockError.EINVAL, "image size (" + size + ") must not be negative");
     }
     try {
-      RandomAccessFile f = new RandomAccessFile(path.toFile(), "rw");
+      RandomAccessFile f = ImageLock.openFile(path, false);
       try {
         f.setLength(0);
         f.setLength(size);
@@ -80,7 +80,7 @@ public final class RawImage implements BlockDevice {
       throw new BlockIOException(BlockError.EINVAL, "cannot open " + path + ": it is a directory");
     }
     try {
-      return new RawImage(path, new RandomAccessFile(path.toFile(), readOnly ? "r" : "rw"), readOnly, cacheMode);
+      return new RawImage(path, ImageLock.openFile(path, readOnly), readOnly, cacheMode);
     } catch (IOException e) {
       throw BlockIOException.fromHost("cannot open " + path, e);
     }

@@ -3,6 +3,7 @@ package dev.blockbackup.formats.qcow2;
 import dev.blockbackup.formats.BlockError;
 import dev.blockbackup.formats.BlockIOException;
 import dev.blockbackup.formats.CacheMode;
+import dev.blockbackup.formats.ImageLock;
 import java.io.IOException;
 import java.io.RandomAccessFile;
 import java.nio.ByteBuffer;
@@ -55,7 +56,7 @@ final class ImageCreator {
     } catch (IllegalArgumentException e) {
       throw new BlockIOException(BlockError.EINVAL, path + ": " + e.getMessage(), e);
     }
-    try (RandomAccessFile f = new RandomAccessFile(path.toFile(), "rw")) {
+    try (RandomAccessFile f = ImageLock.openFile(path, false)) {
       HostFile hf = new HostFile(f.getChannel(), cacheMode);
       f.setLength(0);
       hf.write(c0, 0);

@@ -7,6 +7,7 @@ import dev.blockbackup.formats.BlockIOException;
 import dev.blockbackup.formats.Extent;
 import dev.blockbackup.formats.ImageFormat;
 import dev.blockbackup.formats.ImageFormatException;
+import dev.blockbackup.formats.ImageLock;
 import dev.blockbackup.formats.RawImage;
 import dev.blockbackup.formats.WriteFlag;
 import java.io.IOException;
@@ -317,7 +318,7 @@ public final class Qcow2Image implements BlockDevice {
       if (!chain.add(real)) {
         throw new ImageFormatException("backing file loop: " + real + " is already in the backing chain " + chain);
       }
-      raf = new RandomAccessFile(path.toFile(), readOnly ? "r" : "rw");
+      raf = ImageLock.openFile(path, readOnly);
       return new Qcow2Image(path, raf, readOnly, cacheMode, chain, depth, l2Tables, withBacking);
     } catch (IOException | RuntimeException e) {
       if (raf != null) {
