@@ -7,7 +7,6 @@ import dev.blockbackup.formats.ImageFormat;
 import dev.blockbackup.formats.RawImage;
 import dev.blockbackup.formats.qcow2.Qcow2CreateOptions;
 import dev.blockbackup.formats.qcow2.Qcow2Image;
-import java.io.IOException;
 import java.io.PrintWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -43,6 +42,10 @@ final class ConvertCommand implements Callable<Integer> {
 
   @Option(names = "-O", paramLabel = "FMT", description = "Format of DST: raw (default) or qcow2.")
   String targetFormat = "raw";
+
+  @Option(names = {"-U", "--force-share"}, description = "Open SRC (and its backing chain) even while another"
+      + " process such as QEMU writes it, as qemu-img -U: without the locks that would conflict.")
+  boolean forceShare;
 
   @Option(names = "-c", description = "Compress every cluster of DST (qcow2 only; deflate).")
   boolean compress;
@@ -92,9 +95,7 @@ final class ConvertCommand implements Callable<Integer> {
     if (workers < 1 || workers > 16) {
       throw new UserError("invalid -m " + workers + ": workers must be from 1 to 16, as qemu-img's coroutines");
     }
-    if (Files.exists(target) && sameFile(source, target)) {
-      throw new UserError("source and target are the same file '" + target + "'");
-    }
+    Images.checkTargetOutsideChain(source, srcFmt, target);
     int clusterSize = opts.clusterSize(Qcow2CreateOptions.DEFAULT_CLUSTER_SIZE);
     CacheMode cacheMode;
     try {
@@ -104,7 +105,7 @@ final class ConvertCommand implements Callable<Integer> {
     }
 
     Converter.Result r;
-    try (BlockDevice src = Images.open(source, srcFmt, true)) {
+    try (BlockDevice src = Images.open(source, srcFmt, true, CacheMode.WRITEBACK, forceShare)) {
       long size = Sizes.roundUpToSector(src.size());
       try (BlockDevice dst = createTarget(dstFmt, size, clusterSize, cacheMode)) {
         // One L2 table of 8-byte entries maps clusterSize / 8 clusters.
@@ -167,14 +168,6 @@ final class ConvertCommand implements Callable<Integer> {
       return Qcow2Image.create(target, Qcow2CreateOptions.of(size).withClusterSize(clusterSize), cacheMode);
     } catch (IllegalArgumentException e) {
       throw new UserError("cannot create '" + target + "': " + e.getMessage(), e);
-    }
-  }
-
-  private static boolean sameFile(Path a, Path b) {
-    try {
-      return Files.isSameFile(a, b);
-    } catch (IOException e) {
-      return false;
     }
   }
 }
