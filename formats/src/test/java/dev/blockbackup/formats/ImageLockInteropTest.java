@@ -8,7 +8,9 @@ import dev.blockbackup.formats.qcow2.Qcow2Image;
 import dev.blockbackup.testkit.QemuImg;
 import dev.blockbackup.testkit.QemuIoSession;
 import java.nio.ByteBuffer;
+import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.concurrent.TimeUnit;
 import org.assertj.core.api.ThrowableAssert.ThrowingCallable;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
@@ -119,5 +121,28 @@ class ImageLockInteropTest {
       assertThat(write.err()).contains("Failed to get \"write\" lock");
       QemuImg.io("-r", "-f", "qcow2", "-c", "read 0 512", base).assertExit(0);
     }
+  }
+
+  @Test
+  void whileQemuStorageDaemonExportsAnImageWritableWeCannotOpenItReadWrite() throws Exception {
+    Path img = dir.resolve("exported.raw");
+    RawImage.create(img, SIZE).close();
+    Path pidFile = dir.resolve("qsd.pid");
+    // --daemonize returns once the export is up, so the image is open and locked when it exits
+    QemuImg.run("qemu-storage-daemon", "--daemonize", "--pidfile", pidFile,
+        "--blockdev", "driver=file,node-name=disk,filename=" + img,
+        "--nbd-server", "addr.type=unix,addr.path=" + dir.resolve("qsd.sock"),
+        "--export", "type=nbd,id=exp,node-name=disk,writable=on").assertExit(0);
+    ProcessHandle qsd = ProcessHandle.of(Long.parseLong(Files.readString(pidFile).trim())).orElseThrow();
+    try {
+      // the export writes and does not share resize: QEMU's own create or convert onto it says the same
+      assertRefused(() -> RawImage.open(img, false), "\"resize\"", img);
+      assertRefused(() -> RawImage.open(img, true), "shared \"write\"", img);
+      ImageLock.forceShare(() -> RawImage.open(img, true)).close();
+    } finally {
+      qsd.destroy();
+      qsd.onExit().get(60, TimeUnit.SECONDS);
+    }
+    RawImage.open(img, false).close();
   }
 }
