@@ -113,17 +113,26 @@ public final class ImageLock implements AutoCloseable {
    *     message ({@code Failed to get "write" lock}, {@code Failed to get shared "write" lock}, ...)
    */
   public static RandomAccessFile openFile(Path path, boolean readOnly) throws IOException {
-    boolean forceShare = FORCE_SHARE.get();
-    if (forceShare && !readOnly) {
-      throw new BlockIOException(BlockError.EINVAL, path + ": force-share=on can only be used with read-only images");
-    }
-    ImageLock lock = acquire(path, readOnly, readOnly ? READ : READ_WRITE, forceShare ? ALL : SHARED);
+    ImageLock lock = lock(path, readOnly);
     try {
       return new LockedFile(path, readOnly ? "r" : "rw", lock);
     } catch (FileNotFoundException | RuntimeException e) {
       lock.close();
       throw e;
     }
+  }
+
+  /**
+   * The locks of {@link #openFile} alone, for a driver that opens its file some other way: it
+   * closes them when it closes the file. A read-write lock creates a missing file, as opening it
+   * read-write would.
+   */
+  public static ImageLock lock(Path path, boolean readOnly) throws BlockIOException {
+    boolean forceShare = FORCE_SHARE.get();
+    if (forceShare && !readOnly) {
+      throw new BlockIOException(BlockError.EINVAL, path + ": force-share=on can only be used with read-only images");
+    }
+    return acquire(path, readOnly, readOnly ? READ : READ_WRITE, forceShare ? ALL : SHARED);
   }
 
   /**

@@ -195,4 +195,17 @@ class ImageLockTest {
       assertThat(said).contains("EAGAIN Failed to get \"write\" lock. Is another process using the image [" + img + "]?");
     }
   }
+
+  @Test
+  void aLockTakenWithoutTheFileExcludesLikeAnOpen() throws Exception {
+    Path img = dir.resolve("new.raw");
+    try (ImageLock held = ImageLock.lock(img, false)) {
+      assertThat(img).exists();
+      assertThat(lockedBytes(img)).containsExactly(100L, 101L, 103L, 201L, 203L);
+      assertRefused(() -> RawImage.create(img, 1 << 20), "\"write\"", img);
+      held.close();
+      assertThat(lockedBytes(img)).isEmpty();
+    }
+    RawImage.create(img, 1 << 20).close();
+  }
 }
