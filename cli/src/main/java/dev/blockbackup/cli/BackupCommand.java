@@ -14,7 +14,6 @@ import dev.blockbackup.formats.RawImage;
 import dev.blockbackup.formats.qcow2.Qcow2CreateOptions;
 import dev.blockbackup.formats.qcow2.Qcow2Image;
 import java.io.Console;
-import java.io.IOException;
 import java.io.PrintWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -58,6 +57,10 @@ final class BackupCommand implements Callable<Integer> {
 
   @Option(names = "-f", paramLabel = "FMT", description = "Format of SRC (raw or qcow2); probed when left out.")
   String sourceFormat;
+
+  @Option(names = {"-U", "--force-share"}, description = "Open SRC (and its backing chain) even while another"
+      + " process such as QEMU writes it, as qemu-img -U: without the locks that would conflict.")
+  boolean forceShare;
 
   @Option(names = "--sync", required = true, paramLabel = "MODE", description = "full or top (QAPI MirrorSyncMode).")
   String sync;
@@ -136,7 +139,7 @@ final class BackupCommand implements Callable<Integer> {
       Images.checkCreatable(target);
     }
 
-    try (BlockDevice src = Images.open(source, srcFmt, true)) {
+    try (BlockDevice src = Images.open(source, srcFmt, true, CacheMode.WRITEBACK, forceShare)) {
       Backing backing = src instanceof Qcow2Image q ? Backing.of(q) : null;
       if (mode == MirrorSyncMode.top && backing == null) {
         mode = MirrorSyncMode.full; // drive-backup: sync=top of an image without backing is a full copy
@@ -200,9 +203,7 @@ final class BackupCommand implements Callable<Integer> {
   /** TARGET's format; checks that TARGET exists exactly when --existing says so. */
   private ImageFormat targetFormat(ImageFormat srcFmt) {
     boolean exists = Files.exists(target);
-    if (exists && sameFile(source, target)) {
-      throw new UserError("source and target are the same file '" + target + "'");
-    }
+    Images.checkTargetOutsideChain(source, srcFmt, target);
     if (existing) {
       if (!exists) {
         throw new UserError("target '" + target + "' does not exist (leave out --existing to create it)");
@@ -337,14 +338,6 @@ final class BackupCommand implements Callable<Integer> {
       return Boolean.TRUE.equals(terminal) ? BackupProgress.Mode.TERMINAL : BackupProgress.Mode.PLAIN;
     } catch (ReflectiveOperationException e) {
       return BackupProgress.Mode.TERMINAL; // JDK 17 to 21: a console is a terminal
-    }
-  }
-
-  private static boolean sameFile(Path a, Path b) {
-    try {
-      return Files.isSameFile(a, b);
-    } catch (IOException e) {
-      return false;
     }
   }
 }

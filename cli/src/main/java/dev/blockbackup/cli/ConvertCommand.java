@@ -7,7 +7,6 @@ import dev.blockbackup.formats.ImageFormat;
 import dev.blockbackup.formats.RawImage;
 import dev.blockbackup.formats.qcow2.Qcow2CreateOptions;
 import dev.blockbackup.formats.qcow2.Qcow2Image;
-import java.io.IOException;
 import java.io.PrintWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -43,6 +42,10 @@ final class ConvertCommand implements Callable<Integer> {
 
   @Option(names = "-O", paramLabel = "FMT", description = "Format of DST: raw (default) or qcow2.")
   String targetFormat = "raw";
+
+  @Option(names = {"-U", "--force-share"}, description = "Open SRC (and its backing chain) even while another"
+      + " process such as QEMU writes it, as qemu-img -U: without the locks that would conflict.")
+  boolean forceShare;
 
   @Option(names = "-c", description = "Compress every cluster of DST (qcow2 only; deflate).")
   boolean compress;
@@ -92,9 +95,7 @@ final class ConvertCommand implements Callable<Integer> {
     if (workers < 1 || workers > 16) {
       throw new UserError("invalid -m " + workers + ": workers must be from 1 to 16, as qemu-img's coroutines");
     }
-    if (Files.exists(target) && sameFile(source, target)) {
-      throw new UserError("source and target are the same file '" + target + "'");
-    }
+    Images.checkTargetOutsideChain(source, srcFmt, target);
     int clusterSize = opts.clusterSize(Qcow2CreateOptions.DEFAULT_CLUSTER_SIZE);
     CacheMode cacheMode;
     try {
@@ -105,7 +106,7 @@ final class ConvertCommand implements Callable<Integer> {
     Images.checkCreatable(target);
 
     Converter.Result r;
-    try (BlockDevice src = Images.open(source, srcFmt, true)) {
+    try (BlockDevice src = Images.open(source, srcFmt, true, CacheMode.WRITEBACK, forceShare)) {
       long size = Sizes.roundUpToSector(src.size());
       if (dstFmt == ImageFormat.QCOW2) {
         Images.checkQcow2Size(target, size, clusterSize);
@@ -167,14 +168,6 @@ final class ConvertCommand implements Callable<Integer> {
       return Qcow2Image.create(target, new Qcow2CreateOptions(size, clusterSize, null, null), cacheMode);
     } catch (IllegalArgumentException e) {
       throw new UserError("cannot create '" + target + "': " + e.getMessage(), e);
-    }
-  }
-
-  private static boolean sameFile(Path a, Path b) {
-    try {
-      return Files.isSameFile(a, b);
-    } catch (IOException e) {
-      return false;
     }
   }
 }

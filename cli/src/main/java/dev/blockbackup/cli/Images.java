@@ -4,6 +4,7 @@ import dev.blockbackup.formats.BlockDevice;
 import dev.blockbackup.formats.BlockIOException;
 import dev.blockbackup.formats.CacheMode;
 import dev.blockbackup.formats.ImageFormat;
+import dev.blockbackup.formats.ImageLock;
 import dev.blockbackup.formats.qcow2.Qcow2CreateOptions;
 import dev.blockbackup.formats.qcow2.Qcow2Image;
 import dev.blockbackup.formats.qcow2.Qcow2Info;
@@ -13,6 +14,7 @@ import java.io.IOException;
 import java.nio.file.AccessDeniedException;
 import java.nio.file.FileSystemException;
 import java.nio.file.Files;
+import java.nio.file.InvalidPathException;
 import java.nio.file.LinkOption;
 import java.nio.file.NoSuchFileException;
 import java.nio.file.Path;
@@ -233,6 +235,81 @@ final class Images {
         return;
       }
       p = backing;
+    }
+  }
+
+  /**
+   * As {@link #open(Path, ImageFormat, boolean, CacheMode)}; with {@code forceShare} (-U), read-only
+   * with QEMU's force-share=on for the image and its backing chain, so that it opens while QEMU writes it.
+   */
+  static BlockDevice open(Path path, ImageFormat format, boolean readOnly, CacheMode cacheMode, boolean forceShare) {
+    if (!forceShare) {
+      return open(path, format, readOnly, cacheMode);
+    }
+    try {
+      return ImageLock.forceShare(() -> open(path, format, readOnly, cacheMode));
+    } catch (BlockIOException e) {
+      throw new UserError("cannot open '" + path + "': " + e.getMessage(), e);
+    }
+  }
+
+  /**
+   * Refuses a {@code target} that is {@code source} or any file of its backing chain, before
+   * anything is opened for writing: writing it would destroy what is being read. Files are
+   * compared by identity (device and inode), so a symlink or a hard link is no way round it. The
+   * chain is followed through the qcow2 headers only, read with force-share as qemu-img info -U
+   * would; a chain that cannot be followed is left to the open that comes next to report.
+   */
+  static void checkTargetOutsideChain(Path source, ImageFormat format, Path target) {
+    if (!Files.exists(target)) {
+      return;
+    }
+    Path image = source;
+    ImageFormat fmt = format;
+    Set<Path> seen = new HashSet<>();
+    while (image != null && Files.exists(image) && seen.add(realPath(image))) {
+      if (sameFile(image, target)) {
+        throw new UserError(image == source
+            ? "source and target are the same file '" + target + "'"
+            : "target '" + target + "' is '" + image + "' of the backing chain of source '" + source
+                + "': writing it would destroy the source");
+      }
+      image = fmt == ImageFormat.QCOW2 ? backingOf(image) : null;
+      fmt = image == null ? null : probedOrRaw(image);
+    }
+  }
+
+  /** The backing file named in a qcow2 header, resolved as QEMU resolves it, or null. */
+  private static Path backingOf(Path qcow2) {
+    try {
+      Qcow2Info info = ImageLock.forceShare(() -> Qcow2Image.inspect(qcow2));
+      return info.backingFile() == null ? null : Path.of(backingPath(qcow2, info.backingFile()));
+    } catch (BlockIOException | InvalidPathException e) {
+      return null;
+    }
+  }
+
+  private static ImageFormat probedOrRaw(Path image) {
+    try {
+      return ImageFormat.probe(image);
+    } catch (BlockIOException e) {
+      return ImageFormat.RAW;
+    }
+  }
+
+  private static Path realPath(Path p) {
+    try {
+      return p.toRealPath();
+    } catch (IOException e) {
+      return p.toAbsolutePath().normalize();
+    }
+  }
+
+  private static boolean sameFile(Path a, Path b) {
+    try {
+      return Files.isSameFile(a, b);
+    } catch (IOException e) {
+      return false;
     }
   }
 

@@ -1,6 +1,8 @@
 package dev.blockbackup.cli;
 
 import dev.blockbackup.formats.BlockIOException;
+import dev.blockbackup.formats.ImageFormat;
+import dev.blockbackup.formats.ImageLock;
 import java.io.PrintWriter;
 import java.nio.file.Path;
 import java.util.concurrent.Callable;
@@ -34,6 +36,10 @@ final class InfoCommand implements Callable<Integer> {
   @Option(names = "-f", paramLabel = "FMT", description = "Image format (raw or qcow2); probed when left out.")
   String format;
 
+  @Option(names = {"-U", "--force-share"}, description = "Open FILE even while another process such as QEMU"
+      + " writes it, as qemu-img info -U: without the locks that would conflict.")
+  boolean forceShare;
+
   @Option(names = "--output", paramLabel = "FMT", description = "human (default) or json.")
   Output output = Output.human;
 
@@ -42,7 +48,8 @@ final class InfoCommand implements Callable<Integer> {
 
   @Override
   public Integer call() throws BlockIOException {
-    ImageInfo info = ImageInfo.of(file, Images.formatOf(file, format));
+    ImageFormat fmt = Images.formatOf(file, format);
+    ImageInfo info = forceShare ? ImageLock.forceShare(() -> ImageInfo.of(file, fmt)) : ImageInfo.of(file, fmt);
     PrintWriter out = spec.commandLine().getOut();
     if (output == Output.json) {
       out.println(info.json());

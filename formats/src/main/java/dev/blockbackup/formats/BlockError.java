@@ -7,6 +7,8 @@ package dev.blockbackup.formats;
 public enum BlockError {
   EPERM(1, "Operation not permitted"),
   EIO(5, "Input/output error"),
+  /** A lock another open of the image holds (QEMU's image locking answers -EAGAIN). */
+  EAGAIN(11, "Resource temporarily unavailable"),
   ENOMEM(12, "Cannot allocate memory"),
   EACCES(13, "Permission denied"),
   EINVAL(22, "Invalid argument"),

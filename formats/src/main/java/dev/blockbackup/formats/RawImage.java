@@ -83,7 +83,7 @@ public final class RawImage implements BlockDevice {
     }
     try {
       SparseFile holes = nativeHoles ? SparseFile.open(path, true, true) : null;
-      RandomAccessFile f = openBeside(holes, path, "rw");
+      RandomAccessFile f = openBeside(holes, path, false);
       try {
         f.setLength(0);
         f.setLength(size);
@@ -118,7 +118,7 @@ public final class RawImage implements BlockDevice {
     }
     try {
       SparseFile holes = nativeHoles ? SparseFile.open(path, !readOnly, false) : null;
-      return new RawImage(path, openBeside(holes, path, readOnly ? "r" : "rw"), holes, readOnly, cacheMode);
+      return new RawImage(path, openBeside(holes, path, readOnly), holes, readOnly, cacheMode);
     } catch (IOException e) {
       throw BlockIOException.fromHost("cannot open " + path, e);
     }
@@ -128,17 +128,18 @@ public final class RawImage implements BlockDevice {
    * The file for Java's I/O: the inode {@code holes} holds (through /proc/self/fd), so that both
    * descriptors name one file, or {@code path} where there is no native descriptor.
    */
-  private static RandomAccessFile openBeside(SparseFile holes, Path path, String mode) throws IOException {
+  private static RandomAccessFile openBeside(SparseFile holes, Path path, boolean readOnly) throws IOException {
     if (holes == null) {
-      return new RandomAccessFile(path.toFile(), mode);
+      return ImageLock.openFile(path, readOnly);
     }
     try {
-      return new RandomAccessFile(holes.procPath().toFile(), mode);
+      return ImageLock.openFile(path, holes.procPath(), readOnly);
     } catch (IOException | RuntimeException e) {
       holes.close();
       throw e;
     }
   }
+
 
   private static void closeQuietly(SparseFile holes) {
     if (holes != null) {

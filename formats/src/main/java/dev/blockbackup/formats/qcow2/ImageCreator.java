@@ -3,7 +3,9 @@ package dev.blockbackup.formats.qcow2;
 import dev.blockbackup.formats.BlockError;
 import dev.blockbackup.formats.BlockIOException;
 import dev.blockbackup.formats.CacheMode;
+import dev.blockbackup.formats.ImageLock;
 import java.io.IOException;
+import java.io.RandomAccessFile;
 import java.nio.ByteBuffer;
 import java.nio.channels.FileChannel;
 import java.nio.file.AccessDeniedException;
@@ -230,7 +232,8 @@ final class ImageCreator {
    * leaves it empty, headerless, or whole, never a qcow2 header over missing tables.
    */
   private static void overwrite(Path path, Layout layout, boolean syncs) throws BlockIOException {
-    try (FileChannel ch = FileChannel.open(path, StandardOpenOption.WRITE, StandardOpenOption.CREATE)) {
+    // the image locks first: an image another process (QEMU included) holds is never truncated
+    try (RandomAccessFile f = ImageLock.openFile(path, false); FileChannel ch = f.getChannel()) {
       ch.truncate(0);
       if (syncs) {
         ch.force(false);

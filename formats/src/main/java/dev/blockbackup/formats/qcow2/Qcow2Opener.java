@@ -6,6 +6,7 @@ import dev.blockbackup.formats.BlockIOException;
 import dev.blockbackup.formats.CacheMode;
 import dev.blockbackup.formats.ImageFormat;
 import dev.blockbackup.formats.ImageFormatException;
+import dev.blockbackup.formats.ImageLock;
 import dev.blockbackup.formats.RawImage;
 import java.io.IOException;
 import java.io.RandomAccessFile;
@@ -47,7 +48,7 @@ final class Qcow2Opener {
       if (!chain.add(real)) {
         throw new ImageFormatException("backing file loop: " + real + " is already in the backing chain " + chain);
       }
-      raf = new RandomAccessFile(path.toFile(), readOnly ? "r" : "rw");
+      raf = ImageLock.openFile(path, readOnly);
       return openFile(path, raf, readOnly, cacheMode, chain, depth, l2Tables, withBacking);
     } catch (IOException | RuntimeException e) {
       if (raf != null) {
