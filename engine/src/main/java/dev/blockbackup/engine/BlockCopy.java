@@ -5,6 +5,7 @@ import dev.blockbackup.formats.BlockIOException;
 import dev.blockbackup.formats.DirtyBitmap;
 import dev.blockbackup.formats.Extent;
 import dev.blockbackup.formats.WriteFlag;
+import dev.blockbackup.formats.Zeros;
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
 import java.util.List;
@@ -78,7 +79,6 @@ final class BlockCopy {
   private volatile boolean skipUnallocated;
 
   private final ThreadLocal<ByteBuffer> buffers;
-  private static final ByteBuffer ZEROS = ByteBuffer.allocateDirect(1 << 16).asReadOnlyBuffer();
 
   BlockCopy(BlockDevice source, BlockDevice target, int clusterSize, long maxChunk, boolean compress,
       boolean discardSource, Progress progress) {
@@ -389,11 +389,11 @@ final class BlockCopy {
     int pos = 0;
     while (pos < total) {
       int step = Math.min(clusterSize, total - pos);
-      boolean zero = isZero(buf, pos, step);
+      boolean zero = Zeros.isZero(buf, pos, step);
       int runEnd = pos + step;
       while (runEnd < total) {
         int s = Math.min(clusterSize, total - runEnd);
-        if (isZero(buf, runEnd, s) != zero) {
+        if (Zeros.isZero(buf, runEnd, s) != zero) {
           break;
         }
         runEnd += s;
@@ -435,23 +435,6 @@ final class BlockCopy {
     } catch (BlockIOException ex) {
       throw new BlockCopyException(ex, false);
     }
-  }
-
-  private static boolean isZero(ByteBuffer buf, int from, int length) {
-    int pos = from;
-    int end = from + length;
-    while (pos < end) {
-      int n = Math.min(ZEROS.capacity(), end - pos);
-      ByteBuffer a = buf.duplicate();
-      a.limit(pos + n).position(pos);
-      ByteBuffer z = ZEROS.duplicate();
-      z.limit(n);
-      if (a.mismatch(z) >= 0) {
-        return false;
-      }
-      pos += n;
-    }
-    return true;
   }
 
   private long roundUp(long v) {
