@@ -24,12 +24,21 @@ import java.util.concurrent.locks.ReentrantLock;
  *
  * <p>Per copy, block status picks the method: an unallocated run in top mode is skipped, a zero
  * run is written as write-zeroes, data is read and written, except that clusters whose content is
- * all zeros are written as write-zeroes too, so the target stays sparse.
+ * all zeros are written as write-zeroes too, so the target stays sparse. The background copier
+ * first zeroes what block status reports as zero through {@link #copyZeroes}, a whole dirty run per
+ * request, so an empty disk costs its metadata rather than a copy per chunk.
  */
 final class BlockCopy {
 
   /** Background chunk without x-perf max-chunk: max(cluster, 1 MiB), as QEMU's read/write method. */
   static final long DEFAULT_CHUNK = 1 << 20;
+
+  /**
+   * The longest run {@link #copyZeroes} zeroes in one task: long enough that an empty 2 PiB disk is
+   * 32 Ki tasks, short enough to bound how long a guest write waits behind one zeroing on a target
+   * that zeroes slowly.
+   */
+  static final long MAX_ZERO_TASK = 64L << 30;
 
   /**
    * What the job learns from copies: progress, and how much is left (which skipped work shrinks).
@@ -294,6 +303,46 @@ final class BlockCopy {
     }
   }
 
+  /**
+   * Copies the dirty clusters of [start, end) (cluster-aligned, or ending at the size), which the
+   * caller found reading as zero in the source's block status, as write-zeroes on the target: one
+   * claimed task and one request per dirty run of up to {@link #MAX_ZERO_TASK}, since zeroing costs
+   * the target its metadata, not its length. Trusting a status taken before the claim is sound: a cluster still
+   * dirty when claimed has not been written since the point in time, as every write to a dirty
+   * cluster goes through copy-before-write, which claims it first.
+   *
+   * @throws BlockCopyException when the target fails; the run's clusters are dirty again
+   */
+  void copyZeroes(long start, long end) throws BlockCopyException {
+    long from = start;
+    while (from < end) {
+      Task t;
+      lock.lock();
+      try {
+        DirtyBitmap.Area a = copyBitmap.nextDirtyArea(from, end, MAX_ZERO_TASK);
+        if (a == null) {
+          return;
+        }
+        t = new Task(a.offset(), a.length());
+        copyBitmap.reset(t.offset, t.length);
+        inFlight.add(t);
+      } finally {
+        lock.unlock();
+      }
+      boolean ok = false;
+      try {
+        writeZeroes(t.offset, t.length);
+        ok = true;
+      } finally {
+        if (!ok) {
+          finish(t, false, 0);
+        }
+      }
+      copiedAndFinished(t);
+      from = t.end();
+    }
+  }
+
   private Task claimLocked(long start, long end) {
     DirtyBitmap.Area a = copyBitmap.nextDirtyArea(start, end, chunkCap);
     if (a == null) {
@@ -357,21 +406,26 @@ final class BlockCopy {
       buf.flip();
       writeData(off, buf);
     }
+    copiedAndFinished(t);
+    return true;
+  }
+
+  /** A task's data is on the target: marks it copied, ends it, and discards it from the source if asked. */
+  private void copiedAndFinished(Task t) {
     lock.lock();
     try {
-      copied.set(off, n);
+      copied.set(t.offset, t.length);
     } finally {
       lock.unlock();
     }
-    finish(t, true, n);
+    finish(t, true, t.length);
     if (discardSource) {
       try {
-        source.discard(off, n);
+        source.discard(t.offset, t.length);
       } catch (BlockIOException ignored) {
         // discard-source only frees space; the copy itself succeeded
       }
     }
-    return true;
   }
 
   private Extent firstExtent(long off, long n) {
