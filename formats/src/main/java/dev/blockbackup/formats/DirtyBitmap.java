@@ -552,20 +552,19 @@ public final class DirtyBitmap {
     }
   }
 
-  /** Clears {@code mask} in word w. */
-  private void clearWord(long w, long mask) {
-    int p = (int) (w >>> 10);
-    if (pages[p] == null) {
-      return;
-    }
+  /** Sets (or clears) bits [from, to) of page p, a part of one page, and records the page's new count once. */
+  private void changeWords(int p, long from, long to, boolean set) {
     long[] page = mutablePage(p);
-    int i = (int) (w & WORD_IN_PAGE_MASK);
-    long old = page[i];
-    long now = old & ~mask;
-    if (now != old) {
+    int delta = 0;
+    for (long w = from >>> 6; w <= (to - 1) >>> 6; w++) {
+      int i = (int) (w & WORD_IN_PAGE_MASK);
+      long old = page[i];
+      long mask = wordMask(w, from, to);
+      long now = set ? old | mask : old & ~mask;
       page[i] = now;
-      pageChanged(p, pageDirty[p] - Long.bitCount(old) + Long.bitCount(now));
+      delta += Long.bitCount(now) - Long.bitCount(old);
     }
+    pageChanged(p, pageDirty[p] + delta);
   }
 
   /** The bits of word w that lie in [from, to). */
@@ -589,9 +588,7 @@ public final class DirtyBitmap {
       if (b == pageStart && stop == pageStart + pageBits(p)) {
         makeFull(p);
       } else if (pages[p] != FULL) {
-        for (long w = b >>> 6; w <= (stop - 1) >>> 6; w++) {
-          orWord(w, wordMask(w, b, stop));
-        }
+        changeWords(p, b, stop, true);
       }
       b = stop;
     }
@@ -608,9 +605,7 @@ public final class DirtyBitmap {
           pageChanged(p, 0);
         }
       } else if (pages[p] != null) {
-        for (long w = b >>> 6; w <= (stop - 1) >>> 6; w++) {
-          clearWord(w, wordMask(w, b, stop));
-        }
+        changeWords(p, b, stop, false);
       }
       b = stop;
     }
