@@ -114,22 +114,22 @@ done
 startup=$(startup_median "$ours")
 for name in $images; do
   q=$(result "$name" qemu)
-  printf '\n%-44s %s\n' "$name: median of $runs runs" "seconds"
-  printf '%-44s %s\n' "qemu-img convert -O qcow2" "$q"
+  printf '\n%-48s %s\n' "$name: median of $runs runs" "seconds"
+  printf '%-48s %s\n' "qemu-img convert -O qcow2" "$q"
   for who in convert backup; do
     o=$(result "$name" "$who")
     label="blockbackup $who"; [ "$who" = backup ] && label="blockbackup backup --sync full"
     if [[ "$o" == refused* ]] || [[ "$q" == refused* ]]; then
-      printf '%-44s %s\n' "$label (whole process)" "$o"
+      printf '%-48s %s\n' "$label (whole process)" "$o"
     else
-      printf '%-44s %s  (ratio %s, target <= 2.0)\n' "$label (whole process)" "$o" "$(ratio "$o" "$q")"
+      printf '%-48s %s  (ratio %s, target <= 2.0)\n' "$label (whole process)" "$o" "$(ratio "$o" "$q")"
     fi
   done
-  printf '%-44s' "output sizes on disk"
+  printf '%-48s' "output sizes on disk"
   for who in qemu convert backup; do
     f="$dir/$name.$who.qcow2"
     [ -f "$f" ] && printf ' %s %s (apparent %s);' "$who" "$(du -h "$f" | cut -f1)" "$(du -h --apparent-size "$f" | cut -f1)"
   done
   echo
 done
-printf '\n%-44s %.3f\n' "JVM start-up (bin/blockbackup --version)" "$startup"
+printf '\n%-48s %.3f\n' "JVM start-up (bin/blockbackup --version)" "$startup"
