@@ -148,6 +148,9 @@ final class BackupCommand implements Callable<Integer> {
         throw new UserError("--sync top needs a qcow2 target to carry the backing file '" + backing.path()
             + "' (use --target-format qcow2, or --sync full)");
       }
+      if (!existing) {
+        checkSize(src.size(), dstFmt, opts); // an --existing target is judged by the job, before any work too
+      }
       BackupOptions jobOptions;
       try {
         jobOptions = BackupOptions.of(mode).withSpeed(bytesPerSecond).withCompress(compress).withJobId(jobId);
@@ -214,6 +217,21 @@ final class BackupCommand implements Callable<Integer> {
       throw new UserError("target '" + target + "' exists (remove it, or give --existing to back up into it)");
     }
     return Images.format(targetFormat == null ? "qcow2" : targetFormat);
+  }
+
+  /**
+   * Refuses, before TARGET is created, a source larger than the job can copy with the clusters a
+   * new TARGET gives it (max(64 KiB, TARGET's cluster size)).
+   */
+  private static void checkSize(long size, ImageFormat dstFmt, FormatOptions opts) {
+    int targetCluster = dstFmt == ImageFormat.QCOW2 ? opts.clusterSize(Qcow2CreateOptions.DEFAULT_CLUSTER_SIZE) : 0;
+    int jobCluster = Math.max(BackupJob.MIN_CLUSTER_SIZE, targetCluster);
+    long max = BackupJob.maxSize(jobCluster);
+    if (size > max) {
+      throw new UserError("source size " + size + " bytes (" + Sizes.human(size) + ") is more than a backup supports"
+          + " with " + Sizes.human(jobCluster) + " clusters: at most " + max + " bytes (" + Sizes.human(max)
+          + "; a larger -o cluster_size raises it)");
+    }
   }
 
   /** SRC's backing file: its path made absolute (mode=absolute-paths) and its format. */

@@ -4,19 +4,23 @@ import dev.blockbackup.formats.BlockDevice;
 import dev.blockbackup.formats.BlockError;
 import dev.blockbackup.formats.BlockIOException;
 import dev.blockbackup.formats.Extent;
+import dev.blockbackup.formats.Zeros;
 import dev.blockbackup.formats.qcow2.Qcow2Image;
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
 import java.util.List;
-import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.atomic.AtomicReference;
 import java.util.concurrent.atomic.LongAdder;
 
 /**
  * The offline full copy behind {@code convert}: what {@code qemu-img convert} does, and what the
- * backup job's copier will build on. Several workers each take the next chunk of the source, ask
- * its block status, read only what is not known to be zero, and write only the granules that are
- * not all zeros, so the fresh target (which reads as zero everywhere) stays sparse.
+ * backup job's copier will build on. Several workers each take the next chunk of the source that
+ * holds anything but zeros, read only what is not known to be zero, and write only the granules
+ * that are not all zeros, so the fresh target (which reads as zero everywhere) stays sparse.
+ *
+ * <p>Chunks whose block status is all zero are never handed out: a {@link StatusCursor} walks the
+ * source's extents in large answers and jumps over whole zero extents, so an empty multi-TiB
+ * source costs what its metadata costs, not a call per chunk.
  *
  * <p>Chunks are aligned to the target's cluster size, so two workers never write the same target
  * cluster; the drivers are thread-safe for writes to different clusters.
@@ -34,9 +38,6 @@ final class Converter {
    */
   static final int DEFAULT_WORKERS = Math.min(8, Runtime.getRuntime().availableProcessors());
 
-  /** All zeros, shared read-only by every worker to compare against and to fill gaps from. */
-  private static final ByteBuffer ZEROS = ByteBuffer.allocateDirect(2 * 1024 * 1024).asReadOnlyBuffer();
-
   /** What a finished copy did. */
   record Result(long length, long read, long written, long zero, long nanos) {}
 
@@ -51,7 +52,18 @@ final class Converter {
   /** Chunks per prime span (see the constructor); 1 copies in plain order. */
   private final long stride;
 
-  private final AtomicLong nextChunk = new AtomicLong();
+  /** Hands out the chunks to copy; guards the cursors and positions below. */
+  private final Object dispatch = new Object();
+  /** Finds the first data chunk of each prime span (the first pass). */
+  private final StatusCursor primeCursor;
+  /** Finds every data chunk (the second pass, or the only one). */
+  private final StatusCursor cursor;
+  /** The first pass goes on from this byte: the start of the span after the last it handed out. */
+  private long primeFrom;
+  /** The second pass goes on from this byte. */
+  private long from;
+  /** The prime span whose first data chunk the second pass met last (the first pass copied it). */
+  private long lastPrimeSpan = -1;
   private final AtomicReference<Throwable> failure = new AtomicReference<>();
   private final LongAdder read = new LongAdder();
   private final LongAdder written = new LongAdder();
@@ -91,6 +103,8 @@ final class Converter {
     this.granule = Math.max(ZERO_GRANULE, cluster);
     this.chunk = Math.max(DEFAULT_CHUNK, cluster);
     this.stride = primeSpan > chunk ? primeSpan / chunk : 1;
+    this.primeCursor = new StatusCursor(source);
+    this.cursor = new StatusCursor(source);
   }
 
   /** The share of the source copied so far, from 0 to 1; may be called from any thread. */
@@ -107,7 +121,7 @@ final class Converter {
     int n = (int) Math.max(1, Math.min(workers, chunks));
     List<Thread> threads = new ArrayList<>(n);
     for (int i = 0; i < n; i++) {
-      Thread t = new Thread(() -> work(length, chunks), "convert-" + i);
+      Thread t = new Thread(() -> work(length), "convert-" + i);
       t.setDaemon(true);
       threads.add(t);
       t.start();
@@ -136,11 +150,10 @@ final class Converter {
     return new Result(length, read.sum(), written.sum(), zero.sum(), System.nanoTime() - start);
   }
 
-  private void work(long length, long chunks) {
+  private void work(long length) {
     ByteBuffer buf = ByteBuffer.allocateDirect(chunk);
     try {
-      for (long k = nextChunk.getAndIncrement(); k < chunks && failure.get() == null; k = nextChunk.getAndIncrement()) {
-        long off = chunkAt(k, chunks, stride) * chunk;
+      for (long off = nextChunk(length); off >= 0 && failure.get() == null; off = nextChunk(length)) {
         int len = (int) Math.min(chunk, length - off);
         copyChunk(off, len, buf);
         done.add(len);
@@ -151,19 +164,40 @@ final class Converter {
   }
 
   /**
-   * The index of the {@code k}-th chunk to copy of {@code n}: first every {@code stride}-th chunk
-   * (0, stride, 2 stride, ...), then the others in order.
+   * The offset of the next chunk to copy, or -1 when none is left: first the first chunk holding
+   * data in each prime span, in order, then every other chunk holding data, in order. The chunks
+   * the second pass jumps over are all zero: they count as zero and as done.
    */
-  static long chunkAt(long k, long n, long stride) {
-    if (stride <= 1) {
-      return k;
+  long nextChunk(long length) throws BlockIOException {
+    synchronized (dispatch) {
+      long spanBytes = stride * chunk;
+      if (stride > 1 && primeFrom < length) {
+        long data = primeCursor.nextNonZero(primeFrom, length);
+        if (data >= 0) {
+          long first = data / chunk * chunk;
+          primeFrom = (first / spanBytes + 1) * spanBytes;
+          return first;
+        }
+        primeFrom = length;
+      }
+      while (from < length) {
+        long data = cursor.nextNonZero(from, length);
+        long first = data < 0 ? length : Math.max(from, data / chunk * chunk);
+        zero.add(first - from);
+        done.add(first - from);
+        if (data < 0) {
+          from = length;
+          return -1;
+        }
+        from = Math.min(length, first + chunk);
+        if (stride > 1 && first / spanBytes != lastPrimeSpan) {
+          lastPrimeSpan = first / spanBytes; // the first pass copied this one
+          continue;
+        }
+        return first;
+      }
+      return -1;
     }
-    long primes = (n + stride - 1) / stride;
-    if (k < primes) {
-      return k * stride;
-    }
-    long j = k - primes;
-    return j / (stride - 1) * stride + 1 + j % (stride - 1);
   }
 
   private void copyChunk(long off, int len, ByteBuffer buf) throws BlockIOException {
@@ -193,10 +227,7 @@ final class Converter {
       }
       int runLen = (int) (runEnd - e.offset());
       if (e.zero()) {
-        for (int p = 0; p < runLen; p += ZEROS.capacity()) {
-          int n = Math.min(ZEROS.capacity(), runLen - p);
-          buf.put(at + p, ZEROS, 0, n);
-        }
+        Zeros.fill(buf, at, runLen);
       } else {
         source.read(e.offset(), buf.slice(at, runLen));
         read.add(runLen);
@@ -208,7 +239,7 @@ final class Converter {
     int out = (int) Math.min(chunk, target.size() - off);
     if (out > len) {
       buf.limit(out);
-      buf.put(len, ZEROS, 0, out - len);
+      Zeros.fill(buf, len, out - len);
     }
     if (compressed != null) {
       writeCompressed(off, out, buf);
@@ -222,7 +253,7 @@ final class Converter {
     int runStart = -1;
     for (int b = 0; b < len; b += granule) {
       int n = Math.min(granule, len - b);
-      if (isZero(buf, b, n)) {
+      if (Zeros.isZero(buf, b, n)) {
         zero.add(n);
         if (runStart >= 0) {
           write(off, buf, runStart, b);
@@ -246,18 +277,13 @@ final class Converter {
   private void writeCompressed(long off, int len, ByteBuffer buf) throws BlockIOException {
     for (int c = 0; c < len; c += granule) {
       int n = Math.min(granule, len - c);
-      if (isZero(buf, c, n)) {
+      if (Zeros.isZero(buf, c, n)) {
         zero.add(n);
       } else {
         compressed.writeCompressed(off + c, buf.slice(c, n));
         written.add(n);
       }
     }
-  }
-
-  /** Whether {@code len} bytes at {@code from} are all zero: a vectorised compare against ZEROS. */
-  static boolean isZero(ByteBuffer buf, int from, int len) {
-    return buf.slice(from, len).mismatch(ZEROS.slice(0, len)) < 0;
   }
 
   /** The source's block status for the chunk, asking again until the whole chunk is covered. */

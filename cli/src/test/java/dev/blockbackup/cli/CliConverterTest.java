@@ -8,6 +8,9 @@ import dev.blockbackup.formats.Extent;
 import dev.blockbackup.formats.ForwardingBlockDevice;
 import dev.blockbackup.formats.RawImage;
 import dev.blockbackup.formats.WriteFlag;
+import dev.blockbackup.formats.qcow2.Qcow2CreateOptions;
+import dev.blockbackup.formats.qcow2.Qcow2Image;
+import dev.blockbackup.testkit.CountingDevice;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.file.Files;
@@ -125,23 +128,65 @@ class CliConverterTest {
     }
   }
 
-  @ParameterizedTest(name = "stride {0}")
-  @ValueSource(ints = {0, 1, 2, 3, 256, 1000})
-  void chunkOrderVisitsEveryChunkOnceStartingWithEachSpan(int stride) {
-    for (long n : new long[] {1, 2, 255, 256, 257, 1024, 1025}) {
-      java.util.BitSet seen = new java.util.BitSet();
-      for (long k = 0; k < n; k++) {
-        long i = Converter.chunkAt(k, n, stride);
-        assertThat(i).as("k=%d of n=%d", k, n).isBetween(0L, n - 1);
-        assertThat(seen.get((int) i)).as("chunk %d twice (n=%d)", i, n).isFalse();
-        seen.set((int) i);
-        if (stride > 1 && k < (n + stride - 1) / stride) {
-          assertThat(i).isEqualTo(k * stride);
-        }
+  /** A qcow2 with data in the given 2 MiB chunks, each filled with {@link #fillOf} its index. */
+  private static Path qcow2WithDataChunks(Path path, long size, long... chunks) throws BlockIOException {
+    try (Qcow2Image img = Qcow2Image.create(path, Qcow2CreateOptions.of(size))) {
+      ByteBuffer b = ByteBuffer.allocate(Converter.DEFAULT_CHUNK);
+      for (long c : chunks) {
+        java.util.Arrays.fill(b.array(), fillOf(c));
+        img.write(c * Converter.DEFAULT_CHUNK, b.clear());
       }
-      assertThat(seen.cardinality()).isEqualTo((int) n);
+    }
+    return path;
+  }
+
+  /** A non-zero byte for chunk {@code c}. */
+  private static byte fillOf(long c) {
+    return (byte) (c % 251 + 1);
+  }
+
+  @Test
+  void theFirstDataChunkOfEachPrimeSpanIsCopiedFirstThenTheRestInOrder() throws Exception {
+    long size = 64L * 1024 * 1024;
+    Path src = qcow2WithDataChunks(dir.resolve("src.qcow2"), size, 1, 2, 9, 10, 11, 20, 30);
+    try (Qcow2Image s = Qcow2Image.open(src, true); RawImage t = RawImage.create(dir.resolve("out.raw"), size)) {
+      RecordingTarget target = new RecordingTarget(t);
+      Converter.Result r = new Converter(s, target, 1, false, 8L * Converter.DEFAULT_CHUNK).run();
+      assertThat(target.writes).extracting(w -> w[0] / Converter.DEFAULT_CHUNK).containsExactly(1L, 9L, 20L, 30L, 2L, 10L, 11L);
+      assertThat(r.written()).isEqualTo(7L * Converter.DEFAULT_CHUNK);
+      assertThat(r.zero()).isEqualTo(size - r.written());
     }
   }
+
+  /**
+   * An empty qcow2 (three data chunks in it) of 1 TiB and of 4 TiB: the copy asks the source the
+   * same number of block status and read calls for both, so its cost follows the data, not the
+   * virtual size.
+   */
+  @Test
+  void sourceCallsOfAnAlmostEmptyQcow2DoNotGrowWithItsVirtualSize() throws Exception {
+    long[] sizes = {1L << 40, 4L << 40};
+    long[] calls = new long[sizes.length];
+    for (int i = 0; i < sizes.length; i++) {
+      long size = sizes[i];
+      long chunks = size / Converter.DEFAULT_CHUNK;
+      Path src = qcow2WithDataChunks(dir.resolve("src" + i + ".qcow2"), size, 0, chunks / 2, chunks - 1);
+      try (Qcow2Image s = Qcow2Image.open(src, true);
+          Qcow2Image t = Qcow2Image.create(dir.resolve("out" + i + ".qcow2"), Qcow2CreateOptions.of(size))) {
+        CountingDevice counting = new CountingDevice(s);
+        Converter.Result r = new Converter(counting, t, 4, false, 65536L * 8192).run();
+        assertThat(r.written()).isEqualTo(3L * Converter.DEFAULT_CHUNK);
+        assertThat(r.zero()).isEqualTo(size - r.written());
+        calls[i] = counting.sourceCalls();
+        ByteBuffer b = ByteBuffer.allocate(Converter.DEFAULT_CHUNK);
+        t.read((chunks / 2) * Converter.DEFAULT_CHUNK, b);
+        assertThat(b.get(0)).isEqualTo(fillOf(chunks / 2));
+        assertThat(b.get(Converter.DEFAULT_CHUNK - 1)).isEqualTo(fillOf(chunks / 2));
+      }
+    }
+    assertThat(calls[1]).isEqualTo(calls[0]).isLessThan(40);
+  }
+
 
   @Test
   void progressEndsAtOneHundredPercentOnStdout() throws IOException {
@@ -151,17 +196,5 @@ class CliConverterTest {
     assertThat(r.out()).endsWith("    (100.00/100%)\n").doesNotContain("(-");
     assertThat(r.err()).isEmpty();
     assertThat(Files.mismatch(src.path, out)).isEqualTo(-1L);
-  }
-
-  @Test
-  void zeroScanSeesASingleNonZeroByteAnywhere() {
-    ByteBuffer b = ByteBuffer.allocateDirect(8192);
-    assertThat(Converter.isZero(b, 0, 8192)).isTrue();
-    for (int i : new int[] {0, 7, 8, 4095, 4096, 8191}) {
-      b.put(i, (byte) 1);
-      assertThat(Converter.isZero(b, 0, 8192)).as("byte %d", i).isFalse();
-      assertThat(Converter.isZero(b, i < 4096 ? 4096 : 0, 4096)).isTrue();
-      b.put(i, (byte) 0);
-    }
   }
 }

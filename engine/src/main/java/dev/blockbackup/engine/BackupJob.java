@@ -4,6 +4,7 @@ import dev.blockbackup.engine.JobEvent.ErrorAction;
 import dev.blockbackup.engine.JobEvent.IoOperation;
 import dev.blockbackup.formats.BlockDevice;
 import dev.blockbackup.formats.BlockIOException;
+import dev.blockbackup.formats.DirtyBitmap;
 import dev.blockbackup.formats.Extent;
 import java.util.List;
 import java.util.Objects;
@@ -118,6 +119,10 @@ public final class BackupJob extends Job {
       throw new JobException("Compression is not supported for this drive");
     }
     int clusterSize = (int) Math.max(Math.max(MIN_CLUSTER_SIZE, options.minClusterSize()), target.alignment());
+    if (node.size() > maxSize(clusterSize)) {
+      throw new JobException("Source size " + node.size() + " is more than a backup job supports at cluster size "
+          + clusterSize + ": at most " + maxSize(clusterSize) + " bytes");
+    }
     if (options.maxChunk() != 0 && options.maxChunk() < clusterSize) {
       throw new JobException("Required max-chunk (" + options.maxChunk()
           + ") is less than backup cluster size (" + clusterSize + ")");
@@ -137,6 +142,18 @@ public final class BackupJob extends Job {
       throw e;
     }
     return job;
+  }
+
+  /**
+   * The largest source a job with clusters of {@code clusterSize} bytes can copy: its copy bitmap
+   * has one bit per cluster, and at most {@link DirtyBitmap#MAX_GRANULES} of them (16 PiB at the
+   * default 64 KiB).
+   */
+  public static long maxSize(int clusterSize) {
+    if (clusterSize >= Long.MAX_VALUE / DirtyBitmap.MAX_GRANULES) {
+      return Long.MAX_VALUE;
+    }
+    return DirtyBitmap.MAX_GRANULES * clusterSize;
   }
 
   // ---------------------------------------------------------------- queries
@@ -244,7 +261,9 @@ public final class BackupJob extends Job {
     while (pos < len) {
       pausePoint();
       checkSnapshot();
-      List<Extent> extents = source.blockStatus(pos, Math.min(len - pos, 1L << 30));
+      // The whole rest at once: the driver answers as many extents as it will, and an empty
+      // multi-TiB top layer is one answer.
+      List<Extent> extents = source.blockStatus(pos, len - pos);
       for (Extent e : extents) {
         if (!e.allocated() && runStart < 0) {
           runStart = e.offset();
@@ -281,8 +300,50 @@ public final class BackupJob extends Job {
     }
   }
 
+  /**
+   * The background copy's first pass: what the source's block status reports as zero goes to the
+   * target as write-zeroes, a whole dirty run per request, before the chunk by chunk copy of the
+   * rest; so an empty disk costs its metadata, not a block status call and a copy per chunk (the
+   * chunk copy would zero the same clusters, a chunk at a time). Under a speed limit the pass stops:
+   * there, as in QEMU, zeroed bytes count against the limit chunk by chunk. A failed zeroing stops
+   * it too, and its clusters, dirty again, go to the chunk copy and its error policy.
+   */
+  private void copyZeroExtents() throws BlockIOException {
+    long len = bcs.size();
+    int c = bcs.clusterSize();
+    long pos = 0;
+    while (pos < len) {
+      checkSnapshot();
+      pausePoint();
+      applySpeed();
+      if (rateLimit.isLimited()) {
+        return;
+      }
+      List<Extent> extents = source.blockStatus(pos, len - pos);
+      if (extents.isEmpty()) {
+        return;
+      }
+      for (Extent e : extents) {
+        if (e.zero()) {
+          long s = (e.offset() + c - 1) / c * c;
+          long end = e.end() == len ? len : e.end() / c * c;
+          if (end > s) {
+            try {
+              bcs.copyZeroes(s, end);
+            } catch (BlockCopyException failed) {
+              return;
+            }
+            bcs.updateRemaining();
+          }
+        }
+        pos = e.end();
+      }
+    }
+  }
+
   /** The background copier: claims dirty runs in order and copies them on the worker threads. */
   private void backgroundCopy() throws BlockIOException {
+    copyZeroExtents();
     long len = bcs.size();
     long pos = 0;
     try {

@@ -6,6 +6,7 @@ import dev.blockbackup.formats.DirtyBitmap;
 import dev.blockbackup.formats.Extent;
 import dev.blockbackup.formats.RangeLock;
 import dev.blockbackup.formats.WriteFlag;
+import dev.blockbackup.formats.Zeros;
 import java.nio.ByteBuffer;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
@@ -25,12 +26,21 @@ import java.util.concurrent.locks.ReentrantLock;
  *
  * <p>Per copy, block status picks the method: an unallocated run in top mode is skipped, a zero
  * run is written as write-zeroes, data is read and written, except that clusters whose content is
- * all zeros are written as write-zeroes too, so the target stays sparse.
+ * all zeros are written as write-zeroes too, so the target stays sparse. The background copier
+ * first zeroes what block status reports as zero through {@link #copyZeroes}, a whole dirty run per
+ * request, so an empty disk costs its metadata rather than a copy per chunk.
  */
 final class BlockCopy {
 
   /** Background chunk without x-perf max-chunk: max(cluster, 1 MiB), as QEMU's read/write method. */
   static final long DEFAULT_CHUNK = 1 << 20;
+
+  /**
+   * The longest run {@link #copyZeroes} zeroes in one task: long enough that an empty 2 PiB disk is
+   * 32 Ki tasks, short enough to bound how long a guest write waits behind one zeroing on a target
+   * that zeroes slowly.
+   */
+  static final long MAX_ZERO_TASK = 64L << 30;
 
   /**
    * What the job learns from copies: progress, and how much is left (which skipped work shrinks).
@@ -88,7 +98,6 @@ final class BlockCopy {
   private volatile boolean skipUnallocated;
 
   private final ThreadLocal<ByteBuffer> buffers;
-  private static final ByteBuffer ZEROS = ByteBuffer.allocateDirect(1 << 16).asReadOnlyBuffer();
 
   BlockCopy(BlockDevice source, BlockDevice target, int clusterSize, long maxChunk, boolean compress,
       boolean discardSource, Progress progress) {
@@ -271,6 +280,52 @@ final class BlockCopy {
     }
   }
 
+  /**
+   * Copies the dirty clusters of [start, end) (cluster-aligned, or ending at the size), which the
+   * caller found reading as zero in the source's block status, as write-zeroes on the target: one
+   * claimed task and one request per dirty run of up to {@link #MAX_ZERO_TASK}, since zeroing costs
+   * the target its metadata, not its length. Trusting a status taken before the claim is sound: a cluster still
+   * dirty when claimed has not been written since the point in time, as every write to a dirty
+   * cluster goes through copy-before-write, which claims it first.
+   *
+   * @throws BlockCopyException when the target fails; the run's clusters are dirty again
+   */
+  void copyZeroes(long start, long end) throws BlockCopyException {
+    long from = start;
+    while (from < end) {
+      Task t;
+      lock.lock();
+      try {
+        DirtyBitmap.Area a = copyBitmap.nextDirtyArea(from, end, MAX_ZERO_TASK);
+        if (a == null) {
+          return;
+        }
+        RangeLock.Held held = tryHold(a.offset(), a.length());
+        if (held == null) {
+          // a copy holds part of this run: it stays dirty for the normal copy, which waits for that copy
+          from = a.end();
+          continue;
+        }
+        t = new Task(a.offset(), a.length(), held);
+        copyBitmap.reset(t.offset, t.length);
+        inFlightBytes += t.length;
+      } finally {
+        lock.unlock();
+      }
+      boolean ok = false;
+      try {
+        writeZeroes(t.offset, t.length);
+        ok = true;
+      } finally {
+        if (!ok) {
+          finish(t, false, 0);
+        }
+      }
+      copiedAndFinished(t);
+      from = t.end();
+    }
+  }
+
   /** What a claim found: a task claimed, or else the first dirty run that a copy holds (or neither). */
   private record Claim(Task task, DirtyBitmap.Area held) {}
 
@@ -379,21 +434,26 @@ final class BlockCopy {
       buf.flip();
       writeData(off, buf);
     }
+    copiedAndFinished(t);
+    return true;
+  }
+
+  /** A task's data is on the target: marks it copied, ends it, and discards it from the source if asked. */
+  private void copiedAndFinished(Task t) {
     lock.lock();
     try {
-      copied.set(off, n);
+      copied.set(t.offset, t.length);
     } finally {
       lock.unlock();
     }
-    finish(t, true, n);
+    finish(t, true, t.length);
     if (discardSource) {
       try {
-        source.discard(off, n);
+        source.discard(t.offset, t.length);
       } catch (BlockIOException ignored) {
         // discard-source only frees space; the copy itself succeeded
       }
     }
-    return true;
   }
 
   private Extent firstExtent(long off, long n) {
@@ -411,11 +471,11 @@ final class BlockCopy {
     int pos = 0;
     while (pos < total) {
       int step = Math.min(clusterSize, total - pos);
-      boolean zero = isZero(buf, pos, step);
+      boolean zero = Zeros.isZero(buf, pos, step);
       int runEnd = pos + step;
       while (runEnd < total) {
         int s = Math.min(clusterSize, total - runEnd);
-        if (isZero(buf, runEnd, s) != zero) {
+        if (Zeros.isZero(buf, runEnd, s) != zero) {
           break;
         }
         runEnd += s;
@@ -457,23 +517,6 @@ final class BlockCopy {
     } catch (BlockIOException ex) {
       throw new BlockCopyException(ex, false);
     }
-  }
-
-  private static boolean isZero(ByteBuffer buf, int from, int length) {
-    int pos = from;
-    int end = from + length;
-    while (pos < end) {
-      int n = Math.min(ZEROS.capacity(), end - pos);
-      ByteBuffer a = buf.duplicate();
-      a.limit(pos + n).position(pos);
-      ByteBuffer z = ZEROS.duplicate();
-      z.limit(n);
-      if (a.mismatch(z) >= 0) {
-        return false;
-      }
-      pos += n;
-    }
-    return true;
   }
 
   private long roundUp(long v) {

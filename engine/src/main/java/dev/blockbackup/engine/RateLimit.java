@@ -21,6 +21,11 @@ final class RateLimit {
     sliceQuota = bytesPerSecond == 0 ? 0 : Math.max(1, bytesPerSecond / (1_000_000_000L / SLICE_NANOS));
   }
 
+  /** Whether a speed is set. */
+  boolean isLimited() {
+    return sliceQuota != 0;
+  }
+
   /** How long to wait before dispatching more, in nanoseconds; 0 when a request may go now. */
   long delayNanos(long now) {
     if (sliceQuota == 0) {

@@ -7,9 +7,12 @@ import java.util.concurrent.atomic.AtomicLong;
 
 /**
  * One bit per granule of a disk, set when any byte of the granule is dirty, as QEMU's
- * BdrvDirtyBitmap (a backup job's copy bitmap is one). The bits live in a {@code long[]} with two
- * summary levels above it, one bit per non-zero word below as in QEMU's hbitmap, so searches skip
- * clean stretches thousands of granules at a time instead of bit by bit. It is thread-safe and
+ * BdrvDirtyBitmap (a backup job's copy bitmap is one). The bits live in pages of {@value
+ * #PAGE_BITS} granules that exist only where the bitmap is mixed: a page that is all clean is no
+ * array at all and a page that is all dirty is one shared marker, so an empty or a full bitmap of a
+ * multi-PiB disk costs a few bytes per page rather than one bit per granule. Above the pages two
+ * summary bit sets (page holds a dirty bit, page holds a clean bit) let searches skip whole clean or
+ * whole dirty pages at once, the role of the upper levels of QEMU's hbitmap. It is thread-safe and
  * serializes to qcow2's persistent layout (bit i covers bytes [i·granularity, (i+1)·granularity)
  * and sits in byte i/8 at bit i%8, least significant first).
  */
@@ -18,8 +21,23 @@ public final class DirtyBitmap {
   /** The smallest granularity QEMU accepts (block-dirty-bitmap-add, qcow2 granularity_bits 9). */
   public static final int MIN_GRANULARITY = 512;
 
-  /** The most granules: toBytes() must still fit in one Java array (just under 2 GiB). */
-  public static final long MAX_GRANULES = 8L * (Integer.MAX_VALUE - 8);
+  /**
+   * The most granules: 2^38, so the page directory stays at most 4 Mi entries (16 MiB), whatever
+   * the bitmap holds. That covers 2 PiB (qcow2's largest image with 64 KiB clusters) down to 8 KiB
+   * granules, and 128 TiB at 512 bytes.
+   */
+  public static final long MAX_GRANULES = 1L << 38;
+
+  /** The most granules {@link #toBytes()} can hold: its bytes must fit in one Java array (just under 2 GiB). */
+  public static final long MAX_SERIALIZED_GRANULES = 8L * (Integer.MAX_VALUE - 8);
+
+  /** Granules per page: 2^16, one 8 KiB array of 1024 words once the page is mixed. */
+  static final int PAGE_BITS = 1 << 16;
+  private static final int PAGE_SHIFT = 16;
+  private static final int WORDS_PER_PAGE = PAGE_BITS / 64;
+  private static final int WORD_IN_PAGE_MASK = WORDS_PER_PAGE - 1;
+  /** The marker of an all-dirty page: compared by identity, never read or written. */
+  private static final long[] FULL = new long[0];
 
   /** One run of dirty bytes, as QEMU's bdrv_dirty_bitmap_next_dirty_area reports it. */
   public record Area(long offset, long length) {
@@ -39,13 +57,19 @@ public final class DirtyBitmap {
   private final int shift;
   /** Number of granules (bits), ceil(size / granularity). */
   private final long bits;
-  /** Level 0: bit i set when granule i is dirty; bits past {@code bits} are always zero. */
-  private final long[] words;
-  /** Level 1: bit j set when words[j] != 0. */
-  private final long[] level1;
-  /** Level 2: bit k set when level1[k] != 0. */
-  private final long[] level2;
-  /** Number of set bits in {@code words}, kept up to date so count() is O(1) as QEMU's hb->count. */
+  /**
+   * Page p holds granules [p·PAGE_BITS, (p+1)·PAGE_BITS): null when all are clean, {@link #FULL}
+   * when all are dirty, else its words (bit i of word w is granule p·PAGE_BITS + 64w + i; bits past
+   * {@code bits} are always zero).
+   */
+  private final long[][] pages;
+  /** Dirty granules in each page, so counts and the summaries need no scan. */
+  private final int[] pageDirty;
+  /** Bit p set when page p holds a dirty granule. */
+  private final long[] nonEmptyPages;
+  /** Bit p set when page p holds a clean granule. */
+  private final long[] nonFullPages;
+  /** Number of dirty granules, kept up to date so count() is O(1) as QEMU's hb->count. */
   private long dirtyGranules;
   /** Lock order for merge. */
   private final long rank = RANKS.incrementAndGet();
@@ -59,8 +83,29 @@ public final class DirtyBitmap {
   /**
    * @param size bytes of the disk covered, at least 0
    * @param granularity bytes per bit, a power of two of at least 512
+   * @throws IllegalArgumentException for a bad granularity, or more than {@link #MAX_GRANULES} granules
    */
   public DirtyBitmap(long size, int granularity) {
+    checkGeometry(size, granularity);
+    this.size = size;
+    this.granularity = granularity;
+    this.shift = Integer.numberOfTrailingZeros(granularity);
+    this.bits = granules(size, granularity);
+    int pageCount = (int) ((bits + PAGE_BITS - 1) >>> PAGE_SHIFT);
+    this.pages = new long[pageCount][];
+    this.pageDirty = new int[pageCount];
+    this.nonEmptyPages = new long[wordsFor(pageCount)];
+    this.nonFullPages = new long[wordsFor(pageCount)];
+    fillOnes(nonFullPages, pageCount);
+  }
+
+  /**
+   * Checks that a bitmap of {@code size} bytes at {@code granularity} can be made, so that a caller
+   * (a job) can refuse a disk up front, before it starts any work.
+   *
+   * @throws IllegalArgumentException naming the size, the granules and the limit
+   */
+  public static void checkGeometry(long size, int granularity) {
     if (granularity < MIN_GRANULARITY || Integer.bitCount(granularity) != 1) {
       throw new IllegalArgumentException(
           "granularity (" + granularity + ") must be a power of two of at least " + MIN_GRANULARITY);
@@ -68,22 +113,18 @@ public final class DirtyBitmap {
     if (size < 0) {
       throw new IllegalArgumentException("size (" + size + ") must not be negative");
     }
-    this.size = size;
-    this.granularity = granularity;
-    this.shift = Integer.numberOfTrailingZeros(granularity);
-    this.bits = (size >>> shift) + ((size & (granularity - 1)) != 0 ? 1 : 0);
-    if (bits > MAX_GRANULES) {
+    long granules = granules(size, granularity);
+    if (granules > MAX_GRANULES) {
       throw new IllegalArgumentException(
-          "size (" + size + ") at granularity " + granularity + " gives " + bits
-              + " granules, more than the limit " + MAX_GRANULES);
+          "size (" + size + ") at granularity " + granularity + " gives " + granules
+              + " granules, more than the limit " + MAX_GRANULES + " (" + (MAX_GRANULES * granularity)
+              + " bytes at this granularity)");
     }
-    this.words = new long[wordsFor(bits)];
-    this.level1 = new long[wordsFor(words.length)];
-    this.level2 = new long[wordsFor(level1.length)];
   }
 
-  private static int wordsFor(long nbits) {
-    return (int) ((nbits + 63) >>> 6);
+  private static long granules(long size, int granularity) {
+    int s = Integer.numberOfTrailingZeros(granularity);
+    return (size >>> s) + ((size & (granularity - 1)) != 0 ? 1 : 0);
   }
 
   /** Size in bytes of the disk the bitmap covers. */
@@ -145,7 +186,7 @@ public final class DirtyBitmap {
     }
     long bit = offset >>> shift;
     synchronized (lock) {
-      return (words[(int) (bit >>> 6)] & (1L << bit)) != 0;
+      return testBit(bit);
     }
   }
 
@@ -188,9 +229,10 @@ public final class DirtyBitmap {
   /** Marks every granule clean (block-dirty-bitmap-clear). */
   public void clear() {
     synchronized (lock) {
-      Arrays.fill(words, 0);
-      Arrays.fill(level1, 0);
-      Arrays.fill(level2, 0);
+      Arrays.fill(pages, null);
+      Arrays.fill(pageDirty, 0);
+      Arrays.fill(nonEmptyPages, 0);
+      fillOnes(nonFullPages, pages.length);
       dirtyGranules = 0;
     }
   }
@@ -198,16 +240,19 @@ public final class DirtyBitmap {
   /** Marks every granule dirty (what sync=full starts its copy bitmap with). */
   public void setAll() {
     synchronized (lock) {
-      fillOnes(words, bits);
-      fillOnes(level1, words.length);
-      fillOnes(level2, level1.length);
+      for (int p = 0; p < pages.length; p++) {
+        pages[p] = FULL;
+        pageDirty[p] = pageBits(p);
+      }
+      fillOnes(nonEmptyPages, pages.length);
+      Arrays.fill(nonFullPages, 0);
       dirtyGranules = bits;
     }
   }
 
   private static void fillOnes(long[] array, long nbits) {
     Arrays.fill(array, -1L);
-    if ((nbits & 63) != 0) {
+    if ((nbits & 63) != 0 && array.length > 0) {
       array[array.length - 1] = -1L >>> (64 - (nbits & 63));
     }
   }
@@ -296,9 +341,19 @@ public final class DirtyBitmap {
     Object secondLock = rank < other.rank ? other.lock : lock;
     synchronized (firstLock) {
       synchronized (secondLock) {
-        // Walk only the other's non-zero words through its summary, so merging a sparse bitmap is cheap.
-        for (int w = other.nextNonZeroWord(0); w >= 0; w = other.nextNonZeroWord(w + 1)) {
-          orWord(w, other.words[w]);
+        // Walk only the other's non-empty pages through its summary, so merging a sparse bitmap is cheap.
+        for (int p = nextPage(other.nonEmptyPages, 0); p >= 0; p = nextPage(other.nonEmptyPages, p + 1)) {
+          long[] page = other.pages[p];
+          if (page == FULL) {
+            makeFull(p);
+          } else if (pages[p] != FULL) {
+            long base = (long) p * WORDS_PER_PAGE;
+            for (int i = 0; i < page.length; i++) {
+              if (page[i] != 0) {
+                orWord(base + i, page[i]);
+              }
+            }
+          }
         }
       }
     }
@@ -308,9 +363,13 @@ public final class DirtyBitmap {
   public DirtyBitmap copy() {
     DirtyBitmap copy = new DirtyBitmap(size, granularity);
     synchronized (lock) {
-      System.arraycopy(words, 0, copy.words, 0, words.length);
-      System.arraycopy(level1, 0, copy.level1, 0, level1.length);
-      System.arraycopy(level2, 0, copy.level2, 0, level2.length);
+      for (int p = 0; p < pages.length; p++) {
+        long[] page = pages[p];
+        copy.pages[p] = page == null || page == FULL ? page : page.clone();
+      }
+      System.arraycopy(pageDirty, 0, copy.pageDirty, 0, pageDirty.length);
+      System.arraycopy(nonEmptyPages, 0, copy.nonEmptyPages, 0, nonEmptyPages.length);
+      System.arraycopy(nonFullPages, 0, copy.nonFullPages, 0, nonFullPages.length);
       copy.dirtyGranules = dirtyGranules;
     }
     return copy;
@@ -318,18 +377,26 @@ public final class DirtyBitmap {
 
   // ---- serialization (qcow2 bitmap data, spec "Bitmaps extension") ----
 
-  /** The bits in qcow2's layout: ceil(granules/8) bytes, bit i in byte i/8 at bit i%8, tail bits zero. */
+  /**
+   * The bits in qcow2's layout: ceil(granules/8) bytes, bit i in byte i/8 at bit i%8, tail bits zero.
+   *
+   * @throws IllegalStateException past {@link #MAX_SERIALIZED_GRANULES} granules
+   */
   public byte[] toBytes() {
+    if (bits > MAX_SERIALIZED_GRANULES) {
+      throw new IllegalStateException("a bitmap of " + bits + " granules does not fit in one array of bytes"
+          + " (at most " + MAX_SERIALIZED_GRANULES + " granules)");
+    }
     byte[] out = new byte[(int) ((bits + 7) >>> 3)];
     ByteBuffer buf = ByteBuffer.wrap(out).order(ByteOrder.LITTLE_ENDIAN);
     synchronized (lock) {
       int fullWords = out.length >>> 3;
       for (int w = 0; w < fullWords; w++) {
-        buf.putLong(words[w]);
+        buf.putLong(wordAt(w));
       }
       // The last word may be cut short: its remaining bytes, least significant first.
       for (int i = fullWords << 3; i < out.length; i++) {
-        out[i] = (byte) (words[i >>> 3] >>> ((i & 7) << 3));
+        out[i] = (byte) (wordAt(i >>> 3) >>> ((i & 7) << 3));
       }
     }
     return out;
@@ -343,6 +410,9 @@ public final class DirtyBitmap {
    */
   public static DirtyBitmap fromBytes(long size, int granularity, byte[] data) {
     DirtyBitmap bitmap = new DirtyBitmap(size, granularity);
+    if (bitmap.bits > MAX_SERIALIZED_GRANULES) {
+      throw new IllegalArgumentException("bitmap data of " + bitmap.bits + " granules cannot be held in one array");
+    }
     long expected = (bitmap.bits + 7) >>> 3;
     if (data.length != expected) {
       throw new IllegalArgumentException(
@@ -358,7 +428,10 @@ public final class DirtyBitmap {
     ByteBuffer buf = ByteBuffer.wrap(data).order(ByteOrder.LITTLE_ENDIAN);
     int fullWords = data.length >>> 3;
     for (int w = 0; w < fullWords; w++) {
-      bitmap.orWord(w, buf.getLong());
+      long word = buf.getLong();
+      if (word != 0) {
+        bitmap.orWord(w, word);
+      }
     }
     long last = 0;
     for (int i = fullWords << 3; i < data.length; i++) {
@@ -390,143 +463,257 @@ public final class DirtyBitmap {
     }
   }
 
-  private boolean testBit(long bit) {
-    return (words[(int) (bit >>> 6)] & (1L << bit)) != 0;
+  private static int wordsFor(long nbits) {
+    return (int) ((nbits + 63) >>> 6);
   }
 
-  /** Sets bits [from, to). */
-  private void setBits(long from, long to) {
-    int firstWord = (int) (from >>> 6);
-    int lastWord = (int) ((to - 1) >>> 6);
-    for (int w = firstWord; w <= lastWord; w++) {
-      long mask = wordMask(w, firstWord, lastWord, from, to);
-      orWord(w, mask);
+  /** Granules in page p: PAGE_BITS except in a last page cut short. */
+  private int pageBits(int p) {
+    return (int) Math.min(PAGE_BITS, bits - ((long) p << PAGE_SHIFT));
+  }
+
+  /** The valid bits of word w (all but past {@code bits} in the last word). */
+  private long validMask(long w) {
+    long left = bits - (w << 6);
+    return left >= 64 ? -1L : -1L >>> (64 - left);
+  }
+
+  private long wordAt(long w) {
+    long[] page = pages[(int) (w >>> 10)];
+    if (page == null) {
+      return 0;
+    }
+    if (page == FULL) {
+      return validMask(w);
+    }
+    return page[(int) (w & WORD_IN_PAGE_MASK)];
+  }
+
+  private boolean testBit(long bit) {
+    return (wordAt(bit >>> 6) & (1L << bit)) != 0;
+  }
+
+  /** Page p as its own array of words, made from a clean or full page first. */
+  private long[] mutablePage(int p) {
+    long[] page = pages[p];
+    if (page == null || page == FULL) {
+      long[] words = new long[wordsFor(pageBits(p))];
+      if (page == FULL) {
+        long base = (long) p * WORDS_PER_PAGE;
+        for (int i = 0; i < words.length; i++) {
+          words[i] = validMask(base + i);
+        }
+      }
+      pages[p] = words;
+      page = words;
+    }
+    return page;
+  }
+
+  /** Records that page p now has {@code dirty} granules: its summary bits, and a collapse to null or FULL. */
+  private void pageChanged(int p, int dirty) {
+    dirtyGranules += dirty - pageDirty[p];
+    pageDirty[p] = dirty;
+    long bit = 1L << p;
+    int i = p >>> 6;
+    if (dirty == 0) {
+      pages[p] = null;
+      nonEmptyPages[i] &= ~bit;
+    } else {
+      nonEmptyPages[i] |= bit;
+    }
+    if (dirty == pageBits(p)) {
+      pages[p] = FULL;
+      nonFullPages[i] &= ~bit;
+    } else {
+      nonFullPages[i] |= bit;
     }
   }
 
-  /** The bits of word {@code w} (between firstWord and lastWord) that lie in [from, to). */
-  private static long wordMask(int w, int firstWord, int lastWord, long from, long to) {
+  private void makeFull(int p) {
+    if (pages[p] != FULL) {
+      pageChanged(p, pageBits(p));
+    }
+  }
+
+  /** ORs {@code mask} into word w (a mask within the valid bits). */
+  private void orWord(long w, long mask) {
+    int p = (int) (w >>> 10);
+    if (pages[p] == FULL) {
+      return;
+    }
+    long[] page = mutablePage(p);
+    int i = (int) (w & WORD_IN_PAGE_MASK);
+    long old = page[i];
+    long now = old | mask;
+    if (now != old) {
+      page[i] = now;
+      pageChanged(p, pageDirty[p] + Long.bitCount(now) - Long.bitCount(old));
+    }
+  }
+
+  /** Sets (or clears) bits [from, to) of page p, a part of one page, and records the page's new count once. */
+  private void changeWords(int p, long from, long to, boolean set) {
+    long[] page = mutablePage(p);
+    int delta = 0;
+    for (long w = from >>> 6; w <= (to - 1) >>> 6; w++) {
+      int i = (int) (w & WORD_IN_PAGE_MASK);
+      long old = page[i];
+      long mask = wordMask(w, from, to);
+      long now = set ? old | mask : old & ~mask;
+      page[i] = now;
+      delta += Long.bitCount(now) - Long.bitCount(old);
+    }
+    pageChanged(p, pageDirty[p] + delta);
+  }
+
+  /** The bits of word w that lie in [from, to). */
+  private static long wordMask(long w, long from, long to) {
     long mask = -1L;
-    if (w == firstWord) {
+    if (w == from >>> 6) {
       mask &= -1L << from;
     }
-    if (w == lastWord) {
+    if (w == (to - 1) >>> 6) {
       mask &= -1L >>> (63 - ((to - 1) & 63));
     }
     return mask;
   }
 
-  private void orWord(int w, long mask) {
-    long old = words[w];
-    long now = old | mask;
-    if (now != old) {
-      words[w] = now;
-      dirtyGranules += Long.bitCount(now) - Long.bitCount(old);
-      if (old == 0) {
-        int j = w >>> 6;
-        if (level1[j] == 0) {
-          level2[j >>> 6] |= 1L << j;
-        }
-        level1[j] |= 1L << w;
+  /** Sets bits [from, to): whole pages at once, partial ones word by word. */
+  private void setBits(long from, long to) {
+    for (long b = from; b < to; ) {
+      int p = (int) (b >>> PAGE_SHIFT);
+      long pageStart = (long) p << PAGE_SHIFT;
+      long stop = Math.min(to, pageStart + pageBits(p));
+      if (b == pageStart && stop == pageStart + pageBits(p)) {
+        makeFull(p);
+      } else if (pages[p] != FULL) {
+        changeWords(p, b, stop, true);
       }
+      b = stop;
     }
   }
 
   /** Clears bits [from, to). */
   private void resetBits(long from, long to) {
-    int firstWord = (int) (from >>> 6);
-    int lastWord = (int) ((to - 1) >>> 6);
-    for (int w = firstWord; w <= lastWord; w++) {
-      long mask = wordMask(w, firstWord, lastWord, from, to);
-      long old = words[w];
-      long now = old & ~mask;
-      if (now != old) {
-        words[w] = now;
-        dirtyGranules -= Long.bitCount(old) - Long.bitCount(now);
-        if (now == 0) {
-          int j = w >>> 6;
-          level1[j] &= ~(1L << w);
-          if (level1[j] == 0) {
-            level2[j >>> 6] &= ~(1L << j);
-          }
+    for (long b = from; b < to; ) {
+      int p = (int) (b >>> PAGE_SHIFT);
+      long pageStart = (long) p << PAGE_SHIFT;
+      long stop = Math.min(to, pageStart + pageBits(p));
+      if (b == pageStart && stop == pageStart + pageBits(p)) {
+        if (pages[p] != null) {
+          pageChanged(p, 0);
         }
+      } else if (pages[p] != null) {
+        changeWords(p, b, stop, false);
       }
+      b = stop;
     }
   }
 
   /** Set bits in [from, to). */
   private long popCount(long from, long to) {
-    int firstWord = (int) (from >>> 6);
-    int lastWord = (int) ((to - 1) >>> 6);
     long n = 0;
-    for (int w = firstWord; w <= lastWord; w++) {
-      long mask = wordMask(w, firstWord, lastWord, from, to);
-      n += Long.bitCount(words[w] & mask);
+    for (long b = from; b < to; ) {
+      int p = (int) (b >>> PAGE_SHIFT);
+      long pageStart = (long) p << PAGE_SHIFT;
+      long stop = Math.min(to, pageStart + pageBits(p));
+      long[] page = pages[p];
+      if (page == FULL) {
+        n += stop - b;
+      } else if (page != null) {
+        if (b == pageStart && stop == pageStart + pageBits(p)) {
+          n += pageDirty[p];
+        } else {
+          for (long w = b >>> 6; w <= (stop - 1) >>> 6; w++) {
+            n += Long.bitCount(page[(int) (w & WORD_IN_PAGE_MASK)] & wordMask(w, b, stop));
+          }
+        }
+      }
+      b = stop;
     }
     return n;
   }
 
-  /** The first set bit in [from, to), or -1. */
-  private long nextSetBit(long from, long to) {
-    if (from >= to) {
+  /** The first page at or after {@code from} whose bit is set in {@code summary}, or -1. */
+  private int nextPage(long[] summary, int from) {
+    if (from >= pages.length) {
       return -1;
     }
-    int w = (int) (from >>> 6);
-    long word = words[w] & (-1L << from);
-    if (word == 0) {
-      w = nextNonZeroWord(w + 1);
-      if (w < 0) {
+    int i = from >>> 6;
+    long m = summary[i] & (-1L << from);
+    while (m == 0) {
+      if (++i >= summary.length) {
         return -1;
       }
-      word = words[w];
+      m = summary[i];
     }
-    long bit = ((long) w << 6) + Long.numberOfTrailingZeros(word);
-    return bit < to ? bit : -1;
+    int p = (i << 6) + Long.numberOfTrailingZeros(m);
+    return p < pages.length ? p : -1;
   }
 
-  /** The index of the first non-zero word at or after {@code from}, found through the summary levels, or -1. */
-  private int nextNonZeroWord(int from) {
-    if (from >= words.length) {
-      return -1;
-    }
-    int j = from >>> 6;
-    long m = level1[j] & (-1L << from);
-    if (m != 0) {
-      return (j << 6) + Long.numberOfTrailingZeros(m);
-    }
-    // No non-zero word left in this level-1 word: find the next non-zero level-1 word via level 2.
-    int next = j + 1;
-    if (next >= level1.length) {
-      return -1;
-    }
-    int k = next >>> 6;
-    long m2 = level2[k] & (-1L << next);
-    while (m2 == 0) {
-      if (++k >= level2.length) {
+  /** The first set bit in [from, to), or -1. */
+  private long nextSetBit(long from, long to) {
+    long limit = Math.min(to, bits);
+    long b = from;
+    while (b < limit) {
+      int p = (int) (b >>> PAGE_SHIFT);
+      long[] page = pages[p];
+      if (page == FULL) {
+        return b;
+      }
+      if (page != null) {
+        long found = firstInPage(page, p, b, false);
+        if (found >= 0) {
+          return found < limit ? found : -1;
+        }
+      }
+      int next = nextPage(nonEmptyPages, p + 1);
+      if (next < 0) {
         return -1;
       }
-      m2 = level2[k];
+      b = (long) next << PAGE_SHIFT;
     }
-    int j2 = (k << 6) + Long.numberOfTrailingZeros(m2);
-    return (j2 << 6) + Long.numberOfTrailingZeros(level1[j2]);
+    return -1;
   }
 
   /** The first clear bit in [from, min(to, bits)), or -1. */
   private long nextClearBit(long from, long to) {
     long limit = Math.min(to, bits);
-    if (from >= limit) {
-      return -1;
-    }
-    int w = (int) (from >>> 6);
-    int lastWord = (int) ((limit - 1) >>> 6);
-    long word = ~words[w] & (-1L << from);
-    while (word == 0) {
-      if (++w > lastWord) {
+    long b = from;
+    while (b < limit) {
+      int p = (int) (b >>> PAGE_SHIFT);
+      long[] page = pages[p];
+      if (page == null) {
+        return b;
+      }
+      if (page != FULL) {
+        long found = firstInPage(page, p, b, true);
+        if (found >= 0) {
+          return found < limit ? found : -1;
+        }
+      }
+      int next = nextPage(nonFullPages, p + 1);
+      if (next < 0) {
         return -1;
       }
-      word = ~words[w];
+      b = (long) next << PAGE_SHIFT;
     }
-    long bit = ((long) w << 6) + Long.numberOfTrailingZeros(word);
-    return bit < limit ? bit : -1;
+    return -1;
+  }
+
+  /** The first set (or, with {@code clear}, clear and valid) bit at or after {@code from} in page p's words, or -1. */
+  private long firstInPage(long[] page, int p, long from, boolean clear) {
+    long base = (long) p * WORDS_PER_PAGE;
+    int i = (int) ((from >>> 6) & WORD_IN_PAGE_MASK);
+    long mask = -1L << from;
+    for (; i < page.length; i++, mask = -1L) {
+      long word = clear ? ~page[i] & validMask(base + i) : page[i];
+      word &= mask;
+      if (word != 0) {
+        return ((base + i) << 6) + Long.numberOfTrailingZeros(word);
+      }
+    }
+    return -1;
   }
 }

@@ -276,7 +276,7 @@ public final class RawImage implements BlockDevice {
       int filled = chunk.position();
       for (int i = 0; i < n; i += ZERO_BLOCK) {
         int len = Math.min(ZERO_BLOCK, n - i);
-        if (i < filled && !isZero(chunk, i, Math.min(len, filled - i))) {
+        if (i < filled && !Zeros.isZero(chunk, i, Math.min(len, filled - i))) {
           ByteBuffer z = zeros.duplicate();
           z.clear().limit(len);
           long at = pos + i;
@@ -287,22 +287,6 @@ public final class RawImage implements BlockDevice {
       }
       pos += n;
     }
-  }
-
-  private static boolean isZero(ByteBuffer b, int from, int len) {
-    int i = from;
-    int end = from + len;
-    for (; i + 8 <= end; i += 8) {
-      if (b.getLong(i) != 0) {
-        return false;
-      }
-    }
-    for (; i < end; i++) {
-      if (b.get(i) != 0) {
-        return false;
-      }
-    }
-    return true;
   }
 
   /**

@@ -311,10 +311,81 @@ class DirtyBitmapTest {
   }
 
   @Test
-  void tooManyGranulesForOneSerializedArrayAreRefused() {
-    assertThatThrownBy(() -> new DirtyBitmap((DirtyBitmap.MAX_GRANULES + 1) * 512, 512))
+  void moreGranulesThanTheLimitAreRefusedNamingSizeAndLimit() {
+    long size = (DirtyBitmap.MAX_GRANULES + 1) * 512;
+    assertThatThrownBy(() -> new DirtyBitmap(size, 512))
         .isInstanceOf(IllegalArgumentException.class)
+        .hasMessageContaining(String.valueOf(size))
         .hasMessageContaining(String.valueOf(DirtyBitmap.MAX_GRANULES));
+    assertThatThrownBy(() -> DirtyBitmap.checkGeometry(size, 512))
+        .isInstanceOf(IllegalArgumentException.class)
+        .hasMessageContaining("more than the limit");
+  }
+
+  @Test
+  void aBitmapTooLargeForOneByteArrayIsRefusedBySerialisationOnly() {
+    long size = (DirtyBitmap.MAX_SERIALIZED_GRANULES + 64) * 512;
+    DirtyBitmap b = new DirtyBitmap(size, 512);
+    b.set(size - 1, 1);
+    assertThat(b.count()).isEqualTo(512);
+    assertThatThrownBy(b::toBytes)
+        .isInstanceOf(IllegalStateException.class)
+        .hasMessageContaining(String.valueOf(DirtyBitmap.MAX_SERIALIZED_GRANULES));
+  }
+
+  /** 2 PiB at 64 KiB is 2^35 granules: 4 GiB as a plain bit array, a few MiB here while whole pages are alike. */
+  @Test
+  void aTwoPebibyteCopyBitmapSetsResetsAndSearchesWholePages() {
+    long size = 1L << 51;
+    int g = 64 * 1024;
+    DirtyBitmap b = new DirtyBitmap(size, g);
+    b.setAll();
+    assertThat(b.count()).isEqualTo(size);
+    assertThat(b.nextClean(0, size)).isEqualTo(-1);
+    long holeStart = 3 * TIB + 5L * g;
+    long holeLength = 700 * TIB;
+    b.reset(holeStart, holeLength);
+    assertThat(b.count()).isEqualTo(size - holeLength);
+    assertThat(b.count(holeStart - g, holeLength + 2L * g)).isEqualTo(2L * g);
+    assertThat(b.nextClean(0, size)).isEqualTo(holeStart);
+    assertThat(b.nextDirty(holeStart, size)).isEqualTo(holeStart + holeLength);
+    assertThat(b.nextDirtyArea(0, size, Long.MAX_VALUE)).isEqualTo(new DirtyBitmap.Area(0, holeStart));
+    assertThat(b.isDirty(holeStart - 1)).isTrue();
+    assertThat(b.isDirty(holeStart)).isFalse();
+    DirtyBitmap copy = b.copy();
+    b.reset(0, size);
+    assertThat(b.count()).isZero();
+    assertThat(b.nextDirty(0, size)).isEqualTo(-1);
+    assertThat(copy.count()).isEqualTo(size - holeLength);
+    b.set(size - 1, 1);
+    b.merge(copy);
+    assertThat(b.count()).isEqualTo(size - holeLength);
+    assertThat(b.nextDirtyArea(holeStart, size, 1L << 40)).isEqualTo(new DirtyBitmap.Area(holeStart + holeLength, 1L << 40));
+  }
+
+  /** A page that fills up granule by granule, then empties, behaves as one set or reset whole. */
+  @Test
+  void aPageFilledAndEmptiedGranuleByGranuleMatchesWholePageChanges() {
+    int g = 512;
+    long pageBytes = (long) DirtyBitmap.PAGE_BITS * g;
+    long size = 3 * pageBytes - 100;
+    DirtyBitmap b = new DirtyBitmap(size, g);
+    for (long off = pageBytes; off < 2 * pageBytes; off += g) {
+      b.set(off, 1);
+    }
+    assertThat(b.count()).isEqualTo(pageBytes);
+    assertThat(b.nextDirtyArea(0, size, Long.MAX_VALUE)).isEqualTo(new DirtyBitmap.Area(pageBytes, pageBytes));
+    assertThat(b.nextClean(pageBytes, size)).isEqualTo(2 * pageBytes);
+    b.set(2 * pageBytes, size - 2 * pageBytes);
+    assertThat(b.count()).isEqualTo(size - pageBytes);
+    assertThat(b.nextClean(pageBytes, size)).isEqualTo(-1);
+    for (long off = pageBytes; off < 2 * pageBytes; off += g) {
+      b.reset(off, g);
+    }
+    assertThat(b.count()).isEqualTo(size - 2 * pageBytes);
+    assertThat(b.nextDirty(0, size)).isEqualTo(2 * pageBytes);
+    byte[] bytes = b.toBytes();
+    assertThat(DirtyBitmap.fromBytes(size, g, bytes).count()).isEqualTo(size - 2 * pageBytes);
   }
 
   @Test
