@@ -3,7 +3,10 @@ package dev.blockbackup.formats.qcow2;
 import static org.assertj.core.api.Assertions.assertThat;
 
 import dev.blockbackup.testkit.QemuImg;
+import com.sun.jna.Platform;
 import java.io.IOException;
+import java.io.InputStream;
+import java.io.UncheckedIOException;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -31,7 +34,29 @@ class Qcow2CreateCrashTest {
   private static final List<String> SYSCALLS =
       List.of("openat", "pwrite64", "write", "fdatasync", "fsync", "ftruncate", "link", "rename", "unlink");
 
+  /**
+   * JNA's native stub, unpacked once for every child: JNA would otherwise unpack it anew in each
+   * child, in a hundred small writes that are not the create's and would only lengthen the search.
+   */
+  private static final Path JNA_BOOT = unpackJnaDispatch();
+
   @TempDir Path dir;
+
+  private static Path unpackJnaDispatch() {
+    String lib = "com/sun/jna/" + Platform.RESOURCE_PREFIX + "/" + System.mapLibraryName("jnidispatch");
+    try (InputStream in = Platform.class.getClassLoader().getResourceAsStream(lib)) {
+      if (in == null) {
+        throw new AssertionError("no " + lib + " in JNA's jar");
+      }
+      Path d = Files.createTempDirectory("jna-boot");
+      Files.copy(in, d.resolve(System.mapLibraryName("jnidispatch")));
+      d.toFile().deleteOnExit();
+      d.resolve(System.mapLibraryName("jnidispatch")).toFile().deleteOnExit();
+      return d;
+    } catch (IOException e) {
+      throw new UncheckedIOException(e);
+    }
+  }
 
   private record Run(int exit, String err) {}
 
@@ -135,8 +160,8 @@ class Qcow2CreateCrashTest {
   private static Run run(List<String> prefix, Path target) throws Exception {
     List<String> cmd = new ArrayList<>(prefix);
     cmd.addAll(List.of(Path.of(System.getProperty("java.home"), "bin", "java").toString(), "-XX:-UsePerfData",
-        "-XX:TieredStopAtLevel=1", "-Xshare:auto", "-cp", System.getProperty("java.class.path"),
-        CreateMain.class.getName(), target.toString(), Long.toString(SIZE)));
+        "-XX:TieredStopAtLevel=1", "-Xshare:auto", "-Djna.boot.library.path=" + JNA_BOOT,
+        "-cp", System.getProperty("java.class.path"), CreateMain.class.getName(), target.toString(), Long.toString(SIZE)));
     Process p;
     try {
       p = new ProcessBuilder(cmd).redirectOutput(ProcessBuilder.Redirect.DISCARD).start();
