@@ -6,8 +6,8 @@ import java.util.List;
 /**
  * The base of every filter: hands each call to the device below. A filter overrides only the calls
  * it changes, as an nbdkit filter implements only the callbacks it cares about. A filter that must
- * see every change before it happens extends {@link InterceptingBlockDevice} instead, whose changing
- * calls cannot be overridden one by one and so cannot be missed.
+ * see every change before it happens extends {@link InterceptingBlockDevice}, which makes the
+ * changing calls final and funnels them through one hook, so none can be missed.
  */
 public abstract class ForwardingBlockDevice implements BlockDevice {
 
