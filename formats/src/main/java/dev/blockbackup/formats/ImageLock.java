@@ -1,11 +1,7 @@
 package dev.blockbackup.formats;
 
-import com.sun.jna.LastErrorException;
-import com.sun.jna.Library;
 import com.sun.jna.Memory;
-import com.sun.jna.Native;
 import com.sun.jna.Platform;
-import com.sun.jna.Pointer;
 import java.io.FileNotFoundException;
 import java.io.IOException;
 import java.io.RandomAccessFile;
@@ -150,16 +146,14 @@ public final class ImageLock implements AutoCloseable {
    */
   static ImageLock acquire(Path path, boolean readOnly, Set<Permission> perm, Set<Permission> shared)
       throws BlockIOException {
-    LibC c = CLibrary.LIBC;
-    if (c == null || "off".equals(System.getProperty("blockbackup.locking"))) {
+    if (!OfdLocks.AVAILABLE || "off".equals(System.getProperty("blockbackup.locking"))) {
       return new ImageLock(path, -1);
     }
-    int fd;
-    try {
-      fd = c.open(path.toString(), (readOnly ? O_RDONLY : O_RDWR | O_CREAT) | O_CLOEXEC, 0666);
-    } catch (LastErrorException e) {
-      throw new BlockIOException(e.getErrorCode() == EACCES ? BlockError.EACCES : BlockError.EIO,
-          "cannot open " + path + ": " + strerror(e), e);
+    int fd = LibC.open(LibC.path(path), (readOnly ? O_RDONLY : O_RDWR | O_CREAT) | O_CLOEXEC, 0666);
+    if (fd < 0) {
+      int errno = LibC.errno();
+      throw new BlockIOException(errno == EACCES ? BlockError.EACCES : BlockError.EIO,
+          "cannot open " + path + ": " + LibC.message(errno));
     }
     ImageLock lock = new ImageLock(path, fd);
     try {
@@ -203,19 +197,21 @@ public final class ImageLock implements AutoCloseable {
 
   private void lockByte(int offset) throws BlockIOException {
     try (Memory flock = flock(F_RDLCK, offset)) {
-      CLibrary.LIBC.fcntl(fd, F_OFD_SETLK, flock);
-    } catch (LastErrorException e) {
-      throw new BlockIOException(BlockError.EIO, "Failed to lock byte " + offset + " of " + path + ": " + strerror(e), e);
+      if (LibC.fcntl(fd, F_OFD_SETLK, flock) < 0) {
+        throw new BlockIOException(BlockError.EIO,
+            "Failed to lock byte " + offset + " of " + path + ": " + LibC.message(LibC.errno()));
+      }
     }
   }
 
   /** F_OFD_GETLK: whether another open holds a lock on the byte that a write lock would conflict with. */
   private boolean lockedElsewhere(int offset) throws BlockIOException {
     try (Memory flock = flock(F_WRLCK, offset)) {
-      CLibrary.LIBC.fcntl(fd, F_OFD_GETLK, flock);
+      if (LibC.fcntl(fd, F_OFD_GETLK, flock) < 0) {
+        throw new BlockIOException(BlockError.EIO,
+            "Failed to check byte " + offset + " of " + path + ": " + LibC.message(LibC.errno()));
+      }
       return flock.getShort(0) != F_UNLCK;
-    } catch (LastErrorException e) {
-      throw new BlockIOException(BlockError.EIO, "Failed to check byte " + offset + " of " + path + ": " + strerror(e), e);
     }
   }
 
@@ -235,19 +231,7 @@ public final class ImageLock implements AutoCloseable {
   @Override
   public void close() {
     if (fd >= 0 && released.compareAndSet(false, true)) {
-      try {
-        CLibrary.LIBC.close(fd);
-      } catch (LastErrorException e) {
-        // close(2) releases the locks even when it reports an error
-      }
-    }
-  }
-
-  private static String strerror(LastErrorException e) {
-    try {
-      return CLibrary.LIBC.strerror(e.getErrorCode());
-    } catch (RuntimeException ignored) {
-      return "errno " + e.getErrorCode();
+      LibC.close(fd); // close(2) releases the locks even when it reports an error
     }
   }
 
@@ -283,37 +267,24 @@ public final class ImageLock implements AutoCloseable {
   private static final short SEEK_SET = 0;
   private static final int EACCES = 13;
 
-  /** The C library calls the locks need. */
-  interface LibC extends Library {
-    int open(String path, int flags, int mode) throws LastErrorException;
+  /** Whether OFD locks are to be had here: decided on the first lock, with one warning if not. */
+  private static final class OfdLocks {
+    static final boolean AVAILABLE = check();
 
-    int close(int fd) throws LastErrorException;
-
-    int fcntl(int fd, int cmd, Pointer flock) throws LastErrorException;
-
-    String strerror(int errnum);
-  }
-
-  /** The C library, loaded on first use; null where OFD locks are not to be had. */
-  private static final class CLibrary {
-    static final LibC LIBC = load();
-
-    private static LibC load() {
+    private static boolean check() {
       String why;
       if (!Platform.isLinux()) {
         why = "OFD locks are Linux's";
       } else if (!Set.of("x86-64", "aarch64", "ppc64le", "riscv64", "s390x").contains(Platform.ARCH)) {
         why = "struct flock of " + Platform.ARCH + " is not known here";
+      } else if (!LibC.available()) {
+        why = "the C library cannot be bound";
       } else {
-        try {
-          return Native.load("c", LibC.class);
-        } catch (LinkageError e) {
-          why = "the C library cannot be loaded (" + e.getMessage() + ")";
-        }
+        return true;
       }
       System.getLogger(ImageLock.class.getName()).log(System.Logger.Level.WARNING,
           "images are opened without QEMU's locks: " + why);
-      return null;
+      return false;
     }
   }
 }

@@ -2,10 +2,8 @@ package dev.blockbackup.formats;
 
 import java.io.Closeable;
 import java.io.IOException;
-import java.nio.charset.Charset;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.util.Arrays;
 import java.util.concurrent.locks.ReentrantReadWriteLock;
 
 /**
@@ -83,12 +81,7 @@ final class SparseFile implements Closeable {
     if (!os.equals("Linux") || !(arch.equals("amd64") || arch.equals("x86_64") || arch.equals("aarch64"))) {
       return false;
     }
-    try {
-      return LibC.bind();
-    } catch (LinkageError | RuntimeException e) {
-      // no JNA on the class path, or no native part for this machine: the pure-Java behaviour
-      return false;
-    }
+    return LibC.available(); // false where JNA cannot load: the pure-Java behaviour
   }
 
   /** Whether native access loaded: false where every image runs pure Java. */
@@ -106,7 +99,7 @@ final class SparseFile implements Closeable {
       return null;
     }
     int flags = (writable ? O_RDWR : O_RDONLY) | (create ? O_CREAT : 0) | O_CLOEXEC;
-    int fd = LibC.open(cString(path), flags, 0666);
+    int fd = LibC.open(LibC.path(path), flags, 0666);
     if (fd < 0) {
       return null;
     }
@@ -263,13 +256,5 @@ final class SparseFile implements Closeable {
       default -> BlockError.EIO;
     };
     return new BlockIOException(e, call + " failed with errno " + errno);
-  }
-
-  /** The path as the NUL-terminated bytes Java itself hands the kernel for file names. */
-  private static byte[] cString(Path path) {
-    String enc = System.getProperty("sun.jnu.encoding");
-    Charset cs = enc != null && Charset.isSupported(enc) ? Charset.forName(enc) : Charset.defaultCharset();
-    byte[] b = path.toAbsolutePath().toString().getBytes(cs);
-    return Arrays.copyOf(b, b.length + 1);
   }
 }

@@ -208,4 +208,14 @@ class ImageLockTest {
     }
     RawImage.create(img, 1 << 20).close();
   }
+
+  @Test
+  void aFailedOpenSaysWhyInTheCLibrarysWords() {
+    // a read-only lock does not create: a missing file fails the open(2), and strerror names it
+    Path missing = dir.resolve("missing.raw");
+    assertThatThrownBy(() -> ImageLock.lock(missing, true))
+        .isInstanceOfSatisfying(BlockIOException.class, e -> assertThat(e.error()).isEqualTo(BlockError.EIO))
+        .hasMessageContaining("cannot open " + missing)
+        .hasMessageContaining("No such file or directory");
+  }
 }
