@@ -37,13 +37,7 @@ final class ClusterReader {
       int inCluster = (int) (pos & (clusterSize - 1));
       long remaining = limit - dst.position();
       long maxClusters = ((inCluster + remaining - 1) >>> clusterBits) + 1;
-      long n;
-      md.lock.lock();
-      try {
-        n = md.map.lookupRun(gci, maxClusters, run);
-      } finally {
-        md.lock.unlock();
-      }
+      long n = md.lookupRun(gci, maxClusters, run);
       int len = (int) Math.min(remaining, (n << clusterBits) - inCluster);
       ByteBuffer part = dst.slice(dst.position(), len);
       switch ((int) run[0]) {

@@ -35,13 +35,7 @@ final class Qcow2BlockStatus {
       long gci = pos >>> clusterBits;
       int inCluster = (int) (pos & (md.clusterSize - 1));
       long maxClusters = ((inCluster + (end - pos) - 1) >>> clusterBits) + 1;
-      long n;
-      md.lock.lock();
-      try {
-        n = md.map.lookupRun(gci, maxClusters, run);
-      } finally {
-        md.lock.unlock();
-      }
+      long n = md.lookupRun(gci, maxClusters, run);
       long runEnd = Math.min(end, (gci + n) << clusterBits);
       switch ((int) run[0]) {
         case ClusterMap.NORMAL, ClusterMap.COMPRESSED_KIND -> add(out, Extent.data(pos, runEnd - pos));

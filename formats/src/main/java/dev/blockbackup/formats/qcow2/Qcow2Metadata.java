@@ -1,5 +1,6 @@
 package dev.blockbackup.formats.qcow2;
 
+import java.io.IOException;
 import java.util.concurrent.locks.ReentrantLock;
 
 /**
@@ -61,5 +62,18 @@ final class Qcow2Metadata {
    */
   long wholeClustersEnd(long end) {
     return end == size ? Qcow2Header.ceilDiv(size, clusterSize) : end >>> clusterBits;
+  }
+
+  /**
+   * {@link ClusterMap#lookupRun} under the metadata lock, for a reader that then does its data I/O
+   * (or builds its answer) outside it.
+   */
+  long lookupRun(long gci, long max, long[] run) throws IOException {
+    lock.lock();
+    try {
+      return map.lookupRun(gci, max, run);
+    } finally {
+      lock.unlock();
+    }
   }
 }
