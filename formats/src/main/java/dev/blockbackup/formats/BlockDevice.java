@@ -11,8 +11,13 @@ import java.util.List;
  * device the way QEMU stacks filter nodes over a BlockDriverState.
  *
  * <p>Every call blocks until done and may be made from any thread, concurrently with any other call
- * on any range. What two overlapping requests in flight at once leave behind is unspecified, as it
- * is for a disk; the engine orders overlapping requests where it needs an order.
+ * on any range. What overlapping requests in flight at once leave behind is up to the device. The
+ * qcow2 driver orders them with a {@link RangeLock}: each completes as if the overlapping ones ran
+ * in some serial order. The raw driver adds no order of its own: a request goes to the kernel as one
+ * or more pread, pwrite or fallocate calls, and nothing holds across those calls, so overlapping
+ * requests there leave each byte as one of them (or the old data) left it, and a read may see part
+ * of a write in flight, as on a disk. The engine orders overlapping requests where it needs an
+ * order.
  *
  * <p>Offsets and lengths are in bytes. A request must lie inside {@code [0, size())}; otherwise it
  * fails with {@link BlockError#EINVAL} and changes nothing. A write to a read-only device fails with
