@@ -218,6 +218,33 @@ public final class BlockNode implements BlockDevice {
     }
   }
 
+  /** A request made on the device on top, between {@link #enter} and {@link #leave}. */
+  private interface Request<T> {
+    T on(BlockDevice top) throws BlockIOException;
+  }
+
+  /** A request that answers nothing. */
+  private interface VoidRequest {
+    void on(BlockDevice top) throws BlockIOException;
+  }
+
+  /** Makes {@code request} as one request in flight: a drain waits for it, and it for a drain. */
+  private <T> T call(Request<T> request) throws BlockIOException {
+    BlockDevice d = enter();
+    try {
+      return request.on(d);
+    } finally {
+      leave();
+    }
+  }
+
+  private void run(VoidRequest request) throws BlockIOException {
+    call(d -> {
+      request.on(d);
+      return null;
+    });
+  }
+
   @Override
   public long size() {
     return top.size();
@@ -235,42 +262,22 @@ public final class BlockNode implements BlockDevice {
 
   @Override
   public void read(long offset, ByteBuffer dst) throws BlockIOException {
-    BlockDevice d = enter();
-    try {
-      d.read(offset, dst);
-    } finally {
-      leave();
-    }
+    run(d -> d.read(offset, dst));
   }
 
   @Override
   public void write(long offset, ByteBuffer src, WriteFlag... flags) throws BlockIOException {
-    BlockDevice d = enter();
-    try {
-      d.write(offset, src, flags);
-    } finally {
-      leave();
-    }
+    run(d -> d.write(offset, src, flags));
   }
 
   @Override
   public void writeZeroes(long offset, long length, WriteFlag... flags) throws BlockIOException {
-    BlockDevice d = enter();
-    try {
-      d.writeZeroes(offset, length, flags);
-    } finally {
-      leave();
-    }
+    run(d -> d.writeZeroes(offset, length, flags));
   }
 
   @Override
   public void discard(long offset, long length) throws BlockIOException {
-    BlockDevice d = enter();
-    try {
-      d.discard(offset, length);
-    } finally {
-      leave();
-    }
+    run(d -> d.discard(offset, length));
   }
 
   @Override
@@ -280,32 +287,17 @@ public final class BlockNode implements BlockDevice {
 
   @Override
   public void writeCompressed(long offset, ByteBuffer cluster) throws BlockIOException {
-    BlockDevice d = enter();
-    try {
-      d.writeCompressed(offset, cluster);
-    } finally {
-      leave();
-    }
+    run(d -> d.writeCompressed(offset, cluster));
   }
 
   @Override
   public void flush() throws BlockIOException {
-    BlockDevice d = enter();
-    try {
-      d.flush();
-    } finally {
-      leave();
-    }
+    run(BlockDevice::flush);
   }
 
   @Override
   public List<Extent> blockStatus(long offset, long length) throws BlockIOException {
-    BlockDevice d = enter();
-    try {
-      return d.blockStatus(offset, length);
-    } finally {
-      leave();
-    }
+    return call(d -> d.blockStatus(offset, length));
   }
 
   /** Closes the device below every filter; a node with a job still on it refuses. */
