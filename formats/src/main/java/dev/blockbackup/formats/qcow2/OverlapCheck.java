@@ -120,20 +120,16 @@ final class OverlapCheck {
 
   private void addSnapshots(HostFile file, Qcow2Header header) throws IOException {
     long pos = header.snapshotsOffset;
-    ByteBuffer h = ByteBuffer.allocate(40);
+    ByteBuffer h = ByteBuffer.allocate(SnapshotEntry.FIXED);
     for (long i = 0; i < header.nbSnapshots; i++) {
       h.clear();
       file.read(h, pos);
-      long l1Off = h.getLong(0);
-      long l1Size = Integer.toUnsignedLong(h.getInt(8));
-      int idLen = Short.toUnsignedInt(h.getShort(12));
-      int nameLen = Short.toUnsignedInt(h.getShort(14));
-      long extra = Integer.toUnsignedLong(h.getInt(36));
-      if (l1Size * 8 > Qcow2Header.MAX_L1_BYTES || extra > 1024) {
+      SnapshotEntry e = SnapshotEntry.parse(h);
+      if (e.l1Size() * 8 > Qcow2Header.MAX_L1_BYTES || e.extraLen() > SnapshotEntry.MAX_EXTRA_DATA) {
         break;
       }
-      add(Kind.INACTIVE_L1, l1Off, l1Size * 8);
-      pos += (40 + extra + idLen + nameLen + 7) & ~7L;
+      add(Kind.INACTIVE_L1, e.l1Offset(), e.l1Size() * 8);
+      pos += e.length();
     }
     add(Kind.SNAPSHOT_TABLE, header.snapshotsOffset, pos - header.snapshotsOffset);
   }

@@ -21,11 +21,9 @@ import java.util.OptionalLong;
  */
 public final class Qcow2Snapshots {
 
-  /** QEMU's QCOW_MAX_SNAPSHOT_EXTRA_DATA. */
-  private static final int MAX_EXTRA_DATA = 1024;
-  /** QEMU's QCOW_MAX_SNAPSHOTS_SIZE. */
-  private static final long MAX_TABLE_BYTES = 64L << 20;
-  private static final int FIXED = 40;
+  private static final int MAX_EXTRA_DATA = SnapshotEntry.MAX_EXTRA_DATA;
+  private static final long MAX_TABLE_BYTES = SnapshotEntry.MAX_TABLE_BYTES;
+  private static final int FIXED = SnapshotEntry.FIXED;
 
   private Qcow2Snapshots() {}
 
@@ -42,9 +40,10 @@ public final class Qcow2Snapshots {
       ByteBuffer e = ByteBuffer.allocate(FIXED);
       for (long i = 0; i < h.nbSnapshots; i++) {
         readFully(ch, e.clear(), pos, fileSize, where, "snapshot " + i, false);
-        int idLen = Short.toUnsignedInt(e.getShort(12));
-        int nameLen = Short.toUnsignedInt(e.getShort(14));
-        long extraLen = Integer.toUnsignedLong(e.getInt(36));
+        SnapshotEntry entry = SnapshotEntry.parse(e);
+        int idLen = entry.idLen();
+        int nameLen = entry.nameLen();
+        long extraLen = entry.extraLen();
         if (extraLen > MAX_EXTRA_DATA) {
           throw new ImageFormatException(where + ": snapshot " + i + " has " + extraLen
               + " bytes of extra data, above QEMU's limit of " + MAX_EXTRA_DATA);
@@ -63,7 +62,7 @@ public final class Qcow2Snapshots {
         list.add(new Qcow2Snapshot(new String(id, StandardCharsets.UTF_8), new String(name, StandardCharsets.UTF_8),
             Integer.toUnsignedLong(e.getInt(16)), Integer.toUnsignedLong(e.getInt(20)), e.getLong(24), vmStateSize,
             icount));
-        pos += (FIXED + extraLen + idLen + nameLen + 7) & ~7L;
+        pos += entry.length();
         if (pos - h.snapshotsOffset > MAX_TABLE_BYTES) {
           throw new ImageFormatException(where + ": the snapshot table is larger than QEMU's limit of 64 MiB");
         }

@@ -20,8 +20,6 @@ final class RefcountRebuild {
 
   /** We count in an int array, one per host cluster; larger files are left to qemu-img check. */
   private static final long MAX_CLUSTERS = 1L << 28;
-  /** QEMU's limit on the snapshot table. */
-  private static final long MAX_SNAPSHOT_TABLE = 64L << 20;
 
   private final HostFile file;
   private final String where;
@@ -131,16 +129,15 @@ final class RefcountRebuild {
   private void countSnapshots() throws IOException {
     long n = header.nbSnapshots;
     long pos = header.snapshotsOffset;
-    ByteBuffer h = ByteBuffer.allocate(40);
+    ByteBuffer h = ByteBuffer.allocate(SnapshotEntry.FIXED);
     for (long i = 0; i < n; i++) {
       h.clear();
       file.read(h, pos);
-      long l1Off = h.getLong(0);
-      long l1Size = Integer.toUnsignedLong(h.getInt(8));
-      int idLen = Short.toUnsignedInt(h.getShort(12));
-      int nameLen = Short.toUnsignedInt(h.getShort(14));
-      long extra = Integer.toUnsignedLong(h.getInt(36));
-      if (l1Size * 8 > Qcow2Header.MAX_L1_BYTES || extra > 1024 || (l1Off & (clusterSize - 1)) != 0 || l1Off < 0) {
+      SnapshotEntry e = SnapshotEntry.parse(h);
+      long l1Off = e.l1Offset();
+      long l1Size = e.l1Size();
+      if (l1Size * 8 > Qcow2Header.MAX_L1_BYTES || e.extraLen() > SnapshotEntry.MAX_EXTRA_DATA
+          || (l1Off & (clusterSize - 1)) != 0 || l1Off < 0) {
         throw new ImageFormatException(where + ": snapshot " + i + " has an invalid L1 table or extra data; run qemu-img check");
       }
       long[] table = new long[(int) l1Size];
@@ -150,8 +147,8 @@ final class RefcountRebuild {
       b.asLongBuffer().get(table);
       addRange(l1Off, l1Size * 8);
       walkL1(table);
-      pos += (40 + extra + idLen + nameLen + 7) & ~7L;
-      if (pos - header.snapshotsOffset > MAX_SNAPSHOT_TABLE) {
+      pos += e.length();
+      if (pos - header.snapshotsOffset > SnapshotEntry.MAX_TABLE_BYTES) {
         throw new ImageFormatException(where + ": the snapshot table is larger than QEMU's limit of 64 MiB");
       }
     }
