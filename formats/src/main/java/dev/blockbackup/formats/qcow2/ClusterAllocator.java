@@ -131,17 +131,11 @@ final class ClusterAllocator {
       fill(gci, run, pos, wEnd, src, srcOff);
     } catch (IOException | RuntimeException ex) {
       if (!run.reused) {
-        md.lock.lock();
-        try {
-          // nothing points to the new clusters yet: give them back at once
+        md.undoAfter(ex, () -> {
           for (int k = 0; k < n; k++) {
             md.refcounts.add((run.host >>> md.clusterBits) + k, -1);
           }
-        } catch (IOException suppressed) {
-          ex.addSuppressed(suppressed);
-        } finally {
-          md.lock.unlock();
-        }
+        });
       }
       throw ex;
     }

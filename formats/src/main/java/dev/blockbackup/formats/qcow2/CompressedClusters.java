@@ -56,14 +56,7 @@ final class CompressedClusters {
     try {
       md.file.write(ByteBuffer.wrap(out, 0, clen), CompressedCluster.hostOffset(descriptor, clusterBits));
     } catch (IOException | RuntimeException ex) {
-      md.lock.lock();
-      try {
-        md.frees.freeNow(descriptor); // nothing points to the stream yet
-      } catch (IOException suppressed) {
-        ex.addSuppressed(suppressed);
-      } finally {
-        md.lock.unlock();
-      }
+      md.undoAfter(ex, () -> md.frees.freeNow(descriptor)); // nothing points to the stream yet
       throw ex;
     }
     md.lock.lock();

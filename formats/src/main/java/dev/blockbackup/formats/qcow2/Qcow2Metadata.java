@@ -76,4 +76,25 @@ final class Qcow2Metadata {
       lock.unlock();
     }
   }
+
+  /** A change of the metadata, made under {@link #lock}. */
+  interface Change {
+    void run() throws IOException;
+  }
+
+  /**
+   * Undoes an allocation after the data write into it failed with {@code failure}: nothing points
+   * to the new clusters yet, so {@code undo} gives them back at once, under the lock. Its own
+   * failure only leaks them, and is added to {@code failure}, which the caller throws.
+   */
+  void undoAfter(Exception failure, Change undo) {
+    lock.lock();
+    try {
+      undo.run();
+    } catch (IOException suppressed) {
+      failure.addSuppressed(suppressed);
+    } finally {
+      lock.unlock();
+    }
+  }
 }
