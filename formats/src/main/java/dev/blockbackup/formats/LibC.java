@@ -2,6 +2,7 @@ package dev.blockbackup.formats;
 
 import com.sun.jna.Native;
 import com.sun.jna.NativeLibrary;
+import com.sun.jna.Platform;
 import com.sun.jna.Pointer;
 import java.nio.charset.Charset;
 import java.nio.file.Path;
@@ -65,7 +66,8 @@ final class LibC {
 
     private static boolean bind() {
       try {
-        Native.register(LibC.class, NativeLibrary.getInstance("c"));
+        // by its soname (libc.so.6 on Linux): "c" alone would make JNA search its library path
+        Native.register(LibC.class, NativeLibrary.getInstance(Platform.C_LIBRARY_NAME));
         return true;
       } catch (LinkageError | RuntimeException e) {
         // no JNA on the class path, or no native part for this machine
