@@ -150,7 +150,7 @@ public final class Qcow2Image implements BlockDevice {
       long inUse = closed ? 0 : md.refcounts.countInUse();
       return new Qcow2Info(md.version, md.size, md.clusterSize, header.backingFile, header.backingFormat,
           dirty,
-          (header.incompatible & Qcow2Header.INCOMPAT_CORRUPT) != 0,
+          (header.incompatible & Qcow2Header.INCOMPAT_CORRUPT) != 0 || md.file.isCorrupt(),
           (header.compatible & Qcow2Header.COMPAT_LAZY_REFCOUNTS) != 0,
           1 << header.refcountOrder, header.compressionType == 0 ? "zlib" : "zstd",
           (header.incompatible & Qcow2Header.INCOMPAT_EXTL2) != 0, inUse);

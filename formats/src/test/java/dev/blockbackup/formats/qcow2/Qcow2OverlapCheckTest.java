@@ -84,6 +84,7 @@ class Qcow2OverlapCheckTest {
           .hasMessageContaining("image marked as corrupt");
       assertThatThrownBy(() -> img.write(guestOffset, ByteBuffer.wrap(new byte[4096])))
           .isInstanceOf(ImageFormatException.class).hasMessageContaining("marked corrupt");
+      assertThat(img.info().corrupt()).as("info of the open image after the refusal").isTrue();
     } finally {
       try {
         img.close();
