@@ -175,6 +175,14 @@ public final class BackupJob extends Job {
     return cbw;
   }
 
+  /**
+   * Bytes copy-before-write has copied to the target for guest writes so far; the rest of
+   * {@link #currentProgress()} is the background copier's (sync=none has only these).
+   */
+  public long copyBeforeWriteBytes() {
+    return cbw.copiedBytes();
+  }
+
   /** filter-node-name, or the name generated for the filter. */
   public String filterNodeName() {
     return filterNodeName;

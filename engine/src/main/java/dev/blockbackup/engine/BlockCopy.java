@@ -249,10 +249,13 @@ final class BlockCopy {
    * offset+length) touches and returns once the range is clean and no overlapping copy is in
    * flight. Not rate limited. Fails only for its own failed copies; a failed copy of someone else
    * leaves its clusters dirty, and this call copies them itself.
+   *
+   * @return the bytes this call copied itself (copies by others it waited for not counted)
    */
-  void copyRange(long offset, long length) throws BlockIOException {
+  long copyRange(long offset, long length) throws BlockIOException {
+    long copiedHere = 0;
     if (length <= 0) {
-      return;
+      return 0;
     }
     long start = offset / clusterSize * clusterSize;
     long end = Math.min(len, roundUp(offset + length));
@@ -268,14 +271,14 @@ final class BlockCopy {
         lock.unlock();
       }
       if (c.task() != null) {
-        run(c.task());
+        copiedHere += run(c.task());
       } else if (c.held() != null) {
         // dirty clusters a copy still holds (the tail it gave back): wait for that copy
         inFlight.acquire(c.held().offset(), c.held().length(), RangeLock.Mode.EXCLUSIVE).close();
       } else if (busy) {
         inFlight.acquire(start, end - start, RangeLock.Mode.SHARED).close();
       } else {
-        return;
+        return copiedHere;
       }
     }
   }
@@ -387,20 +390,23 @@ final class BlockCopy {
   /**
    * Copies a claimed task. On success its clusters count as copied; on failure they are dirty
    * again and the exception says whether the read or the write failed.
+   *
+   * @return the bytes written to the target for it (0 for clusters skipped as unallocated)
    */
-  void run(Task t) throws BlockCopyException {
-    boolean ok = false;
+  long run(Task t) throws BlockCopyException {
+    long copied = -1;
     try {
-      ok = copy(t);
+      copied = copy(t);
     } finally {
-      if (!ok) {
+      if (copied < 0) {
         finish(t, false, 0);
       }
     }
+    return copied;
   }
 
-  /** Returns true once the task is finished as a success. */
-  private boolean copy(Task t) throws BlockCopyException {
+  /** Returns the bytes copied once the task is finished as a success. */
+  private long copy(Task t) throws BlockCopyException {
     long off = t.offset;
     Extent e = firstExtent(off, t.length);
     boolean statusKnown = e != null;
@@ -419,7 +425,7 @@ final class BlockCopy {
     if (statusKnown && skipUnallocated && !e.allocated()) {
       finish(t, true, 0);
       updateRemaining();
-      return true;
+      return 0;
     }
     if (statusKnown && e.zero() && !e.data()) {
       writeZeroes(off, n);
@@ -435,7 +441,7 @@ final class BlockCopy {
       writeData(off, buf);
     }
     copiedAndFinished(t);
-    return true;
+    return n;
   }
 
   /** A task's data is on the target: marks it copied, ends it, and discards it from the source if asked. */

@@ -8,6 +8,7 @@ import dev.blockbackup.formats.InterceptingBlockDevice;
 import dev.blockbackup.formats.RangeLock;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicReference;
+import java.util.concurrent.atomic.LongAdder;
 
 /**
  * QEMU's copy-before-write filter: sits above the source, and before any call changes clusters
@@ -50,6 +51,8 @@ final class CopyBeforeWrite extends InterceptingBlockDevice {
   private final DirtyBitmap access;
   /** The first copy failure under break-snapshot, or null while the snapshot is intact. */
   private final AtomicReference<BlockIOException> snapshotError = new AtomicReference<>();
+  /** Bytes the guest's writes had copied to the target before they went ahead. */
+  private final LongAdder copied = new LongAdder();
   /** Set once when the job removes the filter: the snapshot is gone. */
   private volatile boolean shutDown;
 
@@ -67,6 +70,11 @@ final class CopyBeforeWrite extends InterceptingBlockDevice {
   /** The first copy failure under break-snapshot, or null while the snapshot is intact. */
   BlockIOException snapshotError() {
     return snapshotError.get();
+  }
+
+  /** Bytes copied to the target by copy-before-write so far (the rest the background copier did). */
+  long copiedBytes() {
+    return copied.sum();
   }
 
   OnCbwError onCbwError() {
@@ -100,9 +108,10 @@ final class CopyBeforeWrite extends InterceptingBlockDevice {
     }
     try {
       if (timedCopies != null) {
-        timedCopies.run(() -> bcs.copyRange(offset, length), timeoutNanos, "[" + offset + ", +" + length + ")");
+        timedCopies.run(() -> copied.add(bcs.copyRange(offset, length)), timeoutNanos,
+            "[" + offset + ", +" + length + ")");
       } else {
-        bcs.copyRange(offset, length);
+        copied.add(bcs.copyRange(offset, length));
       }
     } catch (BlockIOException e) {
       if (onCbwError == OnCbwError.break_guest_write) {

@@ -61,6 +61,29 @@ class BackupJobSmokeTest {
   }
 
   @Test
+  void copyBeforeWriteCountsWhatGuestWritesCopied() throws Exception {
+    RawImage src = RawImage.create(dir.resolve("src.raw"), SIZE);
+    fill(src, 3);
+    RawImage tgt = RawImage.create(dir.resolve("tgt.raw"), SIZE);
+    BlockNode node = BlockNode.of("drive0", src);
+    JobManager jobs = new JobManager();
+    BackupJob job = BackupJob.create(jobs, node, tgt, BackupOptions.of(MirrorSyncMode.none));
+    job.start();
+    int cluster = job.clusterSize();
+    assertThat(job.copyBeforeWriteBytes()).isZero();
+    node.write(0, ByteBuffer.allocate(4096));
+    node.write(5L * cluster + 100, ByteBuffer.allocate(4096)); // one cluster
+    node.write(9L * cluster - 10, ByteBuffer.allocate(20)); // two clusters
+    node.write(10, ByteBuffer.allocate(10)); // copied already
+    assertThat(job.copyBeforeWriteBytes()).isEqualTo(4L * cluster);
+    assertThat(job.currentProgress()).isEqualTo(4L * cluster);
+    job.cancel();
+    assertThat(job.awaitConcluded(Duration.ofSeconds(30))).isTrue();
+    tgt.close();
+    node.close();
+  }
+
+  @Test
   void syncNoneSnapshotViewShowsThePointInTime() throws Exception {
     RawImage src = RawImage.create(dir.resolve("src.raw"), SIZE);
     fill(src, 2);
