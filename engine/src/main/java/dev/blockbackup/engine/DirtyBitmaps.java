@@ -10,7 +10,7 @@ import java.util.Set;
  * The dirty bitmaps of one node (QEMU's bs->dirty_bitmaps) and QEMU's rules for the
  * block-dirty-bitmap commands, with QEMU's error texts. Changes are made under this registry's
  * monitor (the node drains around those that must be one instant against writes); the write path
- * reads only {@link #recording}, an array rebuilt after each change, so a node without bitmaps
+ * reads only {@link #marking}, a value replaced after each change, so a node without bitmaps
  * pays one volatile read per write and a node with bitmaps takes no lock of this class.
  */
 final class DirtyBitmaps {
@@ -32,25 +32,33 @@ final class DirtyBitmaps {
 
   private static final DirtyBitmap[] NONE = new DirtyBitmap[0];
 
+  /**
+   * What the write path needs, published as one immutable value so a write reads one volatile
+   * field: the bits to mark (enabled bitmaps, a frozen one's successor) and whether some bitmap is
+   * readonly (writes to the node are then refused, as QEMU's EPERM).
+   */
+  record Marking(DirtyBitmap[] bits, boolean readonly) {
+    /** Nothing to do: no enabled and no readonly bitmap. */
+    boolean idle() {
+      return bits.length == 0 && !readonly;
+    }
+  }
+
+  private static final Marking IDLE = new Marking(NONE, false);
+
   private final BlockNode node;
   /** Newest first, as QEMU lists them; guarded by this. */
   private final List<BlockDirtyBitmap> bitmaps = new ArrayList<>();
-  /** The bits every write must mark: enabled bitmaps (a frozen one's successor). */
-  private volatile DirtyBitmap[] recording = NONE;
-  /** Some bitmap is readonly: writes to the node are refused (QEMU: EPERM). */
-  private volatile boolean readonly;
+  /** What every write must do now; replaced, never changed, after each change of state. */
+  private volatile Marking marking = IDLE;
 
   DirtyBitmaps(BlockNode node) {
     this.node = node;
   }
 
-  /** The bits writes mark now; never null, empty without enabled bitmaps. */
-  DirtyBitmap[] recording() {
-    return recording;
-  }
-
-  boolean hasReadonly() {
-    return readonly;
+  /** What writes do now; never null. */
+  Marking marking() {
+    return marking;
   }
 
   // ---------------------------------------------------------------- lookups
@@ -342,7 +350,6 @@ final class DirtyBitmaps {
       }
       ro |= b.isReadonly();
     }
-    readonly = ro;
-    recording = on.isEmpty() ? NONE : on.toArray(NONE);
+    marking = on.isEmpty() && !ro ? IDLE : new Marking(on.toArray(NONE), ro);
   }
 }

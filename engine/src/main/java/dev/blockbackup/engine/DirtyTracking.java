@@ -16,8 +16,9 @@ import dev.blockbackup.formats.InterceptingBlockDevice;
  * write may have changed part of the range. A node with a readonly bitmap refuses changes with
  * EPERM, as QEMU's write path does for bdrv_has_readonly_bitmaps.
  *
- * <p>The cost without bitmaps is one volatile read; with bitmaps, one set per enabled bitmap,
- * each under that bitmap's own monitor only.
+ * <p>The cost without bitmaps is one volatile read and no allocation; with bitmaps, one set per
+ * enabled bitmap, each under that bitmap's own monitor only (DirtyBitmap is thread-safe), never
+ * under the registry's lock.
  */
 final class DirtyTracking extends InterceptingBlockDevice {
 
@@ -30,17 +31,17 @@ final class DirtyTracking extends InterceptingBlockDevice {
 
   @Override
   protected void beforeWrite(long offset, long length, Change kind) throws BlockIOException {
-    DirtyBitmap[] marking = bitmaps.recording();
-    if (marking.length == 0 && !bitmaps.hasReadonly()) {
+    DirtyBitmaps.Marking m = bitmaps.marking();
+    if (m.idle()) {
       return;
     }
-    if (bitmaps.hasReadonly()) {
+    if (m.readonly()) {
       throw new BlockIOException(BlockError.EPERM, "the node has a readonly dirty bitmap: it may not change");
     }
     if (length == 0) {
       return;
     }
-    for (DirtyBitmap b : marking) {
+    for (DirtyBitmap b : m.bits()) {
       b.set(offset, length);
     }
   }
