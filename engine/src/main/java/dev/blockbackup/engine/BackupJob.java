@@ -60,13 +60,11 @@ public final class BackupJob extends Job {
   /** The first failure of a background copy since the body last looked. */
   private final AtomicReference<BlockCopyException> backgroundError = new AtomicReference<>();
   private volatile boolean filterRemoved;
-  /** The sync bitmap (frozen while the job runs), or null. */
-  private final BlockDirtyBitmap syncBitmap;
-  /** What happens to {@link #syncBitmap} at the end; null without one. */
-  private final BitmapSyncMode bitmapMode;
+  /** The sync bitmap and its bitmap-mode (frozen while the job runs). */
+  private final BackupBitmap bitmap;
 
   private BackupJob(String id, BlockNode node, BlockDevice target, BackupOptions options, int clusterSize,
-      BitmapChoice bitmap) {
+      BackupBitmap bitmap) {
     super(id, "backup", options.autoFinalize(), options.autoDismiss());
     this.node = node;
     this.source = node.device();
@@ -96,54 +94,7 @@ public final class BackupJob extends Job {
       return t;
     });
     rateLimit.setSpeed(options.speed());
-    this.syncBitmap = bitmap.bitmap();
-    this.bitmapMode = bitmap.mode();
-  }
-
-  /** The bitmap arguments after QEMU's checks: sync=incremental made bitmap with on-success. */
-  private record BitmapChoice(MirrorSyncMode sync, BlockDirtyBitmap bitmap, BitmapSyncMode mode) {}
-
-  /**
-   * do_backup_common's checks of sync, bitmap and bitmap-mode, in QEMU's order and with its
-   * messages: a bitmap needs a mode and a sync that uses or produces it; incremental is bitmap with
-   * on-success only.
-   */
-  private static BitmapChoice checkBitmapArguments(BlockNode node, BackupOptions options) {
-    MirrorSyncMode sync = options.sync();
-    BitmapSyncMode mode = options.bitmapMode();
-    String name = options.bitmap();
-    if ((sync == MirrorSyncMode.bitmap || sync == MirrorSyncMode.incremental) && name == null) {
-      // before incremental becomes bitmap, so the message names the mode asked for
-      throw new JobException("must provide a valid bitmap name for '" + sync + "' sync mode");
-    }
-    if (sync == MirrorSyncMode.incremental) {
-      if (mode != null && mode != BitmapSyncMode.on_success) {
-        throw new JobException("Bitmap sync mode must be '" + BitmapSyncMode.on_success.qapiName()
-            + "' when using sync mode '" + sync + "'");
-      }
-      sync = MirrorSyncMode.bitmap;
-      mode = BitmapSyncMode.on_success;
-    }
-    BlockDirtyBitmap bitmap = null;
-    if (name != null) {
-      bitmap = node.findBitmap(name).orElseThrow(
-          () -> new JobException("Bitmap '" + name + "' could not be found"));
-      if (mode == null) {
-        throw new JobException("Bitmap sync mode must be given when providing a bitmap");
-      }
-      DirtyBitmaps.check(bitmap, DirtyBitmaps.ALLOW_RO);
-      if (sync == MirrorSyncMode.none) {
-        throw new JobException("sync mode '" + sync + "' does not produce meaningful bitmap outputs");
-      }
-      if (mode == BitmapSyncMode.never && sync != MirrorSyncMode.bitmap) {
-        throw new JobException("Bitmap sync mode '" + mode.qapiName()
-            + "' has no meaningful effect when combined with sync mode '" + sync + "'");
-      }
-    }
-    if (name == null && mode != null) {
-      throw new JobException("Cannot specify bitmap sync mode without a bitmap");
-    }
-    return new BitmapChoice(sync, bitmap, mode);
+    this.bitmap = bitmap;
   }
 
   /**
@@ -158,7 +109,7 @@ public final class BackupJob extends Job {
     Objects.requireNonNull(node, "node");
     Objects.requireNonNull(target, "target");
     Objects.requireNonNull(options, "options");
-    BitmapChoice bitmap = checkBitmapArguments(node, options);
+    BackupBitmap bitmap = BackupBitmap.check(node, options);
     if (target == node || target == node.base() || target == node.device()) {
       throw new JobException("Source and target cannot be the same");
     }
@@ -187,17 +138,7 @@ public final class BackupJob extends Job {
     boolean frozen = false;
     try (BlockNode.Drained d = node.drain()) {
       job = new BackupJob(id, node, target, options, clusterSize, bitmap);
-      if (bitmap.bitmap() != null) {
-        // backup_job_create: a bitmap the job will write must be writable; then it is frozen
-        if (bitmap.mode() != BitmapSyncMode.never) {
-          DirtyBitmaps.check(bitmap.bitmap(), DirtyBitmaps.DEFAULT);
-        }
-        node.bitmaps().createSuccessor(bitmap.bitmap());
-        frozen = true;
-        if (bitmap.sync() == MirrorSyncMode.bitmap) {
-          job.copyOnlyDirty();
-        }
-      }
+      frozen = bitmap.freeze(node, job.bcs);
       manager.register(job);
       // block_job_create applies the speed argument as block-job-set-speed does, so query-jobs
       // and the BLOCK_JOB_* events report it from the start
@@ -205,25 +146,12 @@ public final class BackupJob extends Job {
       node.insertFilter(job.source, job.cbw);
     } catch (RuntimeException e) {
       if (frozen) {
-        try (BlockNode.Drained d = node.drain()) {
-          node.bitmaps().reclaim(bitmap.bitmap());
-        }
+        bitmap.unfreeze(node);
       }
       node.unblock("block device is in use by block job: backup");
       throw e;
     }
     return job;
-  }
-
-  /**
-   * sync=bitmap: the copy bitmap becomes the sync bitmap's dirty granules, rounded out to whole job
-   * clusters (backup_init_bcs_bitmap). Runs while the node is drained and before the filter is on
-   * it, so the frozen bitmap and the point in time are the same instant.
-   */
-  private void copyOnlyDirty() {
-    DirtyBitmap copy = bcs.copyBitmap();
-    copy.clear();
-    DirtyBitmaps.mergeBits(copy, syncBitmap.bits());
   }
 
   /**
@@ -531,47 +459,23 @@ public final class BackupJob extends Job {
   /** backup_commit: the job succeeded. */
   @Override
   protected void commit() {
-    cleanupSyncBitmap(true);
+    bitmap.cleanup(node, bcs, true);
   }
 
   /** backup_abort: the job failed or was cancelled. */
   @Override
   protected void abort() {
-    cleanupSyncBitmap(false);
-  }
-
-  /**
-   * backup_cleanup_sync_bitmap: with on-success after a success, or always, the successor becomes
-   * the bitmap; otherwise (a failure under on-success, never) it is merged back. A failure under
-   * always then adds what the job had not copied, so the bitmap says what the target still lacks.
-   * Drained, so no write falls between the successor's bits and the bitmap's.
-   */
-  private void cleanupSyncBitmap(boolean success) {
-    if (syncBitmap == null || !syncBitmap.hasSuccessor()) {
-      return;
-    }
-    try (BlockNode.Drained d = node.drain()) {
-      DirtyBitmaps bitmaps = node.bitmaps();
-      boolean sync = (success || bitmapMode == BitmapSyncMode.always) && bitmapMode != BitmapSyncMode.never;
-      if (sync) {
-        bitmaps.abdicate(syncBitmap);
-      } else {
-        bitmaps.reclaim(syncBitmap);
-      }
-      if (!success && bitmapMode == BitmapSyncMode.always) {
-        DirtyBitmaps.mergeBits(syncBitmap.bits(), bcs.copyBitmap());
-      }
-    }
+    bitmap.cleanup(node, bcs, false);
   }
 
   /** The sync bitmap, or null: frozen (busy, with a successor) until the job ends. */
   public BlockDirtyBitmap syncBitmap() {
-    return syncBitmap;
+    return bitmap.bitmap();
   }
 
   /** bitmap-mode in effect (on-success for sync=incremental), or null without a bitmap. */
   public BitmapSyncMode bitmapMode() {
-    return bitmapMode;
+    return bitmap.mode();
   }
 
   /** backup_clean: the filter leaves the graph, the node is free for other jobs. */
