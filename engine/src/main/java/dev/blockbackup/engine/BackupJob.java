@@ -25,6 +25,11 @@ import java.util.concurrent.atomic.AtomicReference;
  * allocate); sync=none copies only what guests overwrite and runs until cancelled. The filter stays
  * until the job is finalized or aborted.
  *
+ * <p>With a bitmap (sync=bitmap or incremental, or full and top with bitmap-mode) the bitmap is
+ * frozen at the same instant: it gets a successor that records the writes from then on, and for
+ * sync=bitmap the copy is only its dirty clusters. At the end bitmap-mode decides whether the
+ * successor replaces it or is merged back ({@link BitmapSyncMode}).
+ *
  * <p>Background errors follow on-source-error (reads) and on-target-error (writes); errors of
  * copy-before-write follow on-cbw-error instead. Rate limits apply to the background copier only.
  */
@@ -55,8 +60,11 @@ public final class BackupJob extends Job {
   /** The first failure of a background copy since the body last looked. */
   private final AtomicReference<BlockCopyException> backgroundError = new AtomicReference<>();
   private volatile boolean filterRemoved;
+  /** The sync bitmap and its bitmap-mode (frozen while the job runs). */
+  private final BackupBitmap bitmap;
 
-  private BackupJob(String id, BlockNode node, BlockDevice target, BackupOptions options, int clusterSize) {
+  private BackupJob(String id, BlockNode node, BlockDevice target, BackupOptions options, int clusterSize,
+      BackupBitmap bitmap) {
     super(id, "backup", options.autoFinalize(), options.autoDismiss());
     this.node = node;
     this.source = node.device();
@@ -86,6 +94,7 @@ public final class BackupJob extends Job {
       return t;
     });
     rateLimit.setSpeed(options.speed());
+    this.bitmap = bitmap;
   }
 
   /**
@@ -100,11 +109,7 @@ public final class BackupJob extends Job {
     Objects.requireNonNull(node, "node");
     Objects.requireNonNull(target, "target");
     Objects.requireNonNull(options, "options");
-    switch (options.sync()) {
-      case incremental, bitmap -> throw new JobException(
-          "must provide a valid bitmap name for '" + options.sync() + "' sync mode");
-      default -> { }
-    }
+    BackupBitmap bitmap = BackupBitmap.check(node, options);
     if (target == node || target == node.base() || target == node.device()) {
       throw new JobException("Source and target cannot be the same");
     }
@@ -130,14 +135,19 @@ public final class BackupJob extends Job {
     String id = options.jobId() != null ? options.jobId() : node.name();
     node.block("block device is in use by block job: backup");
     BackupJob job;
+    boolean frozen = false;
     try (BlockNode.Drained d = node.drain()) {
-      job = new BackupJob(id, node, target, options, clusterSize);
+      job = new BackupJob(id, node, target, options, clusterSize, bitmap);
+      frozen = bitmap.freeze(node, job.bcs);
       manager.register(job);
       // block_job_create applies the speed argument as block-job-set-speed does, so query-jobs
       // and the BLOCK_JOB_* events report it from the start
       job.setSpeed(options.speed());
       node.insertFilter(job.source, job.cbw);
     } catch (RuntimeException e) {
+      if (frozen) {
+        bitmap.unfreeze(node);
+      }
       node.unblock("block device is in use by block job: backup");
       throw e;
     }
@@ -453,6 +463,28 @@ public final class BackupJob extends Job {
   }
 
   // ---------------------------------------------------------------- the end
+
+  /** backup_commit: the job succeeded. */
+  @Override
+  protected void commit() {
+    bitmap.cleanup(node, bcs, true);
+  }
+
+  /** backup_abort: the job failed or was cancelled. */
+  @Override
+  protected void abort() {
+    bitmap.cleanup(node, bcs, false);
+  }
+
+  /** The sync bitmap, or null: frozen (busy, with a successor) until the job ends. */
+  public BlockDirtyBitmap syncBitmap() {
+    return bitmap.bitmap();
+  }
+
+  /** bitmap-mode in effect (on-success for sync=incremental), or null without a bitmap. */
+  public BitmapSyncMode bitmapMode() {
+    return bitmap.mode();
+  }
 
   /** backup_clean: the filter leaves the graph, the node is free for other jobs. */
   @Override

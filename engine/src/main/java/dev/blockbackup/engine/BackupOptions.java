@@ -24,6 +24,8 @@ public final class BackupOptions {
   private int maxWorkers = 64;
   private long maxChunk;
   private long minClusterSize;
+  private String bitmap;
+  private BitmapSyncMode bitmapMode;
 
   private BackupOptions(MirrorSyncMode sync) {
     this.sync = Objects.requireNonNull(sync, "sync");
@@ -51,6 +53,8 @@ public final class BackupOptions {
     o.maxWorkers = maxWorkers;
     o.maxChunk = maxChunk;
     o.minClusterSize = minClusterSize;
+    o.bitmap = bitmap;
+    o.bitmapMode = bitmapMode;
     change.accept(o);
     return o;
   }
@@ -135,6 +139,19 @@ public final class BackupOptions {
     return with(o -> o.minClusterSize = bytes);
   }
 
+  /**
+   * bitmap: the name of a dirty bitmap of the source node. With sync=bitmap or incremental it says
+   * what to copy; with full or top it is only brought up to date at the end (bitmap-mode).
+   */
+  public BackupOptions withBitmap(String name) {
+    return with(o -> o.bitmap = Objects.requireNonNull(name, "bitmap"));
+  }
+
+  /** bitmap-mode: what the job does with its bitmap at the end; incremental implies on-success. */
+  public BackupOptions withBitmapMode(BitmapSyncMode mode) {
+    return with(o -> o.bitmapMode = Objects.requireNonNull(mode, "bitmap-mode"));
+  }
+
   public MirrorSyncMode sync() {
     return sync;
   }
@@ -193,5 +210,15 @@ public final class BackupOptions {
 
   public long minClusterSize() {
     return minClusterSize;
+  }
+
+  /** The bitmap's name, or null. */
+  public String bitmap() {
+    return bitmap;
+  }
+
+  /** bitmap-mode as given, or null when not given. */
+  public BitmapSyncMode bitmapMode() {
+    return bitmapMode;
   }
 }

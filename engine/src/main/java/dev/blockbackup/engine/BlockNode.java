@@ -3,11 +3,13 @@ package dev.blockbackup.engine;
 import dev.blockbackup.formats.BlockDevice;
 import dev.blockbackup.formats.BlockError;
 import dev.blockbackup.formats.BlockIOException;
+import dev.blockbackup.formats.DirtyBitmap;
 import dev.blockbackup.formats.Extent;
 import dev.blockbackup.formats.WriteFlag;
 import java.nio.ByteBuffer;
 import java.util.List;
 import java.util.Objects;
+import java.util.Optional;
 import java.util.concurrent.locks.Condition;
 import java.util.concurrent.locks.ReentrantLock;
 
@@ -19,12 +21,19 @@ import java.util.concurrent.locks.ReentrantLock;
  * of the node goes through them (QEMU's bdrv_replace_node on the parents). Every call of the
  * contract is forwarded, so a node is as capable as its device (compressed writes included).
  *
- * <p>Dirty bitmaps attach here in the bitmaps issue.
+ * <p>The node's named dirty bitmaps (QEMU's block-dirty-bitmap-* commands) live here. Their
+ * tracking is a filter kept directly above the base, below every job filter, so it sees exactly
+ * the changes that reach the base through the node. A command that changes bits or recording runs
+ * under the node's drain, so it is one instant against the writes in flight.
  */
 public final class BlockNode implements BlockDevice {
 
   private final String name;
   private final BlockDevice base;
+  /** The node's dirty bitmaps. */
+  private final DirtyBitmaps bitmaps = new DirtyBitmaps(this);
+  /** Marks the bitmaps: always directly above {@link #base}. */
+  private final DirtyTracking tracking;
   /** The top of this node's filter chain: {@link #base} or a filter above it. */
   private volatile BlockDevice top;
 
@@ -41,7 +50,8 @@ public final class BlockNode implements BlockDevice {
       throw new IllegalArgumentException("a node needs a non-empty name");
     }
     this.base = Objects.requireNonNull(base, "device");
-    this.top = base;
+    this.tracking = new DirtyTracking(base, bitmaps);
+    this.top = tracking;
   }
 
   /** A node called {@code name} (QEMU's node-name) over {@code device}. */
@@ -64,6 +74,14 @@ public final class BlockNode implements BlockDevice {
    */
   BlockDevice device() {
     return top;
+  }
+
+  /**
+   * The device requests go to when no job filter is on the node: the dirty tracking above the
+   * base. A job's filter wraps this (engine only).
+   */
+  BlockDevice unfiltered() {
+    return tracking;
   }
 
   /** Requests admitted and not yet finished. */
@@ -123,6 +141,123 @@ public final class BlockNode implements BlockDevice {
       return drainCount > 0;
     } finally {
       lock.unlock();
+    }
+  }
+
+  // ---------------------------------------------------------------- dirty bitmaps
+
+  DirtyBitmaps bitmaps() {
+    return bitmaps;
+  }
+
+  /** block-dirty-bitmap-add with QEMU's defaults: default granularity, not persistent, enabled. */
+  public BlockDirtyBitmap addBitmap(String name) {
+    return addBitmap(name, null, false, false);
+  }
+
+  /**
+   * block-dirty-bitmap-add. A null {@code granularity} is QEMU's default: the node's cluster size
+   * clamped to [4 KiB, 64 KiB], 64 KiB without one. {@code persistent} needs a format that stores
+   * bitmaps; none does yet, so it is refused with QEMU's message.
+   *
+   * @throws BitmapException with QEMU's message: empty or too long a name, a duplicate, a bad
+   *     granularity, persistence the node cannot store
+   */
+  public BlockDirtyBitmap addBitmap(String name, Integer granularity, boolean persistent, boolean disabled) {
+    try (Drained d = drain()) {
+      return bitmaps.add(name, granularity, persistent, disabled);
+    }
+  }
+
+  /** block-dirty-bitmap-remove; refused for a busy or readonly bitmap. */
+  public void removeBitmap(String name) {
+    try (Drained d = drain()) {
+      bitmaps.remove(name);
+    }
+  }
+
+  /** block-dirty-bitmap-clear; refused for a busy, readonly or inconsistent bitmap. */
+  public void clearBitmap(String name) {
+    try (Drained d = drain()) {
+      bitmaps.clear(name);
+    }
+  }
+
+  /** block-dirty-bitmap-enable; refused for a busy or inconsistent bitmap. */
+  public void enableBitmap(String name) {
+    try (Drained d = drain()) {
+      bitmaps.setEnabled(name, true);
+    }
+  }
+
+  /** block-dirty-bitmap-disable; refused for a busy or inconsistent bitmap. */
+  public void disableBitmap(String name) {
+    try (Drained d = drain()) {
+      bitmaps.setEnabled(name, false);
+    }
+  }
+
+  /**
+   * block-dirty-bitmap-merge: sets in {@code target} every bit of each source (of this node or of
+   * others). Either all sources are merged or, when one is refused, nothing changes.
+   */
+  public void mergeBitmaps(String target, List<BlockDirtyBitmapMergeSource> sources) {
+    try (Drained d = drain()) {
+      bitmaps.merge(target, sources);
+    }
+  }
+
+  /** The bitmap called {@code name}, if any (bdrv_find_dirty_bitmap). */
+  public Optional<BlockDirtyBitmap> findBitmap(String name) {
+    return Optional.ofNullable(bitmaps.find(Objects.requireNonNull(name, "name")));
+  }
+
+  /** query-block's dirty-bitmaps: newest first, a job's anonymous successors included. */
+  public List<BlockDirtyInfo> queryBitmaps() {
+    return bitmaps.query();
+  }
+
+  /**
+   * Marks {@code name} busy for an operation that reads it (an NBD export of the bitmap); the
+   * returned handle makes it free again. Refused for a busy or inconsistent bitmap.
+   */
+  public BitmapUse useBitmap(String name) {
+    BlockDirtyBitmap b;
+    synchronized (bitmaps) {
+      b = bitmaps.lookup(name);
+      DirtyBitmaps.check(b, DirtyBitmaps.ALLOW_RO);
+      bitmaps.setBusy(b, true);
+    }
+    return new BitmapUse() {
+      private boolean closed;
+
+      @Override
+      public void close() {
+        synchronized (bitmaps) {
+          if (!closed) {
+            closed = true;
+            bitmaps.setBusy(b, false);
+          }
+        }
+      }
+    };
+  }
+
+  /** An operation's hold on a bitmap (see {@link #useBitmap}); closing it twice is harmless. */
+  public interface BitmapUse extends AutoCloseable {
+    @Override
+    void close();
+  }
+
+  /**
+   * The seam for a format that stores bitmaps (qcow2's bitmaps extension): at open it hands in
+   * each stored bitmap. It is persistent; stored with its in-use flag it is inconsistent (and
+   * disabled); on a read-only image it is readonly.
+   */
+  public BlockDirtyBitmap attachStoredBitmap(String name, DirtyBitmap bits, boolean enabled, boolean inconsistent,
+      boolean readonly) {
+    try (Drained d = drain()) {
+      return bitmaps.attachStored(name, bits, enabled, inconsistent, readonly);
     }
   }
 

@@ -8,9 +8,9 @@ public enum MirrorSyncMode {
   top,
   /** Nothing in the background: only what guests are about to overwrite (fleecing). */
   none,
-  /** Alias of bitmap with bitmap-mode on-success (the bitmaps issue). */
+  /** Alias of bitmap with bitmap-mode on-success. */
   incremental,
-  /** Only clusters dirty in a bitmap (the bitmaps issue). */
+  /** Only clusters dirty in a bitmap (see {@link BitmapSyncMode} for what happens to it). */
   bitmap;
 
   public static MirrorSyncMode parse(String s) {

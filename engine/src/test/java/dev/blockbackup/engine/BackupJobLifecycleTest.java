@@ -326,7 +326,7 @@ class BackupJobLifecycleTest {
         awaitStatus(job, JobStatus.null_);
         recorder.awaitStatus(JobStatus.null_); // events go out after the status changes
         assertThat(job.error()).isEqualTo("Operation canceled");
-        assertThat(job.node().device()).as("filter removed").isSameAs(job.node().base());
+        assertThat(job.node().device()).as("filter removed").isSameAs(job.node().unfiltered());
         if (status == JobStatus.created) {
           // never started: aborted on the spot, and no BLOCK_JOB_* event (job_cancel of a CREATED job)
           assertThat(eventNames()).containsExactly("created", "aborting", "concluded", "null");
@@ -370,7 +370,7 @@ class BackupJobLifecycleTest {
         job.finalizeJob();
         awaitStatus(job, JobStatus.null_);
         assertThat(job.error()).isNull();
-        assertThat(job.node().device()).as("filter removed at finalize").isSameAs(job.node().base());
+        assertThat(job.node().device()).as("filter removed at finalize").isSameAs(job.node().unfiltered());
       }
       case dismiss -> {
         job.dismiss();
@@ -395,7 +395,7 @@ class BackupJobLifecycleTest {
     recorder.awaitStatus(JobStatus.null_);
     assertThat(eventNames()).containsExactly("created", "running", "aborting", "BLOCK_JOB_CANCELLED",
         "concluded", "null");
-    assertThat(held.node().device()).isSameAs(held.node().base());
+    assertThat(held.node().device()).isSameAs(held.node().unfiltered());
     // the guest write went through, after its cluster's old content reached the target
     assertThat(read(held.node(), 0, 4096)).isEqualTo(new byte[4096]);
     assertThat(read(target, 0, CLUSTER)).isEqualTo(Arrays.copyOf(held.original(), CLUSTER));
@@ -436,7 +436,7 @@ class BackupJobLifecycleTest {
     assertThat(eventNames()).containsExactlyElementsOf(expected);
     assertThat(recorder.events()).filteredOn(e -> e instanceof BlockJobCompleted)
         .containsExactly(new BlockJobCompleted("backup", "job0", SIZE, SIZE, 0, null));
-    assertThat(src.node().device()).isSameAs(src.node().base());
+    assertThat(src.node().device()).isSameAs(src.node().unfiltered());
     assertThat(readAll(tgt)).isEqualTo(src.original());
   }
 
@@ -519,7 +519,7 @@ class BackupJobLifecycleTest {
     assertThat(c.offset() % CLUSTER).isZero();
     assertThat(job.error()).isEqualTo("Operation canceled");
 
-    assertThat(src.node().device()).as("filter removed").isSameAs(src.node().base());
+    assertThat(src.node().device()).as("filter removed").isSameAs(src.node().unfiltered());
     assertThat(readAll(src.node())).as("source untouched").isEqualTo(src.original());
     // what was copied is the source's data; the rest was never written
     DirtyBitmap copied = job.filter().blockCopy().copiedBitmap();
@@ -610,7 +610,7 @@ class BackupJobLifecycleTest {
               BackupOptions.of(MirrorSyncMode.full).withJobId("job0")))
           .isInstanceOf(JobException.class)
           .hasMessage("Job ID 'job0' already in use");
-      assertThat(s.node().device()).isSameAs(s.node().base());
+      assertThat(s.node().device()).isSameAs(s.node().unfiltered());
     }
     assertThat(manager.list()).containsExactly(first);
 
@@ -662,7 +662,7 @@ class BackupJobLifecycleTest {
   private void assertNothingHappened(Source src) throws Exception {
     assertThat(manager.list()).isEmpty();
     assertThat(recorder.events()).isEmpty();
-    assertThat(src.node().device()).isSameAs(src.node().base());
+    assertThat(src.node().device()).isSameAs(src.node().unfiltered());
     BackupJob job = backup(src, rawTarget(SIZE), BackupOptions.of(MirrorSyncMode.full));
     job.start();
     assertThat(job.awaitConcluded(TIMEOUT)).isTrue();

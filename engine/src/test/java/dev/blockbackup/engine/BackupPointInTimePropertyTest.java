@@ -404,7 +404,7 @@ class BackupPointInTimePropertyTest {
       assertThat(events).contains("BLOCK_JOB_COMPLETED").doesNotContain("BLOCK_JOB_ERROR");
       assertThat(job.currentProgress()).as("progress").isEqualTo(job.totalProgress());
     }
-    assertThat(node.device()).as("the filter is gone").isSameAs(srcDev);
+    assertThat(node.device()).as("the filter is gone").isSameAs(node.unfiltered());
     assertSameBytes(pit, readAll(tgt), "the target after the job");
 
     // the source holds every request, in the order the range lock let them through

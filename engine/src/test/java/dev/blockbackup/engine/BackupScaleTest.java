@@ -116,7 +116,7 @@ class BackupScaleTest {
           .hasMessageContaining(String.valueOf(1L << 62))
           .hasMessageContaining(String.valueOf(BackupJob.maxSize(CLUSTER)));
       assertThat(jobs.list()).isEmpty();
-      assertThat(node.device()).isSameAs(source);
+      assertThat(node.device()).isSameAs(node.unfiltered());
     }
     assertThat(BackupJob.maxSize(CLUSTER)).isEqualTo(16L << 50);
   }

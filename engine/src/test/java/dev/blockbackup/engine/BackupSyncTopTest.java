@@ -107,7 +107,7 @@ class BackupSyncTopTest {
     job.start();
     assertThat(job.awaitConcluded(TIMEOUT)).as("job concluded").isTrue();
     assertThat(job.error()).isNull();
-    assertThat(node.device()).as("filter removed").isSameAs(node.base());
+    assertThat(node.device()).as("filter removed").isSameAs(node.unfiltered());
     return job;
   }
 

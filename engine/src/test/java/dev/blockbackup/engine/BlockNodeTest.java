@@ -101,17 +101,17 @@ class BlockNodeTest {
   void filtersGoInOnlyWhileDrained() throws Exception {
     RawImage raw = RawImage.create(dir.resolve("b.raw"), 1 << 20);
     BlockNode node = BlockNode.of("drive0", raw);
-    ForwardingBlockDevice filter = new ForwardingBlockDevice(raw) {};
-    assertThatThrownBy(() -> node.insertFilter(raw, filter)).isInstanceOf(IllegalStateException.class);
+    ForwardingBlockDevice filter = new ForwardingBlockDevice(node.unfiltered()) {};
+    assertThatThrownBy(() -> node.insertFilter(node.unfiltered(), filter)).isInstanceOf(IllegalStateException.class);
     try (BlockNode.Drained d = node.drain()) {
-      node.insertFilter(raw, filter);
+      node.insertFilter(node.unfiltered(), filter);
     }
     assertThat(node.device()).isSameAs(filter);
     assertThat(node.base()).isSameAs(raw);
     try (BlockNode.Drained d = node.drain()) {
-      node.removeFilter(filter, raw);
+      node.removeFilter(filter, node.unfiltered());
     }
-    assertThat(node.device()).isSameAs(raw);
+    assertThat(node.device()).isSameAs(node.unfiltered());
     node.close();
   }
 

@@ -170,6 +170,43 @@ class CopyBeforeWriteInterceptionTest {
     node.close();
   }
 
+  @Test
+  void theNodesDirtyTrackingIsAnInterceptionFilterRightAboveTheBase() throws Exception {
+    Qcow2Image src = Qcow2Image.create(dir.resolve("t.qcow2"), Qcow2CreateOptions.of(SIZE));
+    BlockNode node = BlockNode.of("drive0", src);
+    assertThat(node.unfiltered()).isInstanceOf(DirtyTracking.class).isInstanceOf(InterceptingBlockDevice.class);
+    Qcow2Image tgt = Qcow2Image.create(dir.resolve("tt.qcow2"), Qcow2CreateOptions.of(SIZE));
+    BackupJob job = BackupJob.create(new JobManager(), node, tgt, BackupOptions.of(MirrorSyncMode.none));
+    assertThat(job.filter().blockCopy().source()).as("a job's filter goes above the tracking").isSameAs(node.unfiltered());
+    job.cancel();
+    assertThat(job.awaitConcluded(WAIT)).isTrue();
+    tgt.close();
+    node.close();
+  }
+
+  @Test
+  void everyChangingCallThroughTheNodeMarksItsBitmaps() throws Exception {
+    Qcow2Image src = Qcow2Image.create(dir.resolve("m.qcow2"), Qcow2CreateOptions.of(SIZE));
+    BlockNode node = BlockNode.of("drive0", src);
+    BlockDirtyBitmap bitmap = node.addBitmap("b0", CLUSTER, false, false);
+    int next = 0;
+    SplittableRandom random = new SplittableRandom(13);
+    for (Method m : mutating()) {
+      String sig = signature(m);
+      Mutation mutation = MUTATIONS.get(sig);
+      assertThat(mutation).as("no test shows that %s marks bitmaps: add it to MUTATIONS", sig).isNotNull();
+      long off = (long) next * CLUSTER;
+      byte[] data = new byte[CLUSTER];
+      random.nextBytes(data);
+      node.clearBitmap("b0");
+      mutation.apply(node, off, data);
+      assertThat(bitmap.count()).as("%s marked one cluster", sig).isEqualTo(CLUSTER);
+      assertThat(bitmap.isDirty(off)).as("%s at %d", sig, off).isTrue();
+      next += 2;
+    }
+    node.close();
+  }
+
   private static byte[] read(BlockDevice d, long off) throws Exception {
     ByteBuffer b = ByteBuffer.allocate(CLUSTER);
     d.read(off, b);
