@@ -39,6 +39,8 @@ public abstract class Job {
   private final JobPauses pauses;
   private final JobProgress progress = new JobProgress();
   private final JobExit exit;
+  /** Set before the start, if the job is in a group (a grouped transaction). */
+  private volatile JobTxn txn;
   /** Rate limit in bytes per second; 0 = unlimited. Written under the lock. */
   private volatile long speed;
 
@@ -385,6 +387,34 @@ public abstract class Job {
     }
     if (abortHere) {
       exit.finishAbort();
+    }
+  }
+
+  /** The group this job succeeds or fails with, or null (see {@link JobTxn}). */
+  final JobTxn txn() {
+    return txn;
+  }
+
+  /** Puts this job, not started yet, in {@code group}. */
+  final void joinTxn(JobTxn group) {
+    state.lock.lock();
+    try {
+      if (state.started || txn != null) {
+        throw new IllegalStateException("job '" + id + "' has started or is in a group already");
+      }
+      txn = group;
+      group.add(this);
+    } finally {
+      state.lock.unlock();
+    }
+  }
+
+  /** Cancels this job because its group aborted; a job already ending needs nothing. */
+  final void cancelForTxn() {
+    try {
+      cancel();
+    } catch (JobException ended) {
+      // aborting or concluded already: it is ending as the group needs
     }
   }
 

@@ -46,6 +46,7 @@ final class JobExit {
       }
     }
     boolean success;
+    JobTxn txn = job.txn();
     state.lock.lock();
     try {
       if (failure != null && state.error == null) {
@@ -53,8 +54,24 @@ final class JobExit {
       }
       success = state.error == null && !state.cancelled;
       if (success) {
-        // job_completed_txn_success: the whole (one-job) transaction has converged.
         state.transition(JobStatus.waiting);
+      }
+    } finally {
+      state.unlockAndFlush();
+    }
+    if (txn != null) {
+      // the group's other jobs are waited for, or cancelled, without this job's lock held
+      if (success) {
+        success = txn.awaitCompleted();
+      } else {
+        txn.abort(job);
+      }
+    }
+    state.lock.lock();
+    try {
+      success = success && state.error == null && !state.cancelled;
+      if (success) {
+        // job_completed_txn_success: the whole transaction has converged.
         state.transition(JobStatus.pending);
         if (!job.autoFinalize()) {
           events.queue(new BlockJobPending(job.type(), job.id()));
@@ -79,6 +96,14 @@ final class JobExit {
           state.lock.unlock();
         }
         success = false;
+      }
+    }
+    if (txn != null) {
+      // no job of the group commits before all have prepared
+      if (success) {
+        success = txn.awaitPrepared();
+      } else {
+        txn.abort(job);
       }
     }
     if (success) {
