@@ -30,6 +30,15 @@ final class BitmapsHeader {
       old.get((int) backingOff, backing);
     }
     int end = backingOff != 0 ? (int) backingOff : cs;
+    int at = find(old, headerLength, end);
+    if (ext != null && at >= 0 && old.getLong(Qcow2Header.OFF_AUTOCLEAR) == autoclear) {
+      // the extension is where it was: change its fields alone, in one small write
+      ByteBuffer f = ByteBuffer.allocate(BitmapDirectory.EXTENSION_LENGTH);
+      f.putInt(0, (int) ext.nbBitmaps()).putLong(8, ext.directorySize()).putLong(16, ext.directoryOffset());
+      file.writeMetadata(OverlapCheck.Kind.HEADER, f, at + 8);
+      file.sync();
+      return;
+    }
     ByteBuffer b = ByteBuffer.allocate(cs);
     b.put(0, old, 0, headerLength);
     b.putLong(Qcow2Header.OFF_AUTOCLEAR, autoclear);
@@ -67,6 +76,23 @@ final class BitmapsHeader {
     }
     file.writeMetadata(OverlapCheck.Kind.HEADER, b, 0);
     file.sync();
+  }
+
+  /** Where the bitmaps extension of 24 bytes starts in {@code c0}, or -1. */
+  private static int find(ByteBuffer c0, int from, int end) {
+    int in = from;
+    while (in + 8 <= end) {
+      int type = c0.getInt(in);
+      int len = c0.getInt(in + 4);
+      if (type == Qcow2Header.EXT_END || len < 0) {
+        return -1;
+      }
+      if (type == Qcow2Header.EXT_BITMAPS) {
+        return len == BitmapDirectory.EXTENSION_LENGTH && in + 8 + len <= end ? in : -1;
+      }
+      in += 8 + ((len + 7) & ~7);
+    }
+    return -1;
   }
 
   private static int putBitmaps(ByteBuffer b, int out, BitmapDirectory.Extension ext, int cs) throws BlockIOException {

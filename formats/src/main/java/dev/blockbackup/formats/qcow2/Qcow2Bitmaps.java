@@ -187,37 +187,33 @@ final class Qcow2Bitmaps {
 
   /**
    * The read-write open, before the first guest write: unknown autoclear bits are cleared (we do
-   * not maintain their features), and every loaded bitmap is marked {@code in_use} in the directory
-   * in place. As QEMU, the bitmaps bit is cleared while the directory changes in place, so that a
-   * torn directory write is never trusted.
+   * not maintain their features), and every loaded bitmap is marked {@code in_use}. QEMU rewrites
+   * the directory in place with the bitmaps bit cleared meanwhile, so that a crash in between loses
+   * every bitmap; we write the marked directory to new clusters and switch the extension's offset
+   * field to it, so a crash leaves either the old directory or the new one (and a leaked cluster).
    */
   void openReadWrite() throws IOException {
     OverlapCheck o = file.overlaps();
     o.add(OverlapCheck.Kind.BITMAP_DIRECTORY, dirOffset, dirSize);
     protect(onDisk, true);
-    boolean have = !onDisk.isEmpty();
+    long want = onDisk.isEmpty() ? 0 : Qcow2Header.AUTOCLEAR_BITMAPS;
+    if (autoclear != want) {
+      writeAutoclear(want);
+    }
     boolean mark = false;
+    List<Stored> marked = new ArrayList<>();
     for (Stored s : onDisk) {
       mark |= !s.entry().inUse();
-    }
-    long want = have ? Qcow2Header.AUTOCLEAR_BITMAPS : 0;
-    if (autoclear == want && !mark) {
-      return;
+      marked.add(new Stored(s.entry().withFlags(s.entry().flags() | BitmapDirectory.FLAG_IN_USE), s.table()));
     }
     if (mark) {
-      writeAutoclear(0);
-      List<Stored> marked = new ArrayList<>();
-      List<BitmapDirectory.Entry> entries = new ArrayList<>();
-      for (Stored s : onDisk) {
-        BitmapDirectory.Entry e = s.entry().withFlags(s.entry().flags() | BitmapDirectory.FLAG_IN_USE);
-        marked.add(new Stored(e, s.table()));
-        entries.add(e);
+      md.lock.lock();
+      try {
+        writeDirectory(marked);
+      } finally {
+        md.lock.unlock();
       }
-      file.writeMetadata(OverlapCheck.Kind.BITMAP_DIRECTORY, BitmapDirectory.encode(entries), dirOffset);
-      file.sync();
-      onDisk = marked;
     }
-    writeAutoclear(want);
   }
 
   private void writeAutoclear(long value) throws IOException {
