@@ -344,10 +344,11 @@ final class Qcow2Bitmaps {
   /**
    * Stores every consistent bitmap (close): its data and table in new clusters, then the new
    * directory and header, then frees the old tables. Inconsistent bitmaps keep their entry as it is,
-   * in use. Nothing is written when there is no consistent bitmap, as in QEMU.
+   * in use. Nothing is written when there is no consistent bitmap, as in QEMU, nor once the image
+   * is marked corrupt (its bitmaps stay in use, so they load inconsistent).
    */
   void store() throws IOException {
-    if (readOnly) {
+    if (readOnly || file.isCorrupt()) {
       return;
     }
     md.lock.lock();

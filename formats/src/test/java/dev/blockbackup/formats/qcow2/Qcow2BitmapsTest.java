@@ -210,6 +210,53 @@ class Qcow2BitmapsTest {
     refusedBothWays("bitmap_directory_offset");
   }
 
+  /** Points guest cluster 0 (allocated by a write) at host offset {@code host}, as a broken L2 entry would. */
+  private void pointGuestClusterZeroAt(long host) throws Exception {
+    long l2 = readLong(readLong(40)) & Qcow2Image.OFFSET_MASK;
+    patchLong(l2, host | Qcow2Image.COPIED);
+  }
+
+  /** Allocates guest cluster 0 (the bitmap's clusters move as it is stored again on close). */
+  private void allocateGuestClusterZero() throws Exception {
+    try (Qcow2Image q = Qcow2Image.open(img, false)) {
+      q.write(0, ByteBuffer.allocate(512));
+    }
+  }
+
+  private void assertRefusedAsOverlap(String kind) throws Exception {
+    Qcow2Image q = Qcow2Image.open(img, false);
+    try {
+      assertThatThrownBy(() -> q.write(0, ByteBuffer.allocate(512))).isInstanceOf(ImageFormatException.class)
+          .hasMessageContaining("Preventing invalid write on metadata (overlaps with " + kind);
+    } finally {
+      try {
+        q.close();
+      } catch (ImageFormatException ignored) {
+        // the image is marked corrupt: what close would flush is refused too
+      }
+    }
+    try (Qcow2Image r = Qcow2Image.open(img, true)) {
+      assertThat(r.findBitmap("b").inconsistent()).as("not stored after the corruption: still in use").isTrue();
+    }
+  }
+
+  @Test
+  void aGuestWriteOntoABitmapDataClusterIsRefusedAsAnOverlap() throws Exception {
+    allocateGuestClusterZero();
+    long table = readLong(directory());
+    long data = readLong(table) & BitmapTables.ENTRY_OFFSET_MASK; // one cluster covers the whole disk
+    assertThat(data).isPositive();
+    pointGuestClusterZeroAt(data);
+    assertRefusedAsOverlap("bitmap data");
+  }
+
+  @Test
+  void aGuestWriteOntoABitmapTableIsRefusedAsAnOverlap() throws Exception {
+    allocateGuestClusterZero();
+    pointGuestClusterZeroAt(readLong(directory()));
+    assertRefusedAsOverlap("bitmap table");
+  }
+
   @Test
   void badTablesAreRefused() throws Exception {
     long dirOff = directory();
