@@ -261,6 +261,10 @@ final class Qcow2Bitmaps {
           + " must be a power of two of at least 512");
     }
     int bits = Integer.numberOfTrailingZeros(granularity);
+    if (md.size == 0) {
+      throw new BlockIOException(BlockError.EINVAL, where + ": an image of 0 bytes cannot hold a bitmap (a bitmap"
+          + " table has at least one entry)");
+    }
     long bytes = Qcow2Header.ceilDiv(Qcow2Header.ceilDiv(md.size, granularity), 8);
     if (bytes > BitmapDirectory.MAX_PHYS_SIZE || bytes > BitmapDirectory.MAX_TABLE_SIZE * clusterSize) {
       throw new BlockIOException(BlockError.EINVAL, "bitmap '" + name + "' at granularity " + granularity + " needs "
