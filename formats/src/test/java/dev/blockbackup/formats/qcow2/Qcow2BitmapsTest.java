@@ -258,6 +258,30 @@ class Qcow2BitmapsTest {
   }
 
   @Test
+  void manyBigBitmapsAreRefusedBeforeTheyAreHeld() throws Exception {
+    Path big = dir.resolve("big.qcow2");
+    long tableOffset;
+    try (Qcow2Image q = Qcow2Image.create(big, Qcow2CreateOptions.of(1L << 50))) {
+      q.addBitmap("b", 1 << 20, true); // 128 MiB of bits: QEMU's limit allows it
+    }
+    img = big;
+    tableOffset = readLong(directory());
+    // a hostile directory: 64 such bitmaps sharing one table, 8 GiB of bits in all
+    java.util.List<BitmapDirectory.Entry> entries = new java.util.ArrayList<>();
+    for (int i = 0; i < 64; i++) {
+      entries.add(new BitmapDirectory.Entry(tableOffset, 2048, BitmapDirectory.FLAG_AUTO, 20, "b" + i));
+    }
+    ByteBuffer d = BitmapDirectory.encode(entries);
+    long at = (java.nio.file.Files.size(big) + 65535) & ~65535L;
+    patch(at, d.array());
+    long ext = extensionData();
+    patchInt(ext, 64);
+    patchLong(ext + 8, d.capacity());
+    patchLong(ext + 16, at);
+    refusedBothWays("bitmap 'b", "bytes of memory, more than");
+  }
+
+  @Test
   void badTablesAreRefused() throws Exception {
     long dirOff = directory();
     long tableOff = readLong(dirOff);
