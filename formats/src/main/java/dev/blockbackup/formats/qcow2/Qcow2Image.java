@@ -145,6 +145,16 @@ public final class Qcow2Image implements BlockDevice {
     }
   }
 
+  /**
+   * The persistent bitmaps of the image at {@code path}, read as {@link #inspect} reads the header:
+   * read-only, without the backing chain (qemu-img info lists them so).
+   */
+  public static List<Qcow2Bitmap> inspectBitmaps(Path path) throws BlockIOException {
+    try (Qcow2Image img = Qcow2Opener.open(path, true, CacheMode.WRITEBACK, new HashSet<>(), 0, 0, false)) {
+      return img.bitmaps();
+    }
+  }
+
   /** Opens with an L2 cache of at most {@code l2Tables} tables, so tests can exercise eviction. */
   static Qcow2Image openWithSmallCache(Path path, boolean readOnly, int l2Tables) throws BlockIOException {
     return Qcow2Opener.open(path, readOnly, CacheMode.WRITEBACK, new HashSet<>(), 0, l2Tables, true);
