@@ -10,6 +10,7 @@ import com.fasterxml.jackson.databind.node.ObjectNode;
 import dev.blockbackup.formats.BlockDevice;
 import dev.blockbackup.formats.BlockIOException;
 import dev.blockbackup.formats.ImageFormat;
+import dev.blockbackup.formats.qcow2.Qcow2Bitmap;
 import dev.blockbackup.formats.qcow2.Qcow2Image;
 import dev.blockbackup.formats.qcow2.Qcow2Info;
 import dev.blockbackup.formats.qcow2.Qcow2Snapshot;
@@ -83,6 +84,23 @@ final class ImageInfo {
       if (i.version() >= 3) {
         data.put("lazy-refcounts", i.lazyRefcounts());
       }
+      List<Qcow2Bitmap> bitmaps = Images.bitmaps(file);
+      if (!bitmaps.isEmpty()) {
+        // Qcow2BitmapInfo: flags as the directory holds them, in QEMU's order
+        ArrayNode list = data.putArray("bitmaps");
+        for (Qcow2Bitmap b : bitmaps) {
+          ObjectNode o = list.addObject();
+          ArrayNode flags = o.putArray("flags");
+          if (b.inconsistent()) {
+            flags.add("in-use");
+          }
+          if (b.enabled()) {
+            flags.add("auto");
+          }
+          o.put("name", b.name());
+          o.put("granularity", b.granularity());
+        }
+      }
       data.put("refcount-bits", i.refcountBits());
       if (i.version() >= 3) {
         data.put("corrupt", i.corrupt());
@@ -138,10 +156,39 @@ final class ImageInfo {
     }
     if (j.has("format-specific")) {
       s.append("Format specific information:\n");
-      j.get("format-specific").get("data").fields().forEachRemaining(e ->
-          s.append("    ").append(e.getKey().replace('-', ' ')).append(": ").append(e.getValue().asText()).append('\n'));
+      dump(s, j.get("format-specific").get("data"), 4);
     }
     return s.toString();
+  }
+
+  /**
+   * QEMU's dump of format-specific information (dump_qdict / dump_qlist): a key's value on its
+   * line, or, for a list or an object, on the lines below, indented by four more; list items as
+   * {@code [i]:}.
+   */
+  private static void dump(StringBuilder s, JsonNode node, int indent) {
+    String pad = " ".repeat(indent);
+    if (node.isArray()) {
+      for (int i = 0; i < node.size(); i++) {
+        JsonNode v = node.get(i);
+        s.append(pad).append('[').append(i).append("]:");
+        dumpValue(s, v, indent);
+      }
+    } else {
+      node.fields().forEachRemaining(e -> {
+        s.append(pad).append(e.getKey().replace('-', ' ')).append(':');
+        dumpValue(s, e.getValue(), indent);
+      });
+    }
+  }
+
+  private static void dumpValue(StringBuilder s, JsonNode v, int indent) {
+    if (v.isContainerNode()) {
+      s.append('\n');
+      dump(s, v, indent + 4);
+    } else {
+      s.append(' ').append(v.asText()).append('\n');
+    }
   }
 
   /**

@@ -5,6 +5,7 @@ import dev.blockbackup.formats.BlockIOException;
 import dev.blockbackup.formats.CacheMode;
 import dev.blockbackup.formats.ImageFormat;
 import dev.blockbackup.formats.ImageLock;
+import dev.blockbackup.formats.qcow2.Qcow2Bitmap;
 import dev.blockbackup.formats.qcow2.Qcow2CreateOptions;
 import dev.blockbackup.formats.qcow2.Qcow2Image;
 import dev.blockbackup.formats.qcow2.Qcow2Info;
@@ -322,6 +323,15 @@ final class Images {
     try {
       return Qcow2Image.inspect(path);
     } catch (BlockIOException | IllegalArgumentException e) {
+      throw new UserError("cannot open '" + path + "' as qcow2: " + withoutPath(e.getMessage(), path), e);
+    }
+  }
+
+  /** The persistent bitmaps of a qcow2 image, as qemu-img info lists them; or a UserError saying why not. */
+  static List<Qcow2Bitmap> bitmaps(Path path) {
+    try {
+      return Qcow2Image.inspectBitmaps(path);
+    } catch (BlockIOException e) {
       throw new UserError("cannot open '" + path + "' as qcow2: " + withoutPath(e.getMessage(), path), e);
     }
   }

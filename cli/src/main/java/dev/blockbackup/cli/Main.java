@@ -49,6 +49,7 @@ public final class Main implements Callable<Integer> {
     SUBCOMMANDS.put("info", InfoCommand::new);
     SUBCOMMANDS.put("convert", ConvertCommand::new);
     SUBCOMMANDS.put("backup", BackupCommand::new);
+    SUBCOMMANDS.put("bitmap", BitmapCommand::new);
     SUBCOMMANDS.put("help", CommandLine.HelpCommand::new);
   }
 

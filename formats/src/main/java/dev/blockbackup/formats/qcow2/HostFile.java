@@ -77,6 +77,11 @@ final class HostFile {
     this.overlaps = check;
   }
 
+  /** Whether a write tried to overwrite metadata, so the image is written no more. */
+  boolean isCorrupt() {
+    return corrupt;
+  }
+
   private void checkOverlap(OverlapCheck.Kind kind, int len, long pos) throws IOException {
     if (corrupt) {
       throw new ImageFormatException(overlaps.where() + ": the image has been marked corrupt; no more writes"

@@ -9,7 +9,8 @@ import java.util.concurrent.ConcurrentSkipListMap;
  * Where an image's metadata lies, so that no write lands on it by mistake: QEMU's metadata overlap
  * check in its default {@code overlap-check=cached} mode (the header, the active L1 table and the
  * L2 tables it points to, the refcount table and its blocks, the snapshot table and the snapshots'
- * L1 tables; not the snapshots' L2 tables, which would have to be read from disk). A data write is
+ * L1 tables; not the snapshots' L2 tables, which would have to be read from disk), and the
+ * persistent bitmaps' directory, tables and data clusters ({@link Qcow2Bitmaps} adds them). A data write is
  * checked against every kind; a metadata writer names the kind it writes, which is not checked.
  * {@link HostFile} asks before every write, and a hit marks the image corrupt.
  *
@@ -27,7 +28,11 @@ final class OverlapCheck {
     REFCOUNT_TABLE("refcount table"),
     REFCOUNT_BLOCK("refcount block"),
     SNAPSHOT_TABLE("snapshot table"),
-    INACTIVE_L1("inactive L1 table");
+    INACTIVE_L1("inactive L1 table"),
+    BITMAP_DIRECTORY("bitmap directory"),
+    /** Not in QEMU's overlap check, which knows only the directory; ours protects all bitmap metadata. */
+    BITMAP_TABLE("bitmap table"),
+    BITMAP_DATA("bitmap data");
 
     final String label;
 

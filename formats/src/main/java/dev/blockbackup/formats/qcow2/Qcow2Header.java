@@ -36,6 +36,7 @@ final class Qcow2Header {
   /** Byte offsets of the fields we rewrite in place. */
   static final int OFF_INCOMPAT = 72;
   static final int OFF_AUTOCLEAR = 88;
+  static final long AUTOCLEAR_BITMAPS = 1L;
 
   static final int MIN_CLUSTER_BITS = 9;
   static final int MAX_CLUSTER_BITS = 21;
@@ -70,6 +71,9 @@ final class Qcow2Header {
   String backingFile;
   String backingFormat;
   boolean hasBitmaps;
+  /** Where the bitmaps extension's type field lies in cluster 0, or -1; its length field. */
+  int bitmapsExtOffset = -1;
+  long bitmapsExtLength;
   /** Feature-name table: key {@code type << 8 | bit}. */
   final Map<Integer, String> featureNames = new HashMap<>();
 
@@ -267,7 +271,11 @@ final class Qcow2Header {
             featureNames.put(t << 8 | bit, nul >= 0 ? name.substring(0, nul) : name);
           }
         }
-        case EXT_BITMAPS -> hasBitmaps = true;
+        case EXT_BITMAPS -> {
+          hasBitmaps = true;
+          bitmapsExtOffset = off;
+          bitmapsExtLength = len;
+        }
         default -> {
           // unknown extensions are skipped; they stay on disk untouched since we never rewrite cluster 0
         }

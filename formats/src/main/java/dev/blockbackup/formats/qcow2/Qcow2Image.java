@@ -54,9 +54,12 @@ import java.util.List;
  * <p>Refused at open ({@link Qcow2Opener}, ImageFormatException): what QEMU refuses, plus zstd
  * compression, extended L2 entries, external data files and encryption. Images with the corrupt
  * bit open read-only only. An image with the dirty bit (lazy refcounts left unwritten by a crash)
- * opens read-only as it is; a read-write open first rebuilds its refcounts, as QEMU does. A
- * read-write open clears every autoclear bit (we maintain no bitmaps), so QEMU drops the bitmaps of
- * an image we wrote.
+ * opens read-only as it is; a read-write open first rebuilds its refcounts, as QEMU does.
+ *
+ * <p>Persistent dirty bitmaps ({@link Qcow2Bitmap}) are kept as QEMU keeps them: loaded at open,
+ * marked in use on disk by a read-write open before the first write, marked by every write,
+ * write-zeroes, discard and compressed write (tried or done), and stored on close. A read-write
+ * open clears only the autoclear bits of features other than bitmaps.
  */
 public final class Qcow2Image implements BlockDevice {
 
@@ -83,8 +86,12 @@ public final class Qcow2Image implements BlockDevice {
   private volatile boolean closed;
   /** The dirty bit as it is on disk now (a read-write open rebuilds the refcounts and clears it). */
   private final boolean dirty;
+  /** The persistent dirty bitmaps: marked by every mutating call, stored on close. */
+  private final Qcow2Bitmaps bitmaps;
 
-  Qcow2Image(Path path, RandomAccessFile raf, boolean readOnly, Qcow2Metadata md, BlockDevice backing, boolean dirty) {
+  Qcow2Image(Path path, RandomAccessFile raf, boolean readOnly, Qcow2Metadata md, BlockDevice backing, boolean dirty,
+      Qcow2Bitmaps bitmaps) {
+    this.bitmaps = bitmaps;
     this.path = path;
     this.where = path.toString();
     this.raf = raf;
@@ -135,6 +142,16 @@ public final class Qcow2Image implements BlockDevice {
   public static Qcow2Info inspect(Path path) throws BlockIOException {
     try (Qcow2Image img = Qcow2Opener.open(path, true, CacheMode.WRITEBACK, new HashSet<>(), 0, 0, false)) {
       return img.info();
+    }
+  }
+
+  /**
+   * The persistent bitmaps of the image at {@code path}, read as {@link #inspect} reads the header:
+   * read-only, without the backing chain (qemu-img info lists them so).
+   */
+  public static List<Qcow2Bitmap> inspectBitmaps(Path path) throws BlockIOException {
+    try (Qcow2Image img = Qcow2Opener.open(path, true, CacheMode.WRITEBACK, new HashSet<>(), 0, 0, false)) {
+      return img.bitmaps();
     }
   }
 
@@ -203,6 +220,7 @@ public final class Qcow2Image implements BlockDevice {
     checkWritable();
     int length = src.remaining();
     BlockIOException.checkRange(offset, length, md.size);
+    bitmaps.mark(offset, length);
     long clustersStart = offset & -md.clusterSize;
     long clustersEnd = Qcow2Header.ceilDiv(offset + length, md.clusterSize) * md.clusterSize;
     try {
@@ -258,6 +276,7 @@ public final class Qcow2Image implements BlockDevice {
           + " is not aligned to the cluster size " + clusterSize);
     }
     BlockIOException.checkRange(offset, cluster.remaining(), md.size);
+    bitmaps.mark(offset, cluster.remaining());
     int expect = (int) Math.min(clusterSize, md.size - offset);
     if (cluster.remaining() != expect) {
       throw new BlockIOException(BlockError.EINVAL, "compressed write of " + cluster.remaining() + " bytes at "
@@ -278,6 +297,7 @@ public final class Qcow2Image implements BlockDevice {
   public void writeZeroes(long offset, long length, WriteFlag... flags) throws BlockIOException {
     checkWritable();
     BlockIOException.checkRange(offset, length, md.size);
+    bitmaps.mark(offset, length);
     if (length == 0) {
       return;
     }
@@ -304,6 +324,7 @@ public final class Qcow2Image implements BlockDevice {
   public void discard(long offset, long length) throws BlockIOException {
     checkWritable();
     BlockIOException.checkRange(offset, length, md.size);
+    bitmaps.mark(offset, length);
     long first = md.clusterAtOrAfter(offset);
     long end = md.wholeClustersEnd(offset + length);
     if (length == 0 || first >= end) {
@@ -369,6 +390,8 @@ public final class Qcow2Image implements BlockDevice {
       }
       if (!readOnly) {
         flushMetadata();
+        bitmaps.store(); // QEMU stores persistent bitmaps when it inactivates the image
+        flushMetadata();
       }
     } catch (IOException e) {
       throw failure("flush on close", 0, e);
@@ -390,6 +413,52 @@ public final class Qcow2Image implements BlockDevice {
       }
       everything.close();
     }
+  }
+
+  /**
+   * The persistent dirty bitmaps, in directory order, new ones last (QEMU's dirty-bitmaps of the
+   * node). Each is live: see {@link Qcow2Bitmap}.
+   */
+  public List<Qcow2Bitmap> bitmaps() {
+    return bitmaps.list();
+  }
+
+  /** The bitmap named {@code name}, or null. */
+  public Qcow2Bitmap findBitmap(String name) {
+    return bitmaps.find(name);
+  }
+
+  /**
+   * Adds a persistent bitmap, all clean, as QEMU's block-dirty-bitmap-add with persistent=true: it
+   * is stored when the image is closed. Refused (EINVAL) for an empty name, a name of more than
+   * 1023 bytes, a name in use, a granularity that is not a power of two in [512, 2^30], a bitmap
+   * whose data would pass QEMU's 512 MiB, more than 65535 bitmaps; ENOTSUP on a v2 image, EPERM
+   * on a read-only one.
+   */
+  public Qcow2Bitmap addBitmap(String name, int granularity, boolean enabled) throws BlockIOException {
+    checkOpen();
+    return bitmaps.add(name, granularity, enabled);
+  }
+
+  /** Removes a bitmap from the image at once (block-dirty-bitmap-remove); EINVAL when there is none. */
+  public void removeBitmap(String name) throws BlockIOException {
+    checkOpen();
+    try {
+      bitmaps.remove(name);
+    } catch (BlockIOException e) {
+      throw e;
+    } catch (IOException e) {
+      throw failure("bitmap remove", 0, e);
+    }
+  }
+
+  /**
+   * Starts or stops recording writes in a bitmap (block-dirty-bitmap-enable / -disable); stored as
+   * the auto flag on close. An inconsistent bitmap cannot be enabled (EINVAL).
+   */
+  public void setBitmapEnabled(String name, boolean enabled) throws BlockIOException {
+    checkOpen();
+    bitmaps.setEnabled(name, enabled);
   }
 
   private void checkOpen() throws BlockIOException {

@@ -19,7 +19,8 @@ import java.util.Set;
 /**
  * Opens a qcow2 image: reads and validates the header, the L1 table and the refcount table,
  * opens the backing chain (read-only, bounded in depth, refusing loops), and on a read-write open
- * repairs a dirty image and clears the autoclear bits before anything else is written.
+ * repairs a dirty image, marks its persistent bitmaps in use and clears the autoclear bits of
+ * features we do not maintain before anything else is written.
  */
 final class Qcow2Opener {
 
@@ -126,6 +127,7 @@ final class Qcow2Opener {
       file.sync();
     });
     Qcow2Metadata md = new Qcow2Metadata(where, file, header, l1, refcounts, l2);
+    Qcow2Bitmaps bitmaps = Qcow2Bitmaps.load(md, c0, readOnly);
     if (!readOnly) {
       file.checkOverlaps(OverlapCheck.of(where, file, header, l1, reftable));
     }
@@ -135,12 +137,11 @@ final class Qcow2Opener {
     try {
       if (!readOnly && (header.incompatible & Qcow2Header.INCOMPAT_DIRTY) != 0) {
         // QEMU repairs a dirty image (lazy refcounts left unwritten) on a read-write open
-        new RefcountRebuild(file, where, header, l1, refcounts).run();
+        new RefcountRebuild(file, where, header, l1, refcounts, bitmaps).run();
       }
-      if (!readOnly && header.autoclear != 0) {
-        // We maintain no bitmaps and know no other autoclear feature: clear them before the first write.
-        file.writeMetadata(OverlapCheck.Kind.HEADER, ByteBuffer.allocate(8), Qcow2Header.OFF_AUTOCLEAR);
-        file.sync();
+      if (!readOnly) {
+        // before the first write: bitmaps in use, and the autoclear bits of features we do not maintain cleared
+        bitmaps.openReadWrite();
       }
     } catch (IOException | RuntimeException e) {
       if (backing != null) {
@@ -153,7 +154,7 @@ final class Qcow2Opener {
       throw e;
     }
     boolean dirty = readOnly && (header.incompatible & Qcow2Header.INCOMPAT_DIRTY) != 0;
-    return new Qcow2Image(path, raf, readOnly, md, backing, dirty);
+    return new Qcow2Image(path, raf, readOnly, md, backing, dirty, bitmaps);
   }
 
   private static void checkInFile(String where, String what, long offset, long fileSize) throws ImageFormatException {

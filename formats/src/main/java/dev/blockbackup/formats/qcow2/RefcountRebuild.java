@@ -12,8 +12,7 @@ import java.nio.ByteBuffer;
  *
  * <p>References counted: the header cluster, the refcount table and blocks, the active L1 and its
  * L2 tables and data clusters, the snapshot table and each snapshot's L1, L2 and data clusters.
- * Bitmap clusters are not counted: we clear the bitmaps autoclear bit on a read-write open, after
- * which QEMU drops the bitmaps extension. An image whose damage needs more than this (a missing
+ * the persistent bitmaps' directory, tables and data clusters. An image whose damage needs more than this (a missing
  * refcount block, a pointer past the end of the file) is refused with a pointer to qemu-img check.
  */
 final class RefcountRebuild {
@@ -28,9 +27,12 @@ final class RefcountRebuild {
   private final RefcountTable refcounts;
   private final int clusterBits;
   private final int clusterSize;
+  private final Qcow2Bitmaps bitmaps;
   private int[] ref;
 
-  RefcountRebuild(HostFile file, String where, Qcow2Header header, long[] l1, RefcountTable refcounts) {
+  RefcountRebuild(HostFile file, String where, Qcow2Header header, long[] l1, RefcountTable refcounts,
+      Qcow2Bitmaps bitmaps) {
+    this.bitmaps = bitmaps;
     this.file = file;
     this.where = where;
     this.header = header;
@@ -58,6 +60,7 @@ final class RefcountRebuild {
     addRange(header.l1TableOffset, (long) l1.length * 8);
     walkL1(l1);
     countSnapshots();
+    bitmaps.forEachRange(this::addRange);
 
     long missing = refcounts.overwriteAll(ref);
     if (missing >= 0) {
