@@ -116,11 +116,6 @@ final class HostFile {
     channel.force(false);
   }
 
-  /** Whether a write was refused for landing on metadata in this session (the bit is on disk too). */
-  boolean isCorrupt() {
-    return corrupt;
-  }
-
   private void writeUnchecked(ByteBuffer src, long pos) throws IOException {
     checkPosition(pos);
     long p = pos;
