@@ -2,7 +2,6 @@ package dev.blockbackup.formats;
 
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
-import java.util.Arrays;
 import java.util.concurrent.atomic.AtomicLong;
 
 /**
@@ -12,9 +11,20 @@ import java.util.concurrent.atomic.AtomicLong;
  * array at all and a page that is all dirty is one shared marker, so an empty or a full bitmap of a
  * multi-PiB disk costs a few bytes per page rather than one bit per granule. Above the pages two
  * summary bit sets (page holds a dirty bit, page holds a clean bit) let searches skip whole clean or
- * whole dirty pages at once, the role of the upper levels of QEMU's hbitmap. It is thread-safe and
- * serializes to qcow2's persistent layout (bit i covers bytes [i·granularity, (i+1)·granularity)
- * and sits in byte i/8 at bit i%8, least significant first).
+ * whole dirty pages at once, the role of the upper levels of QEMU's hbitmap. It serializes to
+ * qcow2's persistent layout (bit i covers bytes [i·granularity, (i+1)·granularity) and sits in
+ * byte i/8 at bit i%8, least significant first).
+ *
+ * <p>This class maps bytes to granules and checks ranges and geometry; the pages are a
+ * package-private {@link HBitmap} that works in granule indices only. {@link #heapBytes()} reports
+ * what those pages hold.
+ *
+ * <p><b>Thread safety.</b> Every method may be called from any number of threads at once (guest
+ * writes on several threads mark the same bitmap while a job resets and searches it). Each call is
+ * atomic: it holds the bitmap's monitor for its whole duration, so a {@code set} is never lost, a
+ * {@code count} or {@code next*} sees the bitmap between two calls and never half of one, and
+ * {@link #merge} takes both bitmaps' monitors in one global order so two crossed merges cannot
+ * deadlock. A result is of course only a snapshot: another thread may change the bits right after.
  */
 public final class DirtyBitmap {
 
@@ -32,12 +42,7 @@ public final class DirtyBitmap {
   public static final long MAX_SERIALIZED_GRANULES = 8L * (Integer.MAX_VALUE - 8);
 
   /** Granules per page: 2^16, one 8 KiB array of 1024 words once the page is mixed. */
-  static final int PAGE_BITS = 1 << 16;
-  private static final int PAGE_SHIFT = 16;
-  private static final int WORDS_PER_PAGE = PAGE_BITS / 64;
-  private static final int WORD_IN_PAGE_MASK = WORDS_PER_PAGE - 1;
-  /** The marker of an all-dirty page: compared by identity, never read or written. */
-  private static final long[] FULL = new long[0];
+  static final int PAGE_BITS = HBitmap.PAGE_BITS;
 
   /** One run of dirty bytes, as QEMU's bdrv_dirty_bitmap_next_dirty_area reports it. */
   public record Area(long offset, long length) {
@@ -57,26 +62,15 @@ public final class DirtyBitmap {
   private final int shift;
   /** Number of granules (bits), ceil(size / granularity). */
   private final long bits;
-  /**
-   * Page p holds granules [p·PAGE_BITS, (p+1)·PAGE_BITS): null when all are clean, {@link #FULL}
-   * when all are dirty, else its words (bit i of word w is granule p·PAGE_BITS + 64w + i; bits past
-   * {@code bits} are always zero).
-   */
-  private final long[][] pages;
-  /** Dirty granules in each page, so counts and the summaries need no scan. */
-  private final int[] pageDirty;
-  /** Bit p set when page p holds a dirty granule. */
-  private final long[] nonEmptyPages;
-  /** Bit p set when page p holds a clean granule. */
-  private final long[] nonFullPages;
-  /** Number of dirty granules, kept up to date so count() is O(1) as QEMU's hb->count. */
-  private long dirtyGranules;
+  /** The granule bits; guarded by {@link #lock}. */
+  private final HBitmap bitmap;
   /** Lock order for merge. */
   private final long rank = RANKS.incrementAndGet();
   /**
-   * One plain monitor rather than a ReadWriteLock: every call holds it for a short time (a single
-   * bit, or a scan of at most a few MiB), and an uncontended monitor is cheaper than a read lock,
-   * which matters for the per-write set/isDirty calls.
+   * One plain monitor rather than a ReadWriteLock or lock-free words: every call holds it for a
+   * short time (a single word, or a scan of at most a few MiB), an uncontended monitor costs about
+   * a CAS, and it keeps the page collapse (mixed to null or FULL), the per-page counts and the
+   * summaries consistent with the words, which per-word atomics alone would not.
    */
   private final Object lock = new Object();
 
@@ -91,12 +85,7 @@ public final class DirtyBitmap {
     this.granularity = granularity;
     this.shift = Integer.numberOfTrailingZeros(granularity);
     this.bits = granules(size, granularity);
-    int pageCount = (int) ((bits + PAGE_BITS - 1) >>> PAGE_SHIFT);
-    this.pages = new long[pageCount][];
-    this.pageDirty = new int[pageCount];
-    this.nonEmptyPages = new long[wordsFor(pageCount)];
-    this.nonFullPages = new long[wordsFor(pageCount)];
-    fillOnes(nonFullPages, pageCount);
+    this.bitmap = new HBitmap(bits);
   }
 
   /**
@@ -148,7 +137,7 @@ public final class DirtyBitmap {
     long first = offset >>> shift;
     long last = (offset + length - 1) >>> shift;
     synchronized (lock) {
-      setBits(first, last + 1);
+      bitmap.set(first, last + 1);
     }
   }
 
@@ -175,7 +164,7 @@ public final class DirtyBitmap {
     long first = offset >>> shift;
     long end = ((offset + length - 1) >>> shift) + 1;
     synchronized (lock) {
-      resetBits(first, end);
+      bitmap.reset(first, end);
     }
   }
 
@@ -186,7 +175,7 @@ public final class DirtyBitmap {
     }
     long bit = offset >>> shift;
     synchronized (lock) {
-      return testBit(bit);
+      return bitmap.get(bit);
     }
   }
 
@@ -197,8 +186,8 @@ public final class DirtyBitmap {
    */
   public long count() {
     synchronized (lock) {
-      long bytes = dirtyGranules << shift;
-      if (bits > 0 && testBit(bits - 1)) {
+      long bytes = bitmap.count() << shift;
+      if (bits > 0 && bitmap.get(bits - 1)) {
         bytes -= (bits << shift) - size;
       }
       return bytes;
@@ -215,11 +204,11 @@ public final class DirtyBitmap {
     long first = offset >>> shift;
     long last = (end - 1) >>> shift;
     synchronized (lock) {
-      long bytes = popCount(first, last + 1) << shift;
-      if (testBit(first)) {
+      long bytes = bitmap.count(first, last + 1) << shift;
+      if (bitmap.get(first)) {
         bytes -= offset - (first << shift);
       }
-      if (testBit(last)) {
+      if (bitmap.get(last)) {
         bytes -= ((last + 1) << shift) - end;
       }
       return bytes;
@@ -229,31 +218,14 @@ public final class DirtyBitmap {
   /** Marks every granule clean (block-dirty-bitmap-clear). */
   public void clear() {
     synchronized (lock) {
-      Arrays.fill(pages, null);
-      Arrays.fill(pageDirty, 0);
-      Arrays.fill(nonEmptyPages, 0);
-      fillOnes(nonFullPages, pages.length);
-      dirtyGranules = 0;
+      bitmap.clear();
     }
   }
 
   /** Marks every granule dirty (what sync=full starts its copy bitmap with). */
   public void setAll() {
     synchronized (lock) {
-      for (int p = 0; p < pages.length; p++) {
-        pages[p] = FULL;
-        pageDirty[p] = pageBits(p);
-      }
-      fillOnes(nonEmptyPages, pages.length);
-      Arrays.fill(nonFullPages, 0);
-      dirtyGranules = bits;
-    }
-  }
-
-  private static void fillOnes(long[] array, long nbits) {
-    Arrays.fill(array, -1L);
-    if ((nbits & 63) != 0 && array.length > 0) {
-      array[array.length - 1] = -1L >>> (64 - (nbits & 63));
+      bitmap.setAll();
     }
   }
 
@@ -270,7 +242,7 @@ public final class DirtyBitmap {
       return -1;
     }
     synchronized (lock) {
-      long bit = nextSetBit(offset >>> shift, granulesTouching(limit));
+      long bit = bitmap.nextSet(offset >>> shift, granulesTouching(limit));
       return bit < 0 ? -1 : Math.max(bit << shift, offset);
     }
   }
@@ -287,7 +259,7 @@ public final class DirtyBitmap {
       return -1;
     }
     synchronized (lock) {
-      long bit = nextClearBit(offset >>> shift, granulesTouching(limit));
+      long bit = bitmap.nextClear(offset >>> shift, granulesTouching(limit));
       return bit < 0 ? -1 : Math.max(bit << shift, offset);
     }
   }
@@ -306,13 +278,13 @@ public final class DirtyBitmap {
       return null;
     }
     synchronized (lock) {
-      long bit = nextSetBit(offset >>> shift, granulesTouching(limit));
+      long bit = bitmap.nextSet(offset >>> shift, granulesTouching(limit));
       if (bit < 0) {
         return null;
       }
       long start = Math.max(bit << shift, offset);
       long areaEnd = start + Math.min(maxLength, limit - start);
-      long clean = nextClearBit(bit, granulesTouching(areaEnd));
+      long clean = bitmap.nextClear(bit, granulesTouching(areaEnd));
       long stop = clean < 0 ? areaEnd : Math.min(clean << shift, areaEnd);
       return new Area(start, stop - start);
     }
@@ -341,20 +313,7 @@ public final class DirtyBitmap {
     Object secondLock = rank < other.rank ? other.lock : lock;
     synchronized (firstLock) {
       synchronized (secondLock) {
-        // Walk only the other's non-empty pages through its summary, so merging a sparse bitmap is cheap.
-        for (int p = nextPage(other.nonEmptyPages, 0); p >= 0; p = nextPage(other.nonEmptyPages, p + 1)) {
-          long[] page = other.pages[p];
-          if (page == FULL) {
-            makeFull(p);
-          } else if (pages[p] != FULL) {
-            long base = (long) p * WORDS_PER_PAGE;
-            for (int i = 0; i < page.length; i++) {
-              if (page[i] != 0) {
-                orWord(base + i, page[i]);
-              }
-            }
-          }
-        }
+        bitmap.merge(other.bitmap);
       }
     }
   }
@@ -363,16 +322,26 @@ public final class DirtyBitmap {
   public DirtyBitmap copy() {
     DirtyBitmap copy = new DirtyBitmap(size, granularity);
     synchronized (lock) {
-      for (int p = 0; p < pages.length; p++) {
-        long[] page = pages[p];
-        copy.pages[p] = page == null || page == FULL ? page : page.clone();
+      // The copy's own monitor too, so a thread that later locks it sees the copied words even if
+      // the copy reaches it without a happens-before edge; nobody else can hold it yet, so no deadlock.
+      synchronized (copy.lock) {
+        copy.bitmap.copyFrom(bitmap);
       }
-      System.arraycopy(pageDirty, 0, copy.pageDirty, 0, pageDirty.length);
-      System.arraycopy(nonEmptyPages, 0, copy.nonEmptyPages, 0, nonEmptyPages.length);
-      System.arraycopy(nonFullPages, 0, copy.nonFullPages, 0, nonFullPages.length);
-      copy.dirtyGranules = dirtyGranules;
     }
     return copy;
+  }
+
+  /**
+   * Heap bytes the bitmap's storage holds: its page arrays plus the page directory, the per-page
+   * counts and the two summaries. Computed from the array lengths on a 64-bit JVM with compressed
+   * references (16-byte array headers, 4-byte references, 8-byte alignment), not measured, so the
+   * figure is deterministic; it leaves out this object and its fixed fields (under 100 bytes). A
+   * clean or fully dirty page costs only its directory slot; a mixed page costs 8 KiB.
+   */
+  public long heapBytes() {
+    synchronized (lock) {
+      return bitmap.heapBytes();
+    }
   }
 
   // ---- serialization (qcow2 bitmap data, spec "Bitmaps extension") ----
@@ -392,11 +361,11 @@ public final class DirtyBitmap {
     synchronized (lock) {
       int fullWords = out.length >>> 3;
       for (int w = 0; w < fullWords; w++) {
-        buf.putLong(wordAt(w));
+        buf.putLong(bitmap.wordAt(w));
       }
       // The last word may be cut short: its remaining bytes, least significant first.
       for (int i = fullWords << 3; i < out.length; i++) {
-        out[i] = (byte) (wordAt(i >>> 3) >>> ((i & 7) << 3));
+        out[i] = (byte) (bitmap.wordAt(i >>> 3) >>> ((i & 7) << 3));
       }
     }
     return out;
@@ -409,38 +378,41 @@ public final class DirtyBitmap {
    *     last granule is set
    */
   public static DirtyBitmap fromBytes(long size, int granularity, byte[] data) {
-    DirtyBitmap bitmap = new DirtyBitmap(size, granularity);
-    if (bitmap.bits > MAX_SERIALIZED_GRANULES) {
-      throw new IllegalArgumentException("bitmap data of " + bitmap.bits + " granules cannot be held in one array");
+    DirtyBitmap decoded = new DirtyBitmap(size, granularity);
+    if (decoded.bits > MAX_SERIALIZED_GRANULES) {
+      throw new IllegalArgumentException("bitmap data of " + decoded.bits + " granules cannot be held in one array");
     }
-    long expected = (bitmap.bits + 7) >>> 3;
+    long expected = (decoded.bits + 7) >>> 3;
     if (data.length != expected) {
       throw new IllegalArgumentException(
           "bitmap data is " + data.length + " bytes, expected " + expected + " for size " + size
               + " at granularity " + granularity);
     }
-    int tailBits = (int) (bitmap.bits & 7);
+    int tailBits = (int) (decoded.bits & 7);
     if (tailBits != 0 && (data[data.length - 1] & 0xff) >>> tailBits != 0) {
       throw new IllegalArgumentException(
           String.format("bitmap data has bits set past granule %d in its last byte 0x%02x",
-              bitmap.bits, data[data.length - 1] & 0xff));
+              decoded.bits, data[data.length - 1] & 0xff));
     }
     ByteBuffer buf = ByteBuffer.wrap(data).order(ByteOrder.LITTLE_ENDIAN);
     int fullWords = data.length >>> 3;
-    for (int w = 0; w < fullWords; w++) {
-      long word = buf.getLong();
-      if (word != 0) {
-        bitmap.orWord(w, word);
+    // Under the new bitmap's monitor, as copy(): safe however the caller hands it on.
+    synchronized (decoded.lock) {
+      for (int w = 0; w < fullWords; w++) {
+        long word = buf.getLong();
+        if (word != 0) {
+          decoded.bitmap.orWord(w, word);
+        }
+      }
+      long last = 0;
+      for (int i = fullWords << 3; i < data.length; i++) {
+        last |= (data[i] & 0xffL) << ((i & 7) << 3);
+      }
+      if (last != 0) {
+        decoded.bitmap.orWord(fullWords, last);
       }
     }
-    long last = 0;
-    for (int i = fullWords << 3; i < data.length; i++) {
-      last |= (data[i] & 0xffL) << ((i & 7) << 3);
-    }
-    if (last != 0) {
-      bitmap.orWord(fullWords, last);
-    }
-    return bitmap;
+    return decoded;
   }
 
   @Override
@@ -448,7 +420,7 @@ public final class DirtyBitmap {
     return "DirtyBitmap[size=" + size + ", granularity=" + granularity + ", count=" + count() + "]";
   }
 
-  // ---- bit level; callers hold the lock ----
+  // ---- checks ----
 
   private void checkRange(long offset, long length) {
     if (offset < 0 || length < 0 || offset > size || length > size - offset) {
@@ -461,259 +433,5 @@ public final class DirtyBitmap {
     if (offset < 0) {
       throw new IllegalArgumentException("offset (" + offset + ") must not be negative");
     }
-  }
-
-  private static int wordsFor(long nbits) {
-    return (int) ((nbits + 63) >>> 6);
-  }
-
-  /** Granules in page p: PAGE_BITS except in a last page cut short. */
-  private int pageBits(int p) {
-    return (int) Math.min(PAGE_BITS, bits - ((long) p << PAGE_SHIFT));
-  }
-
-  /** The valid bits of word w (all but past {@code bits} in the last word). */
-  private long validMask(long w) {
-    long left = bits - (w << 6);
-    return left >= 64 ? -1L : -1L >>> (64 - left);
-  }
-
-  private long wordAt(long w) {
-    long[] page = pages[(int) (w >>> 10)];
-    if (page == null) {
-      return 0;
-    }
-    if (page == FULL) {
-      return validMask(w);
-    }
-    return page[(int) (w & WORD_IN_PAGE_MASK)];
-  }
-
-  private boolean testBit(long bit) {
-    return (wordAt(bit >>> 6) & (1L << bit)) != 0;
-  }
-
-  /** Page p as its own array of words, made from a clean or full page first. */
-  private long[] mutablePage(int p) {
-    long[] page = pages[p];
-    if (page == null || page == FULL) {
-      long[] words = new long[wordsFor(pageBits(p))];
-      if (page == FULL) {
-        long base = (long) p * WORDS_PER_PAGE;
-        for (int i = 0; i < words.length; i++) {
-          words[i] = validMask(base + i);
-        }
-      }
-      pages[p] = words;
-      page = words;
-    }
-    return page;
-  }
-
-  /** Records that page p now has {@code dirty} granules: its summary bits, and a collapse to null or FULL. */
-  private void pageChanged(int p, int dirty) {
-    dirtyGranules += dirty - pageDirty[p];
-    pageDirty[p] = dirty;
-    long bit = 1L << p;
-    int i = p >>> 6;
-    if (dirty == 0) {
-      pages[p] = null;
-      nonEmptyPages[i] &= ~bit;
-    } else {
-      nonEmptyPages[i] |= bit;
-    }
-    if (dirty == pageBits(p)) {
-      pages[p] = FULL;
-      nonFullPages[i] &= ~bit;
-    } else {
-      nonFullPages[i] |= bit;
-    }
-  }
-
-  private void makeFull(int p) {
-    if (pages[p] != FULL) {
-      pageChanged(p, pageBits(p));
-    }
-  }
-
-  /** ORs {@code mask} into word w (a mask within the valid bits). */
-  private void orWord(long w, long mask) {
-    int p = (int) (w >>> 10);
-    if (pages[p] == FULL) {
-      return;
-    }
-    long[] page = mutablePage(p);
-    int i = (int) (w & WORD_IN_PAGE_MASK);
-    long old = page[i];
-    long now = old | mask;
-    if (now != old) {
-      page[i] = now;
-      pageChanged(p, pageDirty[p] + Long.bitCount(now) - Long.bitCount(old));
-    }
-  }
-
-  /** Sets (or clears) bits [from, to) of page p, a part of one page, and records the page's new count once. */
-  private void changeWords(int p, long from, long to, boolean set) {
-    long[] page = mutablePage(p);
-    int delta = 0;
-    for (long w = from >>> 6; w <= (to - 1) >>> 6; w++) {
-      int i = (int) (w & WORD_IN_PAGE_MASK);
-      long old = page[i];
-      long mask = wordMask(w, from, to);
-      long now = set ? old | mask : old & ~mask;
-      page[i] = now;
-      delta += Long.bitCount(now) - Long.bitCount(old);
-    }
-    pageChanged(p, pageDirty[p] + delta);
-  }
-
-  /** The bits of word w that lie in [from, to). */
-  private static long wordMask(long w, long from, long to) {
-    long mask = -1L;
-    if (w == from >>> 6) {
-      mask &= -1L << from;
-    }
-    if (w == (to - 1) >>> 6) {
-      mask &= -1L >>> (63 - ((to - 1) & 63));
-    }
-    return mask;
-  }
-
-  /** Sets bits [from, to): whole pages at once, partial ones word by word. */
-  private void setBits(long from, long to) {
-    for (long b = from; b < to; ) {
-      int p = (int) (b >>> PAGE_SHIFT);
-      long pageStart = (long) p << PAGE_SHIFT;
-      long stop = Math.min(to, pageStart + pageBits(p));
-      if (b == pageStart && stop == pageStart + pageBits(p)) {
-        makeFull(p);
-      } else if (pages[p] != FULL) {
-        changeWords(p, b, stop, true);
-      }
-      b = stop;
-    }
-  }
-
-  /** Clears bits [from, to). */
-  private void resetBits(long from, long to) {
-    for (long b = from; b < to; ) {
-      int p = (int) (b >>> PAGE_SHIFT);
-      long pageStart = (long) p << PAGE_SHIFT;
-      long stop = Math.min(to, pageStart + pageBits(p));
-      if (b == pageStart && stop == pageStart + pageBits(p)) {
-        if (pages[p] != null) {
-          pageChanged(p, 0);
-        }
-      } else if (pages[p] != null) {
-        changeWords(p, b, stop, false);
-      }
-      b = stop;
-    }
-  }
-
-  /** Set bits in [from, to). */
-  private long popCount(long from, long to) {
-    long n = 0;
-    for (long b = from; b < to; ) {
-      int p = (int) (b >>> PAGE_SHIFT);
-      long pageStart = (long) p << PAGE_SHIFT;
-      long stop = Math.min(to, pageStart + pageBits(p));
-      long[] page = pages[p];
-      if (page == FULL) {
-        n += stop - b;
-      } else if (page != null) {
-        if (b == pageStart && stop == pageStart + pageBits(p)) {
-          n += pageDirty[p];
-        } else {
-          for (long w = b >>> 6; w <= (stop - 1) >>> 6; w++) {
-            n += Long.bitCount(page[(int) (w & WORD_IN_PAGE_MASK)] & wordMask(w, b, stop));
-          }
-        }
-      }
-      b = stop;
-    }
-    return n;
-  }
-
-  /** The first page at or after {@code from} whose bit is set in {@code summary}, or -1. */
-  private int nextPage(long[] summary, int from) {
-    if (from >= pages.length) {
-      return -1;
-    }
-    int i = from >>> 6;
-    long m = summary[i] & (-1L << from);
-    while (m == 0) {
-      if (++i >= summary.length) {
-        return -1;
-      }
-      m = summary[i];
-    }
-    int p = (i << 6) + Long.numberOfTrailingZeros(m);
-    return p < pages.length ? p : -1;
-  }
-
-  /** The first set bit in [from, to), or -1. */
-  private long nextSetBit(long from, long to) {
-    long limit = Math.min(to, bits);
-    long b = from;
-    while (b < limit) {
-      int p = (int) (b >>> PAGE_SHIFT);
-      long[] page = pages[p];
-      if (page == FULL) {
-        return b;
-      }
-      if (page != null) {
-        long found = firstInPage(page, p, b, false);
-        if (found >= 0) {
-          return found < limit ? found : -1;
-        }
-      }
-      int next = nextPage(nonEmptyPages, p + 1);
-      if (next < 0) {
-        return -1;
-      }
-      b = (long) next << PAGE_SHIFT;
-    }
-    return -1;
-  }
-
-  /** The first clear bit in [from, min(to, bits)), or -1. */
-  private long nextClearBit(long from, long to) {
-    long limit = Math.min(to, bits);
-    long b = from;
-    while (b < limit) {
-      int p = (int) (b >>> PAGE_SHIFT);
-      long[] page = pages[p];
-      if (page == null) {
-        return b;
-      }
-      if (page != FULL) {
-        long found = firstInPage(page, p, b, true);
-        if (found >= 0) {
-          return found < limit ? found : -1;
-        }
-      }
-      int next = nextPage(nonFullPages, p + 1);
-      if (next < 0) {
-        return -1;
-      }
-      b = (long) next << PAGE_SHIFT;
-    }
-    return -1;
-  }
-
-  /** The first set (or, with {@code clear}, clear and valid) bit at or after {@code from} in page p's words, or -1. */
-  private long firstInPage(long[] page, int p, long from, boolean clear) {
-    long base = (long) p * WORDS_PER_PAGE;
-    int i = (int) ((from >>> 6) & WORD_IN_PAGE_MASK);
-    long mask = -1L << from;
-    for (; i < page.length; i++, mask = -1L) {
-      long word = clear ? ~page[i] & validMask(base + i) : page[i];
-      word &= mask;
-      if (word != 0) {
-        return ((base + i) << 6) + Long.numberOfTrailingZeros(word);
-      }
-    }
-    return -1;
   }
 }
