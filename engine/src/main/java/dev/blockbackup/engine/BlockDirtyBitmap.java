@@ -123,8 +123,17 @@ public final class BlockDirtyBitmap {
     return bits;
   }
 
+  /**
+   * Takes {@code newBits} as this bitmap's bits. A persistent bitmap keeps its own instance, which
+   * its image stores and marks: the new bits are copied into it instead.
+   */
   void setBits(DirtyBitmap newBits) {
-    bits = newBits;
+    if (persistent && bits != null && bits != newBits) {
+      bits.clear();
+      DirtyBitmaps.mergeBits(bits, newBits);
+    } else {
+      bits = newBits;
+    }
   }
 
   void setDisabled(boolean value) {

@@ -56,7 +56,9 @@ public final class BlockNode implements BlockDevice {
 
   /** A node called {@code name} (QEMU's node-name) over {@code device}. */
   public static BlockNode of(String name, BlockDevice device) {
-    return new BlockNode(name, device);
+    BlockNode n = new BlockNode(name, device);
+    n.bitmaps.attachStoredBitmaps(); // a qcow2 image's persistent bitmaps become the node's
+    return n;
   }
 
   public String name() {

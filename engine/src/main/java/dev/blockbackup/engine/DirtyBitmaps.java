@@ -1,6 +1,9 @@
 package dev.blockbackup.engine;
 
+import dev.blockbackup.formats.BlockIOException;
 import dev.blockbackup.formats.DirtyBitmap;
+import dev.blockbackup.formats.qcow2.Qcow2Bitmap;
+import dev.blockbackup.formats.qcow2.Qcow2Image;
 import java.util.ArrayList;
 import java.util.EnumSet;
 import java.util.List;
@@ -133,10 +136,37 @@ final class DirtyBitmaps {
       canStoreNewBitmap();
     }
     BlockDirtyBitmap b = create(name, g);
+    if (persistent) {
+      // the image's own bits, which it stores at close and marks while enabled
+      try {
+        b.setBits(store().addBitmap(name, g, !disabled).bitmap());
+      } catch (BlockIOException e) {
+        throw new BitmapException("Can't store persistent bitmaps to " + node.name() + ": " + e.getMessage());
+      }
+    }
     b.setDisabled(disabled);
     b.setPersistent(persistent);
     published();
     return b;
+  }
+
+  /** The qcow2 image below the node, which stores its persistent bitmaps; null for other devices. */
+  private Qcow2Image store() {
+    return node.base() instanceof Qcow2Image q ? q : null;
+  }
+
+  /**
+   * Attaches the image's stored bitmaps (at the node's creation): they share the image's bits and
+   * enabled state, so what the node does to them is what the image stores at close.
+   */
+  synchronized void attachStoredBitmaps() {
+    Qcow2Image q = store();
+    if (q == null) {
+      return;
+    }
+    for (Qcow2Bitmap stored : q.bitmaps()) {
+      attachStored(stored.name(), stored.bitmap(), stored.enabled(), stored.inconsistent(), q.isReadOnly());
+    }
   }
 
   /**
@@ -159,11 +189,14 @@ final class DirtyBitmaps {
   }
 
   /**
-   * bdrv_can_store_new_dirty_bitmap. No driver stores bitmaps yet: QEMU's answer for a driver
-   * without the callback (ENOTSUP). When qcow2 stores them, its base answers here instead.
+   * bdrv_can_store_new_dirty_bitmap: a qcow2 base stores them (it refuses what it cannot, v2 or
+   * read-only, when the bitmap is added); any other device gives QEMU's answer for a driver
+   * without the callback (ENOTSUP).
    */
   private void canStoreNewBitmap() {
-    throw new BitmapException("Can't store persistent bitmaps to " + node.name() + ": Operation not supported");
+    if (store() == null) {
+      throw new BitmapException("Can't store persistent bitmaps to " + node.name() + ": Operation not supported");
+    }
   }
 
   /** bdrv_create_dirty_bitmap: a named one (unique, at most 1023 bytes) or an anonymous one. */
@@ -211,7 +244,13 @@ final class DirtyBitmaps {
   synchronized void remove(String name) {
     BlockDirtyBitmap b = lookup(name);
     check(b, EnumSet.of(Refuse.BUSY, Refuse.READONLY));
-    // A persistent bitmap also leaves its image here, once a format stores them.
+    if (b.isPersistent() && store() != null) {
+      try {
+        store().removeBitmap(name);
+      } catch (BlockIOException e) {
+        throw new BitmapException("Failed to remove bitmap '" + name + "' from its image: " + e.getMessage());
+      }
+    }
     bitmaps.remove(b);
     published();
   }
@@ -227,6 +266,13 @@ final class DirtyBitmaps {
   synchronized void setEnabled(String name, boolean enabled) {
     BlockDirtyBitmap b = lookup(name);
     check(b, ALLOW_RO);
+    if (b.isPersistent() && store() != null) {
+      try {
+        store().setBitmapEnabled(name, enabled); // the auto flag it stores, and its own marking
+      } catch (BlockIOException e) {
+        throw new BitmapException(e.getMessage());
+      }
+    }
     b.setDisabled(!enabled);
     published();
   }
