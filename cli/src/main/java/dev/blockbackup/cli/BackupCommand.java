@@ -2,6 +2,8 @@ package dev.blockbackup.cli;
 
 import dev.blockbackup.engine.BackupJob;
 import dev.blockbackup.engine.BackupOptions;
+import dev.blockbackup.engine.BitmapSyncMode;
+import dev.blockbackup.engine.BlockDirtyBitmap;
 import dev.blockbackup.engine.BlockNode;
 import dev.blockbackup.engine.JobException;
 import dev.blockbackup.engine.JobManager;
@@ -39,13 +41,16 @@ import picocli.CommandLine.Spec;
       "Back up SRC into a new image TARGET with the backup job (QEMU's drive-backup, run offline).",
       "--sync full copies the whole disk, backing chain flattened. --sync top copies only what SRC's top"
           + " layer allocates, and TARGET (qcow2) gets SRC's backing file, as drive-backup does; for an image"
-          + " without a backing file top is the same as full.",
+          + " without a backing file top is the same as full. --sync incremental (or bitmap) copies only what"
+          + " SRC's persistent bitmap --bitmap NAME marks (blockbackup bitmap --add made it, at the previous"
+          + " backup); with -b PREV the new TARGET reads through to the previous backup.",
       "Progress is a redrawn bar on a terminal and a plain line per 10%% otherwise (stdout); the last line"
           + " is a summary. TARGET must not exist unless --existing is given.",
       "Examples:",
       "  blockbackup backup --sync full disk.qcow2 backup.qcow2",
       "  blockbackup backup --sync full --compress --speed 100M disk.raw backup.qcow2",
-      "  blockbackup backup --sync top overlay.qcow2 incr.qcow2"
+      "  blockbackup backup --sync top overlay.qcow2 incr.qcow2",
+      "  blockbackup backup --sync incremental --bitmap b0 -b full.qcow2 disk.qcow2 inc1.qcow2"
     },
     mixinStandardHelpOptions = true)
 final class BackupCommand implements Callable<Integer> {
@@ -62,8 +67,22 @@ final class BackupCommand implements Callable<Integer> {
       + " process such as QEMU writes it, as qemu-img -U: without the locks that would conflict.")
   boolean forceShare;
 
-  @Option(names = "--sync", required = true, paramLabel = "MODE", description = "full or top (QAPI MirrorSyncMode).")
+  @Option(names = "--sync", required = true, paramLabel = "MODE", description = "full, top, incremental or bitmap (QAPI MirrorSyncMode).")
   String sync;
+
+  @Option(names = "--bitmap", paramLabel = "NAME", description = "SRC's persistent dirty bitmap: with --sync"
+      + " incremental or bitmap the job copies only the clusters it marks, and (bitmap-mode on-success, the"
+      + " default of incremental) clears it on success to record from this backup on; SRC is then opened"
+      + " read-write so the bitmap is stored back.")
+  String bitmap;
+
+  @Option(names = "--bitmap-mode", paramLabel = "MODE", description = "on-success, never or always (QAPI"
+      + " BitmapSyncMode): what the bitmap holds after the job.")
+  String bitmapMode;
+
+  @Option(names = "-b", paramLabel = "PREV", description = "A new qcow2 TARGET's backing file: the previous backup,"
+      + " so that an incremental TARGET reads as the whole disk.")
+  String previous;
 
   @Option(names = "--target-format", paramLabel = "FMT", description = "Format of TARGET: qcow2 (default) or raw;"
       + " with --existing, probed when left out.")
@@ -135,11 +154,26 @@ final class BackupCommand implements Callable<Integer> {
       throw new UserError("-o applies to a new target only, not with --existing");
     }
     int clusterSize = opts.clusterSize(Qcow2CreateOptions.DEFAULT_CLUSTER_SIZE);
+    BitmapSyncMode bitmapSync = bitmapMode(mode);
+    Backing previousBackup = previousBackup(dstFmt);
     if (!existing) {
       Images.checkCreatable(target);
     }
+    // A bitmap's state after the job is stored back into SRC: it is opened read-write then.
+    boolean readOnly = bitmap == null;
+    if (!readOnly && srcFmt != ImageFormat.QCOW2) {
+      throw new UserError("--bitmap needs a qcow2 SRC, which stores persistent bitmaps; '" + source + "' is "
+          + srcFmt.qemuName());
+    }
+    if (!readOnly && forceShare) {
+      throw new UserError("--bitmap changes SRC's bitmap, which -U (opening SRC without its locks) cannot allow");
+    }
 
-    try (BlockDevice src = Images.open(source, srcFmt, true, CacheMode.WRITEBACK, forceShare)) {
+    try (BlockDevice src = Images.open(source, srcFmt, readOnly, CacheMode.WRITEBACK, forceShare)) {
+      BlockNode node = BlockNode.of(NODE_NAME, src);
+      if (bitmap != null) {
+        checkBitmap(node);
+      }
       Backing backing = src instanceof Qcow2Image q ? Backing.of(q) : null;
       if (mode == MirrorSyncMode.top && backing == null) {
         mode = MirrorSyncMode.full; // drive-backup: sync=top of an image without backing is a full copy
@@ -154,16 +188,23 @@ final class BackupCommand implements Callable<Integer> {
       BackupOptions jobOptions;
       try {
         jobOptions = BackupOptions.of(mode).withSpeed(bytesPerSecond).withCompress(compress).withJobId(jobId);
+        if (bitmap != null) {
+          jobOptions = jobOptions.withBitmap(bitmap);
+        }
+        if (bitmapSync != null) {
+          jobOptions = jobOptions.withBitmapMode(bitmapSync);
+        }
       } catch (JobException e) {
         throw new UserError(e.getMessage(), e);
       }
       Qcow2CreateOptions create = existing || dstFmt != ImageFormat.QCOW2 ? null
-          : qcow2Options(src.size(), clusterSize, mode == MirrorSyncMode.top ? backing : null);
+          : qcow2Options(src.size(), clusterSize, previousBackup != null ? previousBackup
+              : mode == MirrorSyncMode.top ? backing : null);
       long size = src.size();
       try (BlockDevice dst = existing ? Images.open(target, dstFmt, false, cacheMode)
           : Images.creating(target, () -> create != null
               ? Qcow2Image.create(target, create, cacheMode) : RawImage.create(target, size, cacheMode))) {
-        run(BlockNode.of(NODE_NAME, src), dst, dstFmt, jobOptions, shown);
+        run(node, dst, dstFmt, jobOptions, shown);
       }
     }
     return 0;
@@ -197,10 +238,57 @@ final class BackupCommand implements Callable<Integer> {
       case "top" -> MirrorSyncMode.top;
       case "none" -> throw new UserError("--sync none copies only what a guest overwrites and runs until"
           + " cancelled; offline there is no guest (use --sync full or top)");
-      case "incremental", "bitmap" -> throw new UserError("--sync " + name
-          + " needs a dirty bitmap, which the offline backup does not take (use --sync full or top)");
-      default -> throw new UserError("invalid --sync '" + name + "' (use full or top)");
+      case "incremental" -> MirrorSyncMode.incremental;
+      case "bitmap" -> MirrorSyncMode.bitmap;
+      default -> throw new UserError("invalid --sync '" + name + "' (use full, top, incremental or bitmap)");
     };
+  }
+
+  /**
+   * --bitmap-mode, checked with --bitmap and --sync before anything is opened, in the order and
+   * with the messages of QEMU's checks.
+   */
+  private BitmapSyncMode bitmapMode(MirrorSyncMode mode) {
+    boolean needsBitmap = mode == MirrorSyncMode.incremental || mode == MirrorSyncMode.bitmap;
+    if (needsBitmap && bitmap == null) {
+      throw new UserError("must provide a valid bitmap name for '" + mode + "' sync mode (--bitmap NAME)");
+    }
+    if (bitmapMode == null) {
+      return null;
+    }
+    if (bitmap == null) {
+      throw new UserError("Cannot specify bitmap sync mode without a bitmap");
+    }
+    try {
+      return BitmapSyncMode.parse(bitmapMode);
+    } catch (IllegalArgumentException e) {
+      throw new UserError("invalid --bitmap-mode: " + e.getMessage(), e);
+    }
+  }
+
+  /** -b PREV: for a new qcow2 TARGET only; the path as given (relative to TARGET, as qemu-img reads it). */
+  private Backing previousBackup(ImageFormat dstFmt) {
+    if (previous == null) {
+      return null;
+    }
+    if (existing || dstFmt != ImageFormat.QCOW2) {
+      throw new UserError("-b names the backing file of a new qcow2 TARGET (not with --existing or a raw target)");
+    }
+    Path prev = target.toAbsolutePath().resolveSibling(previous);
+    if (!Files.exists(prev)) {
+      throw new UserError("-b '" + previous + "': no such file (the previous backup)");
+    }
+    return new Backing(previous, Images.formatOf(prev, null).qemuName());
+  }
+
+  /** The bitmap --bitmap names: present on SRC and usable, or a message before TARGET is made. */
+  private void checkBitmap(BlockNode node) {
+    BlockDirtyBitmap b = node.findBitmap(bitmap)
+        .orElseThrow(() -> new UserError("Bitmap '" + bitmap + "' could not be found in '" + source + "'"));
+    if (b.isInconsistent()) {
+      throw new UserError("Bitmap '" + bitmap + "' is inconsistent and cannot be used: it was not stored"
+          + " cleanly (a crash while it was open); remove it (blockbackup bitmap --remove) and take a full backup");
+    }
   }
 
   /** TARGET's format; checks that TARGET exists exactly when --existing says so. */
@@ -270,6 +358,15 @@ final class BackupCommand implements Callable<Integer> {
     try {
       job = BackupJob.create(new JobManager(), node, dst, jobOptions);
     } catch (JobException e) {
+      if (!existing) {
+        // refused before any copy: the new TARGET goes again, so the command can be rerun as it is
+        try {
+          dst.close();
+          Files.deleteIfExists(target);
+        } catch (java.io.IOException cleanup) {
+          e.addSuppressed(cleanup);
+        }
+      }
       throw new UserError("cannot start the backup: " + e.getMessage(), e);
     }
     PrintWriter out = spec.commandLine().getOut();
