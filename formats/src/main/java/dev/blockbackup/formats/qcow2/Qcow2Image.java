@@ -52,11 +52,14 @@ import java.util.List;
  * </ul>
  *
  * <p>Refused at open ({@link Qcow2Opener}, ImageFormatException): what QEMU refuses, plus zstd
- * compression, extended L2 entries, external data files and encryption. Images with the corrupt
+ * compression, extended L2 entries and encryption. An external data file (incompatible bit 2, its
+ * name in the header, relative to the image) holds the data clusters at their guest offsets and no
+ * refcounts; with data_file_raw (autoclear bit 1, kept on a read-write open) write-zeroes and
+ * discards zero its bytes too, so it stays a valid raw image of the disk. Images with the corrupt
  * bit open read-only only. An image with the dirty bit (lazy refcounts left unwritten by a crash)
  * opens read-only as it is; a read-write open first rebuilds its refcounts, as QEMU does. A
- * read-write open clears every autoclear bit (we maintain no bitmaps), so QEMU drops the bitmaps of
- * an image we wrote.
+ * read-write open clears the autoclear bits but data_file_raw (we maintain no bitmaps), so QEMU
+ * drops the bitmaps of an image we wrote.
  */
 public final class Qcow2Image implements BlockDevice {
 
@@ -70,6 +73,8 @@ public final class Qcow2Image implements BlockDevice {
   private final Path path;
   private final String where;
   private final RandomAccessFile raf;
+  /** The external data file, or null. */
+  private final RandomAccessFile dataRaf;
   private final boolean readOnly;
   private final Qcow2Metadata md;
   private final BlockDevice backing;
@@ -84,10 +89,12 @@ public final class Qcow2Image implements BlockDevice {
   /** The dirty bit as it is on disk now (a read-write open rebuilds the refcounts and clears it). */
   private final boolean dirty;
 
-  Qcow2Image(Path path, RandomAccessFile raf, boolean readOnly, Qcow2Metadata md, BlockDevice backing, boolean dirty) {
+  Qcow2Image(Path path, RandomAccessFile raf, RandomAccessFile dataRaf, boolean readOnly, Qcow2Metadata md,
+      BlockDevice backing, boolean dirty) {
     this.path = path;
     this.where = path.toString();
     this.raf = raf;
+    this.dataRaf = dataRaf;
     this.readOnly = readOnly;
     this.md = md;
     this.backing = backing;
@@ -153,7 +160,8 @@ public final class Qcow2Image implements BlockDevice {
           (header.incompatible & Qcow2Header.INCOMPAT_CORRUPT) != 0,
           (header.compatible & Qcow2Header.COMPAT_LAZY_REFCOUNTS) != 0,
           1 << header.refcountOrder, header.compressionType == 0 ? "zlib" : "zstd",
-          (header.incompatible & Qcow2Header.INCOMPAT_EXTL2) != 0, inUse);
+          (header.incompatible & Qcow2Header.INCOMPAT_EXTL2) != 0, inUse,
+          header.hasDataFile() ? header.dataFile : null, header.dataFileRaw());
     } catch (IOException e) {
       throw new UncheckedIOException(e);
     } finally {
@@ -239,7 +247,7 @@ public final class Qcow2Image implements BlockDevice {
 
   @Override
   public boolean supportsCompressedWrites() {
-    return !readOnly;
+    return !readOnly && !md.externalData;
   }
 
   /**
@@ -252,6 +260,11 @@ public final class Qcow2Image implements BlockDevice {
   @Override
   public void writeCompressed(long offset, ByteBuffer cluster) throws BlockIOException {
     checkWritable();
+    if (md.externalData) {
+      // compressed clusters cannot live in an external data file (QEMU answers ENOTSUP too)
+      throw new BlockIOException(BlockError.ENOTSUP, where + ": compressed writes are not possible with an"
+          + " external data file");
+    }
     int clusterSize = md.clusterSize;
     if ((offset & (clusterSize - 1)) != 0) {
       throw new BlockIOException(BlockError.EINVAL, "compressed write at " + offset
@@ -379,6 +392,13 @@ public final class Qcow2Image implements BlockDevice {
           raf.close();
         } catch (IOException ignored) {
           // flushed above; a failing close of the descriptor loses nothing
+        }
+        if (dataRaf != null) {
+          try {
+            dataRaf.close();
+          } catch (IOException ignored) {
+            // flushed above (the image file's sync syncs the data file first)
+          }
         }
         if (backing != null) {
           try {
