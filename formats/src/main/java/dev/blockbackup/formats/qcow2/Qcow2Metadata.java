@@ -48,14 +48,18 @@ final class Qcow2Metadata {
     this(where, file, null, header, l1, refcounts, l2);
   }
 
-  /** {@code data} is the external data file, or null when data clusters live in {@code file}. */
+  /**
+   * {@code data} is the external data file, or null when data clusters live in {@code file} (or
+   * when an inspect left the header's data file closed).
+   */
   Qcow2Metadata(String where, HostFile file, HostFile data, Qcow2Header header, long[] l1, RefcountTable refcounts,
       L2Cache l2) {
     this.where = where;
     this.file = file;
+    // without the data file (an inspect, which does no I/O) data reads would go to the image file
     this.data = data == null ? file : data;
-    this.externalData = data != null;
-    this.rawData = data != null && header.dataFileRaw();
+    this.externalData = header.hasDataFile();
+    this.rawData = header.dataFileRaw();
     this.header = header;
     this.version = header.version;
     this.clusterBits = header.clusterBits;

@@ -131,7 +131,8 @@ final class Qcow2Opener {
 
     // the data file and the backing chain first: an image whose data file or chain cannot be
     // opened is not touched
-    RandomAccessFile dataRaf = header.hasDataFile() ? openDataFile(path, header.dataFile, readOnly) : null;
+    // (not for inspect, which does no I/O: qemu-img info describes an image whose data file is missing)
+    RandomAccessFile dataRaf = header.hasDataFile() && withBacking ? openDataFile(path, header.dataFile, readOnly) : null;
     Qcow2Metadata md;
     BlockDevice backing;
     try {

@@ -51,6 +51,24 @@ class Qcow2DataFileInteropTest {
     return new QemuImg.Result(cmd, p.exitValue(), new String(out), new String(err));
   }
 
+  /** Our block status says, cluster by cluster, what {@code qemu-img map} says of data and zeros. */
+  private static void assertSameStatus(Qcow2Image img, JsonNode map) throws IOException {
+    int cs = img.alignment();
+    boolean[][] theirs = new boolean[SIZE / cs][];
+    for (JsonNode e : map) {
+      for (long c = e.get("start").asLong() / cs; c < (e.get("start").asLong() + e.get("length").asLong()) / cs; c++) {
+        theirs[(int) c] = new boolean[] {e.get("data").asBoolean(), e.get("zero").asBoolean()};
+      }
+    }
+    boolean[][] ours = new boolean[SIZE / cs][];
+    for (dev.blockbackup.formats.Extent x : img.blockStatus(0, SIZE)) {
+      for (long c = x.offset() / cs; c < x.end() / cs; c++) {
+        ours[(int) c] = new boolean[] {x.data(), x.zero()};
+      }
+    }
+    assertThat(ours).isDeepEqualTo(theirs);
+  }
+
   private void assertCheckClean(Path image) throws IOException, InterruptedException {
     QemuImg.Result r = tool("qemu-img", "check", "--output=json", image).assertExit(0);
     JsonNode j = r.json();
@@ -102,8 +120,10 @@ class Qcow2DataFileInteropTest {
     tool("qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 64k", "-c", "write -P 0x22 1M 100k",
         "-c", "write -z 1M 64k", "-c", "discard 3M 128k", "-c", "write -P 0x33 7M 4k", meta).assertExit(0);
 
+    JsonNode map = tool("qemu-img", "map", "--output=json", "-f", "qcow2", meta).assertExit(0).json();
     byte[] model;
     try (Qcow2Image img = Qcow2Image.open(meta, false)) {
+      assertSameStatus(img, map);
       model = readAll(img);
       assertThat(model).isEqualTo(Files.readAllBytes(raw));
       assertThat(model[0]).isEqualTo((byte) 0x11);

@@ -201,6 +201,8 @@ class Qcow2DataFileTest {
     Files.delete(raw);
     assertThatThrownBy(() -> Qcow2Image.open(meta, true)).isInstanceOf(BlockIOException.class)
         .hasMessageContaining("data file").hasMessageContaining("disk.raw").hasMessageContaining("no such file");
+    // as qemu-img info, inspect describes the image without its data file
+    assertThat(Qcow2Image.inspect(meta).dataFile()).isEqualTo("disk.raw");
   }
 
   @Test
