@@ -71,12 +71,24 @@ final class ClusterAllocator {
       long wEnd = Math.min(end, runStart + ((long) run.clusters << clusterBits));
       int srcOff = base + (int) (pos - offset);
       if (run.old == null) {
-        md.data.write(src.slice(srcOff, (int) (wEnd - pos)), run.host + (pos - runStart));
+        writeData(src.slice(srcOff, (int) (wEnd - pos)), run.host + (pos - runStart));
       } else {
         writeRun(gci, run, pos, wEnd, src, srcOff);
       }
       pos = wEnd;
     }
+  }
+
+  /**
+   * Writes data at {@code host}. A raw data file's clusters sit at their guest offsets, so there
+   * the image's last partial cluster is written only up to the virtual size: the raw file keeps the
+   * disk's size.
+   */
+  private void writeData(ByteBuffer b, long host) throws IOException {
+    if (md.rawData && host + b.remaining() > md.size) {
+      b = b.slice(b.position(), (int) Math.max(0, md.size - host));
+    }
+    md.data.write(b, host);
   }
 
   /**
@@ -175,7 +187,7 @@ final class ClusterAllocator {
     long tail = runEnd - wEnd;
     int len = (int) (wEnd - pos);
     if (head == 0 && tail == 0) {
-      md.data.write(src.slice(srcOff, len), host);
+      writeData(src.slice(srcOff, len), host);
       return;
     }
     if (n == 1) {
@@ -183,7 +195,7 @@ final class ClusterAllocator {
       reader.readCluster(run.old[0], runStart, c);
       c.put((int) head, src, srcOff, len);
       c.clear();
-      md.data.write(c, host);
+      writeData(c, host);
       return;
     }
     int firstFull = 0;
@@ -193,7 +205,7 @@ final class ClusterAllocator {
       reader.readCluster(run.old[0], runStart, c);
       c.put((int) head, src, srcOff, (int) (clusterSize - head));
       c.clear();
-      md.data.write(c, host);
+      writeData(c, host);
       firstFull = 1;
     }
     if (tail > 0) {
@@ -202,7 +214,7 @@ final class ClusterAllocator {
     if (lastFull >= firstFull) {
       long gStart = runStart + ((long) firstFull << clusterBits);
       int mLen = (lastFull - firstFull + 1) << clusterBits;
-      md.data.write(src.slice(srcOff + (int) (gStart - pos), mLen), host + ((long) firstFull << clusterBits));
+      writeData(src.slice(srcOff + (int) (gStart - pos), mLen), host + ((long) firstFull << clusterBits));
     }
     if (tail > 0) {
       long tStart = runEnd - clusterSize;
@@ -210,7 +222,7 @@ final class ClusterAllocator {
       reader.readCluster(run.old[n - 1], tStart, c);
       c.put(0, src, srcOff + (int) (tStart - pos), (int) (wEnd - tStart));
       c.clear();
-      md.data.write(c, host + ((long) (n - 1) << clusterBits));
+      writeData(c, host + ((long) (n - 1) << clusterBits));
     }
   }
 }

@@ -163,6 +163,20 @@ class Qcow2DataFileTest {
   }
 
   @Test
+  void theRawFileKeepsTheDisksSizeWhenTheLastClusterIsPartial() throws IOException {
+    long size = 2 * M + 1536;
+    Path raw = rawDisk("disk.raw", (int) size, 11);
+    Path meta = dir.resolve("meta.qcow2");
+    Qcow2Image.create(meta, Qcow2CreateOptions.of(size).withClusterSize(4 * K).withDataFile("disk.raw", true)).close();
+    try (Qcow2Image img = Qcow2Image.open(meta, false)) {
+      img.writeZeroes(size - 1536, 1536, WriteFlag.MAY_UNMAP);
+      img.write(size - 1000, ByteBuffer.wrap(pattern(10, 9)));
+    }
+    assertThat(Files.size(raw)).isEqualTo(size);
+    assertThat(Arrays.copyOfRange(Files.readAllBytes(raw), (int) size - 1000, (int) size - 990)).isEqualTo(pattern(10, 9));
+  }
+
+  @Test
   void compressedWritesAreRefused() throws IOException {
     Path meta = rawImage(rawDisk("disk.raw", M, 5), M);
     try (Qcow2Image img = Qcow2Image.open(meta, false)) {
