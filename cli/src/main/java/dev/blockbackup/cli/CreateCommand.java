@@ -7,6 +7,7 @@ import dev.blockbackup.formats.RawImage;
 import dev.blockbackup.formats.qcow2.Qcow2CreateOptions;
 import dev.blockbackup.formats.qcow2.Qcow2Image;
 import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
 import java.util.concurrent.Callable;
@@ -28,7 +29,11 @@ import picocli.CommandLine.Spec;
       "Examples:",
       "  blockbackup create -f qcow2 disk.qcow2 10G",
       "  blockbackup create -f qcow2 -o cluster_size=1M big.qcow2 100G",
-      "  blockbackup create -f qcow2 -b base.raw -F raw overlay.qcow2"
+      "  blockbackup create -f qcow2 -b base.raw -F raw overlay.qcow2",
+      "  blockbackup create -f qcow2 -o data_file=disk.raw,data_file_raw=on meta.qcow2 10G",
+      "With data_file the image holds metadata only and its data lives in the named file (relative to FILE's"
+          + " directory), which is created if missing and otherwise kept as it is (qemu-img would empty it):"
+          + " with data_file_raw=on it stays a valid raw image of the disk."
     },
     mixinStandardHelpOptions = true)
 final class CreateCommand implements Callable<Integer> {
@@ -39,8 +44,8 @@ final class CreateCommand implements Callable<Integer> {
   String format = "raw";
 
   @Option(names = "-o", paramLabel = "OPTIONS",
-      description = "Format options key=value[,...]; qcow2: cluster_size, backing_file, backing_fmt, size."
-          + " '-o help' lists them.")
+      description = "Format options key=value[,...]; qcow2: cluster_size, backing_file, backing_fmt, size,"
+          + " data_file, data_file_raw. '-o help' lists them.")
   List<String> options;
 
   @Option(names = "-b", paramLabel = "BACKING",
@@ -93,6 +98,8 @@ final class CreateCommand implements Callable<Integer> {
       throw new UserError("backing file '" + backing + "' given without its format (add -F raw or -F qcow2)");
     }
     int clusterSize = opts.clusterSize(Qcow2CreateOptions.DEFAULT_CLUSTER_SIZE);
+    String dataFile = opts.get("data_file");
+    boolean dataFileRaw = opts.flag("data_file_raw");
     Long given = sizeText == null && backing != null ? null : requireSize(sizeText);
     long bytes;
     if (backing != null) {
@@ -128,10 +135,16 @@ final class CreateCommand implements Callable<Integer> {
       if (backing != null) {
         o = o.withBacking(backing, backingFmt);
       }
+      if (dataFile != null || dataFileRaw) {
+        o = o.withDataFile(dataFile, dataFileRaw);
+      }
     } catch (IllegalArgumentException e) {
       throw new UserError(e.getMessage(), e);
     }
     Images.checkCreatable(file);
+    if (dataFile != null) {
+      checkDataFile(file, dataFile);
+    }
     Qcow2CreateOptions checked = o;
     Images.creating(file, () -> Qcow2Image.create(file, checked)).close();
     StringBuilder line = new StringBuilder("Formatting '").append(file).append("', fmt=qcow2 cluster_size=")
@@ -139,9 +152,33 @@ final class CreateCommand implements Callable<Integer> {
     if (backing != null) {
       line.append(" backing_file=").append(backing).append(" backing_fmt=").append(o.backingFormat());
     }
+    if (dataFile != null) {
+      line.append(" data_file=").append(dataFile);
+      if (dataFileRaw) {
+        line.append(" data_file_raw=on");
+      }
+    }
     line.append(" lazy_refcounts=off refcount_bits=16");
     spec.commandLine().getOut().println(line);
     return 0;
+  }
+
+  /**
+   * The data file must not be the image (its data writes would land on the metadata) nor a
+   * directory, and its directory must exist; checked before anything is created.
+   */
+  private static void checkDataFile(Path file, String dataFile) {
+    Path where = Path.of(Images.backingPath(file, dataFile));
+    if (where.toAbsolutePath().normalize().equals(file.toAbsolutePath().normalize())) {
+      throw new UserError("'" + file + "' cannot be its own data file");
+    }
+    if (Files.isDirectory(where)) {
+      throw new UserError("Could not create '" + dataFile + "': Is a directory");
+    }
+    Path dir = where.toAbsolutePath().getParent();
+    if (dir != null && !Files.isDirectory(dir)) {
+      throw new UserError("Could not create '" + dataFile + "': No such file or directory");
+    }
   }
 
   private static long requireSize(String text) {

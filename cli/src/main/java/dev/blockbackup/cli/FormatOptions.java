@@ -14,7 +14,8 @@ import java.util.Map;
 final class FormatOptions {
 
   /** qcow2 creation options we implement, with qemu-img's names. */
-  static final List<String> QCOW2_CREATE = List.of("size", "backing_file", "backing_fmt", "cluster_size");
+  static final List<String> QCOW2_CREATE = List.of("size", "backing_file", "backing_fmt", "cluster_size",
+      "data_file", "data_file_raw");
   /** convert makes a fresh image from a source; only the layout is the user's to choose. */
   static final List<String> QCOW2_CONVERT = List.of("cluster_size");
 
@@ -62,6 +63,8 @@ final class FormatOptions {
         case "backing_file" -> "<file>  file name of a base image";
         case "backing_fmt" -> "<fmt>    format of the base image (raw, qcow2)";
         case "cluster_size" -> "<size> qcow2 cluster size, 512 to 2M, power of two (default 64k)";
+        case "data_file" -> "<file>     file name of an external data file (kept, never overwritten)";
+        case "data_file_raw" -> "<on|off> the external data file is a raw image of the disk (default off)";
         default -> "";
       });
     }
@@ -73,6 +76,19 @@ final class FormatOptions {
 
   String get(String key) {
     return values.get(key);
+  }
+
+  /** A boolean option as QEMU's option parser reads it (on/off, yes/no, true/false); false when absent. */
+  boolean flag(String key) {
+    String v = values.get(key);
+    if (v == null) {
+      return false;
+    }
+    return switch (v) {
+      case "on", "yes", "true" -> true;
+      case "off", "no", "false" -> false;
+      default -> throw new UserError("Parameter '" + key + "' expects 'on' or 'off'");
+    };
   }
 
   /** The cluster size asked for, or the qcow2 default. */

@@ -102,6 +102,10 @@ final class ImageInfo {
         }
       }
       data.put("refcount-bits", i.refcountBits());
+      if (i.dataFile() != null) {
+        data.put("data-file", i.dataFile());
+        data.put("data-file-raw", i.dataFileRaw());
+      }
       if (i.version() >= 3) {
         data.put("corrupt", i.corrupt());
         data.put("extended-l2", i.extendedL2());

@@ -29,8 +29,13 @@ final class ClusterAllocator {
   }
 
   /** Whether L2 entry {@code e} is a data cluster this image owns alone: writable in place. */
-  static boolean isCopiedNormal(long e) {
-    return (e & (COPIED | COMPRESSED | ZERO_FLAG)) == COPIED && (e & OFFSET_MASK) != 0;
+  boolean isCopiedNormal(long e) {
+    return isCopiedNormal(e, md.externalData);
+  }
+
+  /** As {@link #isCopiedNormal(long)}; with an external data file host offset 0 is a data cluster too. */
+  static boolean isCopiedNormal(long e, boolean externalData) {
+    return (e & (COPIED | COMPRESSED | ZERO_FLAG)) == COPIED && ((e & OFFSET_MASK) != 0 || externalData);
   }
 
   /**
@@ -66,12 +71,24 @@ final class ClusterAllocator {
       long wEnd = Math.min(end, runStart + ((long) run.clusters << clusterBits));
       int srcOff = base + (int) (pos - offset);
       if (run.old == null) {
-        md.file.write(src.slice(srcOff, (int) (wEnd - pos)), run.host + (pos - runStart));
+        writeData(src.slice(srcOff, (int) (wEnd - pos)), run.host + (pos - runStart));
       } else {
         writeRun(gci, run, pos, wEnd, src, srcOff);
       }
       pos = wEnd;
     }
+  }
+
+  /**
+   * Writes data at {@code host}. A raw data file's clusters sit at their guest offsets, so there
+   * the image's last partial cluster is written only up to the virtual size: the raw file keeps the
+   * disk's size.
+   */
+  private void writeData(ByteBuffer b, long host) throws IOException {
+    if (md.rawData && host + b.remaining() > md.size) {
+      b = b.slice(b.position(), (int) Math.max(0, md.size - host));
+    }
+    md.data.write(b, host);
   }
 
   /**
@@ -117,6 +134,11 @@ final class ClusterAllocator {
       for (int k = 0; k < n; k++) {
         old[k] = map.entryAt(gci + k);
       }
+      if (md.externalData) {
+        // QEMU maps a data file's clusters one to one and keeps no refcounts for them: nothing to
+        // allocate, nothing to give back if the data write fails
+        return new Run(gci << clusterBits, n, old, true);
+      }
       long host = md.refcounts.allocate(n) << clusterBits;
       return new Run(host, md.refcounts.lastCount, old, false);
     } finally {
@@ -143,7 +165,7 @@ final class ClusterAllocator {
     try {
       for (int k = 0; k < n; k++) {
         md.map.setEntry(gci + k, (run.host + ((long) k << md.clusterBits)) | COPIED);
-        if (ClusterFrees.holdsHostClusters(run.old[k])) {
+        if (md.holdsRefcounts(run.old[k])) {
           md.frees.freeLater(run.old[k]);
         }
       }
@@ -165,7 +187,7 @@ final class ClusterAllocator {
     long tail = runEnd - wEnd;
     int len = (int) (wEnd - pos);
     if (head == 0 && tail == 0) {
-      md.file.write(src.slice(srcOff, len), host);
+      writeData(src.slice(srcOff, len), host);
       return;
     }
     if (n == 1) {
@@ -173,7 +195,7 @@ final class ClusterAllocator {
       reader.readCluster(run.old[0], runStart, c);
       c.put((int) head, src, srcOff, len);
       c.clear();
-      md.file.write(c, host);
+      writeData(c, host);
       return;
     }
     int firstFull = 0;
@@ -183,7 +205,7 @@ final class ClusterAllocator {
       reader.readCluster(run.old[0], runStart, c);
       c.put((int) head, src, srcOff, (int) (clusterSize - head));
       c.clear();
-      md.file.write(c, host);
+      writeData(c, host);
       firstFull = 1;
     }
     if (tail > 0) {
@@ -192,7 +214,7 @@ final class ClusterAllocator {
     if (lastFull >= firstFull) {
       long gStart = runStart + ((long) firstFull << clusterBits);
       int mLen = (lastFull - firstFull + 1) << clusterBits;
-      md.file.write(src.slice(srcOff + (int) (gStart - pos), mLen), host + ((long) firstFull << clusterBits));
+      writeData(src.slice(srcOff + (int) (gStart - pos), mLen), host + ((long) firstFull << clusterBits));
     }
     if (tail > 0) {
       long tStart = runEnd - clusterSize;
@@ -200,7 +222,7 @@ final class ClusterAllocator {
       reader.readCluster(run.old[n - 1], tStart, c);
       c.put(0, src, srcOff + (int) (tStart - pos), (int) (wEnd - tStart));
       c.clear();
-      md.file.write(c, host + ((long) (n - 1) << clusterBits));
+      writeData(c, host + ((long) (n - 1) << clusterBits));
     }
   }
 }

@@ -39,9 +39,12 @@ final class ClusterMap {
   private final RefcountTable refcounts;
   /** Takes references to drop once the new mapping is durable (old shared L2 tables). */
   private final LongConsumer freeLater;
+  /** Whether data clusters live in an external data file, where host offset 0 is a data cluster. */
+  private final boolean externalData;
 
   ClusterMap(String where, HostFile file, int version, int clusterBits, long l1Offset, long[] l1, L2Cache l2,
-      RefcountTable refcounts, LongConsumer freeLater) {
+      RefcountTable refcounts, LongConsumer freeLater, boolean externalData) {
+    this.externalData = externalData;
     this.where = where;
     this.file = file;
     this.version = version;
@@ -82,7 +85,7 @@ final class ClusterMap {
       L2Cache.Table t = l2.get(l2off);
       while (idx < l2Entries && n < max) {
         long e = checkL2(t.e[idx], g);
-        int k = kindOf(e);
+        int k = kindOf(e, externalData);
         if (kind == -1) {
           kind = k;
           first = k == COMPRESSED_KIND ? e : e & OFFSET_MASK;
@@ -105,13 +108,25 @@ final class ClusterMap {
   }
 
   static int kindOf(long e) {
+    return kindOf(e, false);
+  }
+
+  /**
+   * How a cluster with L2 entry {@code e} reads. With an external data file, host offset 0 is a
+   * data cluster like any other (guest cluster 0 of a raw data file), so there an entry with only
+   * the COPIED flag set is NORMAL, as in QEMU.
+   */
+  static int kindOf(long e, boolean externalData) {
     if ((e & COMPRESSED) != 0) {
       return COMPRESSED_KIND;
     }
     if ((e & ZERO_FLAG) != 0) {
       return ZERO;
     }
-    return (e & OFFSET_MASK) != 0 ? NORMAL : UNALLOCATED;
+    if ((e & OFFSET_MASK) != 0 || (externalData && (e & COPIED) != 0)) {
+      return NORMAL;
+    }
+    return UNALLOCATED;
   }
 
   /** The L2 table offset for L1 index {@code l1i}, or 0; refuses corrupt entries. */
@@ -163,6 +178,10 @@ final class ClusterMap {
       if ((off & (clusterSize - 1)) != 0) {
         throw new ImageFormatException(where + ": L2 entry for guest offset " + (gci << clusterBits)
             + " points to unaligned host offset 0x" + Long.toHexString(off));
+      }
+      if (externalData) {
+        // the data file's clusters are not the image file's: neither its end nor its tables apply
+        return e;
       }
       if ((e & ZERO_FLAG) == 0 && off >= file.size()) {
         throw new ImageFormatException(where + ": L2 entry for guest offset " + (gci << clusterBits)

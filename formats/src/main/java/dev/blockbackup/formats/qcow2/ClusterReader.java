@@ -3,6 +3,7 @@ package dev.blockbackup.formats.qcow2;
 import static dev.blockbackup.formats.qcow2.Qcow2Image.OFFSET_MASK;
 
 import dev.blockbackup.formats.BlockDevice;
+import dev.blockbackup.formats.ImageFormatException;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 
@@ -43,8 +44,9 @@ final class ClusterReader {
       switch ((int) run[0]) {
         case ClusterMap.UNALLOCATED -> readBacking(pos, part);
         case ClusterMap.ZERO -> zeroFill(part);
-        case ClusterMap.NORMAL -> md.file.read(part, run[1] + inCluster);
+        case ClusterMap.NORMAL -> md.data.read(part, run[1] + inCluster);
         default -> {
+          checkNotCompressed();
           ByteBuffer c = ByteBuffer.allocate(clusterSize);
           CompressedCluster.inflate(md.file, md.where, run[1], clusterBits, c);
           part.put(c.array(), inCluster, len);
@@ -60,7 +62,7 @@ final class ClusterReader {
    * {@code guestStart} read as under L2 entry {@code e}.
    */
   void readCluster(long e, long guestStart, ByteBuffer c) throws IOException {
-    switch (ClusterMap.kindOf(e)) {
+    switch (md.kindOf(e)) {
       case ClusterMap.UNALLOCATED -> {
         int inImage = (int) Math.min(md.clusterSize, md.size - guestStart);
         readBacking(guestStart, c.slice(0, inImage));
@@ -68,8 +70,18 @@ final class ClusterReader {
       case ClusterMap.ZERO -> {
         // a fresh heap buffer is zero already
       }
-      case ClusterMap.NORMAL -> md.file.read(c.duplicate(), e & OFFSET_MASK);
-      default -> CompressedCluster.inflate(md.file, md.where, e, md.clusterBits, c);
+      case ClusterMap.NORMAL -> md.data.read(c.duplicate(), e & OFFSET_MASK);
+      default -> {
+        checkNotCompressed();
+        CompressedCluster.inflate(md.file, md.where, e, md.clusterBits, c);
+      }
+    }
+  }
+
+  /** An image with an external data file has no compressed clusters: an entry saying so is corrupt. */
+  private void checkNotCompressed() throws ImageFormatException {
+    if (md.externalData) {
+      throw new ImageFormatException(md.where + ": compressed cluster in an image with an external data file");
     }
   }
 

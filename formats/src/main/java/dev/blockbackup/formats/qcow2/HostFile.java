@@ -25,6 +25,8 @@ final class HostFile {
   private volatile OverlapCheck overlaps = new OverlapCheck("", 1);
   /** Set once a write tried to overwrite metadata: the image is marked corrupt, and written no more. */
   private volatile boolean corrupt;
+  /** The external data file, synced before this file so data is durable before the mappings to it; or null. */
+  private volatile HostFile dataFile;
 
   HostFile(FileChannel channel, CacheMode cacheMode) throws IOException {
     this.channel = channel;
@@ -133,7 +135,16 @@ final class HostFile {
     }
   }
 
+  /** Syncs {@code data} (the image's external data file) first whenever this file is synced. */
+  void syncDataFirst(HostFile data) {
+    this.dataFile = data;
+  }
+
   void sync() throws IOException {
+    HostFile data = dataFile;
+    if (data != null) {
+      data.sync();
+    }
     if (syncs) {
       channel.force(false);
     }

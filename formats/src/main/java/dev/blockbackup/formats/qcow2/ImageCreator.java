@@ -23,6 +23,10 @@ import java.util.concurrent.ThreadLocalRandom;
  * cluster 0, the refcount table from cluster 1, its refcount blocks, then the L1 table. Refcounts
  * are 16 bits wide and lazy refcounts are off. Unlike QEMU, the refcount table is sized up front
  * for the fully allocated image (up to QEMU's 8 MiB limit), so it rarely has to grow.
+ *
+ * <p>With an external data file ({@link DataFileCreator}) the image holds metadata only; with
+ * data_file_raw every guest cluster is mapped to itself in the data file at once (L2 tables after
+ * the L1 table), as QEMU preallocates the metadata, so that the raw file's content is the disk's.
  */
 final class ImageCreator {
 
@@ -58,17 +62,21 @@ final class ImageCreator {
       rtc = Math.max(1, Qcow2Header.ceilDiv(rbc * 8, cs));
     }
     rtc = Math.min(rtc, Qcow2Header.MAX_REFTABLE_BYTES / cs);
+    // data_file_raw: one L2 table per L1 entry, mapping every cluster to itself
+    long l2Tables = options.dataFileRaw() ? l1Size : 0;
     long nrb = 1;
-    while (nrb * perBlock < 1 + rtc + nrb + l1Clusters) {
+    while (nrb * perBlock < 1 + rtc + nrb + l1Clusters + l2Tables) {
       nrb++;
     }
     long reftableOff = (long) cs;
     long refblocksOff = (1 + rtc) * cs;
     long l1Off = l1Size == 0 ? 0 : (1 + rtc + nrb) * cs;
-    long used = 1 + rtc + nrb + l1Clusters;
+    long l2Off = l1Off + l1Clusters * cs;
+    long used = 1 + rtc + nrb + l1Clusters + l2Tables;
     ByteBuffer c0;
     try {
-      c0 = Qcow2Header.newCluster0(cb, size, l1Size, l1Off, reftableOff, rtc, options.backingFile(), options.backingFormat());
+      c0 = Qcow2Header.newCluster0(cb, size, l1Size, l1Off, reftableOff, rtc, options.backingFile(),
+          options.backingFormat(), options.dataFile(), options.dataFileRaw());
     } catch (IllegalArgumentException e) {
       throw new BlockIOException(BlockError.EINVAL, path + ": " + e.getMessage(), e);
     }
@@ -81,18 +89,48 @@ final class ImageCreator {
       rbs.putShort(i * 2, (short) 1);
     }
     ByteBuffer l1 = l1Clusters > 0 ? ByteBuffer.allocate((int) (l1Clusters * cs)) : null;
-    Layout layout = new Layout(c0, reftableOff, rt, refblocksOff, rbs, l1Off, l1);
+    for (int i = 0; i < l2Tables; i++) {
+      l1.putLong(i * 8, (l2Off + (long) i * cs) | Qcow2Image.COPIED);
+    }
+    Layout layout = new Layout(c0, reftableOff, rt, refblocksOff, rbs, l1Off, l1,
+        new IdentityL2(l2Off, l2Tables, cb, Qcow2Header.ceilDiv(size, cs)));
     boolean syncs = cacheMode != CacheMode.UNSAFE;
-    if (Files.exists(path, LinkOption.NOFOLLOW_LINKS)) {
-      overwrite(path, layout, syncs);
-    } else {
-      createNew(path, layout, syncs);
+    try (DataFileCreator data = DataFileCreator.prepare(path, options, syncs)) {
+      if (Files.exists(path, LinkOption.NOFOLLOW_LINKS)) {
+        overwrite(path, layout, syncs);
+      } else {
+        createNew(path, layout, syncs);
+      }
+      data.keep();
+    }
+  }
+
+  /**
+   * The L2 tables of a data_file_raw image: {@code tables} tables from {@code offset}, mapping each
+   * of the image's {@code clusters} guest clusters to the same offset in the data file (COPIED, no
+   * refcount: the data file's clusters have none). Written a table at a time, since a large disk
+   * has many.
+   */
+  private record IdentityL2(long offset, long tables, int clusterBits, long clusters) {
+
+    void writeTo(FileChannel ch) throws IOException {
+      int cs = 1 << clusterBits;
+      int perTable = cs / 8;
+      ByteBuffer t = ByteBuffer.allocate(cs);
+      for (long i = 0; i < tables; i++) {
+        t.clear();
+        for (int k = 0; k < perTable; k++) {
+          long g = i * perTable + k;
+          t.putLong(k * 8, g < clusters ? (g << clusterBits) | Qcow2Image.COPIED : 0);
+        }
+        writeFully(ch, t, offset + i * cs);
+      }
     }
   }
 
   /** What an empty image holds, cluster 0 (the header) apart from the rest. */
   private record Layout(ByteBuffer header, long reftableOff, ByteBuffer reftable, long refblocksOff,
-      ByteBuffer refblocks, long l1Off, ByteBuffer l1) {
+      ByteBuffer refblocks, long l1Off, ByteBuffer l1, IdentityL2 l2) {
 
     /** Everything but the header, then the header, so that a file with a header is whole. */
     void writeTo(FileChannel ch, boolean syncs) throws IOException {
@@ -101,6 +139,7 @@ final class ImageCreator {
       if (l1 != null) {
         writeFully(ch, l1.duplicate(), l1Off);
       }
+      l2.writeTo(ch);
       if (syncs) {
         ch.force(false);
       }

@@ -196,7 +196,8 @@ final class Qcow2Bitmaps {
     OverlapCheck o = file.overlaps();
     o.add(OverlapCheck.Kind.BITMAP_DIRECTORY, dirOffset, dirSize);
     protect(onDisk, true);
-    long want = onDisk.isEmpty() ? 0 : Qcow2Header.AUTOCLEAR_BITMAPS;
+    long want = (onDisk.isEmpty() ? 0 : Qcow2Header.AUTOCLEAR_BITMAPS)
+        | (autoclear & Qcow2Header.AUTOCLEAR_DATA_FILE_RAW);
     if (autoclear != want) {
       writeAutoclear(want);
     }

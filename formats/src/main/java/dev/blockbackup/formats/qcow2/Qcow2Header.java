@@ -27,11 +27,16 @@ final class Qcow2Header {
   static final long INCOMPAT_EXTL2 = 1L << 4;
   static final long KNOWN_INCOMPAT = 0x1F;
   static final long COMPAT_LAZY_REFCOUNTS = 1L;
+  /** Autoclear bit 1: the external data file is a valid raw image of the guest disk (data_file_raw). */
+  static final long AUTOCLEAR_DATA_FILE_RAW = 1L << 1;
 
   static final int EXT_END = 0;
   static final int EXT_BACKING_FORMAT = 0xE2792ACA;
   static final int EXT_FEATURE_TABLE = 0x6803F857;
   static final int EXT_BITMAPS = 0x23852875;
+  static final int EXT_DATA_FILE = 0x44415441;
+  /** The longest external data file name we accept, in bytes (a path, as the backing file name). */
+  static final int MAX_DATA_FILE_NAME = 1023;
 
   /** Byte offsets of the fields we rewrite in place. */
   static final int OFF_INCOMPAT = 72;
@@ -74,6 +79,8 @@ final class Qcow2Header {
   /** Where the bitmaps extension's type field lies in cluster 0, or -1; its length field. */
   int bitmapsExtOffset = -1;
   long bitmapsExtLength;
+  /** The external data file name (extension 0x44415441), or null. */
+  String dataFile;
   /** Feature-name table: key {@code type << 8 | bit}. */
   final Map<Integer, String> featureNames = new HashMap<>();
 
@@ -177,9 +184,6 @@ final class Qcow2Header {
     if (compressionType == 1) {
       throw new ImageFormatException(where + ": zstd compression is not supported (compression_type 1)");
     }
-    if ((incompatible & INCOMPAT_DATA_FILE) != 0) {
-      throw new ImageFormatException(where + ": external data files are not supported (incompatible bit 2)");
-    }
     if ((incompatible & INCOMPAT_EXTL2) != 0) {
       throw new ImageFormatException(where + ": extended L2 entries are not supported (incompatible bit 4)");
     }
@@ -276,6 +280,16 @@ final class Qcow2Header {
           bitmapsExtOffset = off;
           bitmapsExtLength = len;
         }
+        case EXT_DATA_FILE -> {
+          if (len == 0 || len > MAX_DATA_FILE_NAME) {
+            throw new ImageFormatException(where + ": external data file name of " + len
+                + " bytes (extension 0x44415441) is empty or longer than " + MAX_DATA_FILE_NAME);
+          }
+          dataFile = string(c0, data, (int) len);
+          if (dataFile.indexOf('\0') >= 0) {
+            throw new ImageFormatException(where + ": external data file name contains a NUL byte");
+          }
+        }
         default -> {
           // unknown extensions are skipped; they stay on disk untouched since we never rewrite cluster 0
         }
@@ -299,12 +313,38 @@ final class Qcow2Header {
       throw new ImageFormatException(m.toString());
     }
     checkKnownFields(where);
+    checkDataFile(where);
     if (backingFileOffset != 0) {
       if (backingFileOffset + backingFileSize > c0.limit()) {
         throw new ImageFormatException(where + ": backing file name at " + backingFileOffset + " lies past the end of the file");
       }
       backingFile = string(c0, (int) backingFileOffset, backingFileSize);
     }
+  }
+
+  /** What QEMU's open refuses about external data files, once the extensions are known. */
+  private void checkDataFile(String where) throws ImageFormatException {
+    boolean external = (incompatible & INCOMPAT_DATA_FILE) != 0;
+    if (!external && (autoclear & AUTOCLEAR_DATA_FILE_RAW) != 0) {
+      throw new ImageFormatException(where + ": data-file-raw (autoclear bit 1) requires a data file");
+    }
+    if (external && dataFile == null) {
+      throw new ImageFormatException(where + ": the image has an external data file (incompatible bit 2)"
+          + " but no data file name (extension 0x44415441)");
+    }
+    if (external && nbSnapshots > 0) {
+      // internal snapshots cannot share data clusters that live outside the image
+      throw new ImageFormatException(where + ": an image with an external data file cannot have internal snapshots ("
+          + nbSnapshots + ")");
+    }
+  }
+
+  boolean hasDataFile() {
+    return (incompatible & INCOMPAT_DATA_FILE) != 0;
+  }
+
+  boolean dataFileRaw() {
+    return hasDataFile() && (autoclear & AUTOCLEAR_DATA_FILE_RAW) != 0;
   }
 
   private static String string(ByteBuffer b, int off, int len) {
@@ -329,6 +369,13 @@ final class Qcow2Header {
    */
   static ByteBuffer newCluster0(int clusterBits, long size, long l1Size, long l1Offset, long reftableOffset,
       long reftableClusters, String backingFile, String backingFormat) {
+    return newCluster0(clusterBits, size, l1Size, l1Offset, reftableOffset, reftableClusters, backingFile,
+        backingFormat, null, false);
+  }
+
+  /** As above, with the external data file {@code dataFile} (or null) and data_file_raw. */
+  static ByteBuffer newCluster0(int clusterBits, long size, long l1Size, long l1Offset, long reftableOffset,
+      long reftableClusters, String backingFile, String backingFormat, String dataFile, boolean dataFileRaw) {
     int cs = 1 << clusterBits;
     ByteBuffer b = ByteBuffer.allocate(cs);
     b.putInt(0, MAGIC).putInt(4, 3);
@@ -340,6 +387,17 @@ final class Qcow2Header {
       byte[] f = backingFormat.getBytes(StandardCharsets.UTF_8);
       b.putInt(off, EXT_BACKING_FORMAT).putInt(off + 4, f.length).put(off + 8, f);
       off += 8 + ((f.length + 7) & ~7);
+    }
+    if (dataFile != null) {
+      byte[] n = dataFile.getBytes(StandardCharsets.UTF_8);
+      // the feature table may follow; what must fit is the name, the end marker and a backing name
+      if (off + 8 + n.length + 8 > cs) {
+        throw new IllegalArgumentException("data file name of " + n.length + " bytes does not fit in cluster 0 ("
+            + cs + " bytes)");
+      }
+      b.putLong(72, INCOMPAT_DATA_FILE).putLong(88, dataFileRaw ? AUTOCLEAR_DATA_FILE_RAW : 0);
+      b.putInt(off, EXT_DATA_FILE).putInt(off + 4, n.length).put(off + 8, n);
+      off += 8 + ((n.length + 7) & ~7);
     }
     if (cs > 4096) {
       b.putInt(off, EXT_FEATURE_TABLE).putInt(off + 4, FEATURES.length * 48);

@@ -52,14 +52,17 @@ import java.util.List;
  * </ul>
  *
  * <p>Refused at open ({@link Qcow2Opener}, ImageFormatException): what QEMU refuses, plus zstd
- * compression, extended L2 entries, external data files and encryption. Images with the corrupt
+ * compression, extended L2 entries and encryption. An external data file (incompatible bit 2, its
+ * name in the header, relative to the image) holds the data clusters at their guest offsets and no
+ * refcounts; with data_file_raw (autoclear bit 1, kept on a read-write open) write-zeroes and
+ * discards zero its bytes too, so it stays a valid raw image of the disk. Images with the corrupt
  * bit open read-only only. An image with the dirty bit (lazy refcounts left unwritten by a crash)
  * opens read-only as it is; a read-write open first rebuilds its refcounts, as QEMU does.
  *
  * <p>Persistent dirty bitmaps ({@link Qcow2Bitmap}) are kept as QEMU keeps them: loaded at open,
  * marked in use on disk by a read-write open before the first write, marked by every write,
  * write-zeroes, discard and compressed write (tried or done), and stored on close. A read-write
- * open clears only the autoclear bits of features other than bitmaps.
+ * open clears only the autoclear bits of features other than bitmaps and data_file_raw.
  */
 public final class Qcow2Image implements BlockDevice {
 
@@ -73,6 +76,8 @@ public final class Qcow2Image implements BlockDevice {
   private final Path path;
   private final String where;
   private final RandomAccessFile raf;
+  /** The external data file, or null. */
+  private final RandomAccessFile dataRaf;
   private final boolean readOnly;
   private final Qcow2Metadata md;
   private final BlockDevice backing;
@@ -89,12 +94,13 @@ public final class Qcow2Image implements BlockDevice {
   /** The persistent dirty bitmaps: marked by every mutating call, stored on close. */
   private final Qcow2Bitmaps bitmaps;
 
-  Qcow2Image(Path path, RandomAccessFile raf, boolean readOnly, Qcow2Metadata md, BlockDevice backing, boolean dirty,
-      Qcow2Bitmaps bitmaps) {
+  Qcow2Image(Path path, RandomAccessFile raf, RandomAccessFile dataRaf, boolean readOnly, Qcow2Metadata md,
+      BlockDevice backing, boolean dirty, Qcow2Bitmaps bitmaps) {
     this.bitmaps = bitmaps;
     this.path = path;
     this.where = path.toString();
     this.raf = raf;
+    this.dataRaf = dataRaf;
     this.readOnly = readOnly;
     this.md = md;
     this.backing = backing;
@@ -170,7 +176,8 @@ public final class Qcow2Image implements BlockDevice {
           (header.incompatible & Qcow2Header.INCOMPAT_CORRUPT) != 0 || md.file.isCorrupt(),
           (header.compatible & Qcow2Header.COMPAT_LAZY_REFCOUNTS) != 0,
           1 << header.refcountOrder, header.compressionType == 0 ? "zlib" : "zstd",
-          (header.incompatible & Qcow2Header.INCOMPAT_EXTL2) != 0, inUse);
+          (header.incompatible & Qcow2Header.INCOMPAT_EXTL2) != 0, inUse,
+          header.hasDataFile() ? header.dataFile : null, header.dataFileRaw());
     } catch (IOException e) {
       throw new UncheckedIOException(e);
     } finally {
@@ -257,7 +264,7 @@ public final class Qcow2Image implements BlockDevice {
 
   @Override
   public boolean supportsCompressedWrites() {
-    return !readOnly;
+    return !readOnly && !md.externalData;
   }
 
   /**
@@ -270,6 +277,11 @@ public final class Qcow2Image implements BlockDevice {
   @Override
   public void writeCompressed(long offset, ByteBuffer cluster) throws BlockIOException {
     checkWritable();
+    if (md.externalData) {
+      // compressed clusters cannot live in an external data file (QEMU answers ENOTSUP too)
+      throw new BlockIOException(BlockError.ENOTSUP, where + ": compressed writes are not possible with an"
+          + " external data file");
+    }
     int clusterSize = md.clusterSize;
     if ((offset & (clusterSize - 1)) != 0) {
       throw new BlockIOException(BlockError.EINVAL, "compressed write at " + offset
@@ -402,6 +414,13 @@ public final class Qcow2Image implements BlockDevice {
           raf.close();
         } catch (IOException ignored) {
           // flushed above; a failing close of the descriptor loses nothing
+        }
+        if (dataRaf != null) {
+          try {
+            dataRaf.close();
+          } catch (IOException ignored) {
+            // flushed above (the image file's sync syncs the data file first)
+          }
         }
         if (backing != null) {
           try {

@@ -16,6 +16,10 @@ package dev.blockbackup.formats.qcow2;
  * @param compressionType "zlib" or "zstd" ([format-specific.data.compression-type])
  * @param extendedL2 incompatible bit 4 ([format-specific.data.extended-l2])
  * @param hostClustersInUse host clusters whose refcount is non-zero (what the image occupies)
+ * @param dataFile the external data file's name as stored in the header, or null
+ *     ([format-specific.data.data-file])
+ * @param dataFileRaw data_file_raw, autoclear bit 1 ([format-specific.data.data-file-raw], shown
+ *     only with a data file)
  */
 public record Qcow2Info(
     int version,
@@ -29,4 +33,6 @@ public record Qcow2Info(
     int refcountBits,
     String compressionType,
     boolean extendedL2,
-    long hostClustersInUse) {}
+    long hostClustersInUse,
+    String dataFile,
+    boolean dataFileRaw) {}

@@ -14,6 +14,16 @@ final class Qcow2Metadata {
   /** The image's path, for messages. */
   final String where;
   final HostFile file;
+  /** Where data clusters are read and written: {@link #file}, or the external data file. */
+  final HostFile data;
+  /**
+   * Whether data clusters live in an external data file (incompatible bit 2): there a data cluster's
+   * host offset is its guest offset, it holds no refcount in this image, and compressed clusters and
+   * internal snapshots do not exist.
+   */
+  final boolean externalData;
+  /** data_file_raw (autoclear bit 1): the data file stays a valid raw image of the guest disk. */
+  final boolean rawData;
   final Qcow2Header header;
   /** 2 or 3. */
   final int version;
@@ -35,8 +45,21 @@ final class Qcow2Metadata {
   final ReentrantLock lock = new ReentrantLock();
 
   Qcow2Metadata(String where, HostFile file, Qcow2Header header, long[] l1, RefcountTable refcounts, L2Cache l2) {
+    this(where, file, null, header, l1, refcounts, l2);
+  }
+
+  /**
+   * {@code data} is the external data file, or null when data clusters live in {@code file} (or
+   * when an inspect left the header's data file closed).
+   */
+  Qcow2Metadata(String where, HostFile file, HostFile data, Qcow2Header header, long[] l1, RefcountTable refcounts,
+      L2Cache l2) {
     this.where = where;
     this.file = file;
+    // without the data file (an inspect, which does no I/O) data reads would go to the image file
+    this.data = data == null ? file : data;
+    this.externalData = header.hasDataFile();
+    this.rawData = header.dataFileRaw();
     this.header = header;
     this.version = header.version;
     this.clusterBits = header.clusterBits;
@@ -48,7 +71,20 @@ final class Qcow2Metadata {
     this.packer = new CompressedPacker(refcounts, clusterBits);
     this.frees = new ClusterFrees(file, refcounts, l2, clusterBits, packer);
     this.map = new ClusterMap(where, file, version, clusterBits, header.l1TableOffset, l1, l2, refcounts,
-        frees::freeLater);
+        frees::freeLater, externalData);
+  }
+
+  /** How a guest cluster with L2 entry {@code e} reads in this image ({@link ClusterMap#kindOf(long, boolean)}). */
+  int kindOf(long e) {
+    return ClusterMap.kindOf(e, externalData);
+  }
+
+  /**
+   * Whether the host clusters under data entry {@code e} hold refcounts in this image, to be
+   * dropped when the entry stops pointing to them: never for an external data file's clusters.
+   */
+  boolean holdsRefcounts(long e) {
+    return !externalData && ClusterFrees.holdsHostClusters(e);
   }
 
   /** The first guest cluster at or after byte {@code offset}. */

@@ -126,24 +126,41 @@ final class Qcow2Opener {
       refcounts.flush();
       file.sync();
     });
-    Qcow2Metadata md = new Qcow2Metadata(where, file, header, l1, refcounts, l2);
-    Qcow2Bitmaps bitmaps = Qcow2Bitmaps.load(md, c0, readOnly);
     if (!readOnly) {
       file.checkOverlaps(OverlapCheck.of(where, file, header, l1, reftable));
     }
 
-    // the backing chain first: an image whose chain cannot be opened is not touched
-    BlockDevice backing = header.backingFile == null || !withBacking ? null : openBacking(path, header, chain, depth);
+    // the data file and the backing chain first: an image whose data file or chain cannot be
+    // opened is not touched
+    // (not for inspect, which does no I/O: qemu-img info describes an image whose data file is missing)
+    RandomAccessFile dataRaf = header.hasDataFile() && withBacking ? openDataFile(path, header.dataFile, readOnly) : null;
+    Qcow2Metadata md;
+    Qcow2Bitmaps bitmaps;
+    BlockDevice backing;
+    try {
+      HostFile data = dataRaf == null ? null : new HostFile(dataRaf.getChannel(), cacheMode);
+      if (data != null) {
+        file.syncDataFirst(data);
+      }
+      md = new Qcow2Metadata(where, file, data, header, l1, refcounts, l2);
+      bitmaps = Qcow2Bitmaps.load(md, c0, readOnly);
+      backing = header.backingFile == null || !withBacking ? null : openBacking(path, header, chain, depth);
+    } catch (IOException | RuntimeException e) {
+      closeQuietly(dataRaf, e);
+      throw e;
+    }
     try {
       if (!readOnly && (header.incompatible & Qcow2Header.INCOMPAT_DIRTY) != 0) {
         // QEMU repairs a dirty image (lazy refcounts left unwritten) on a read-write open
         new RefcountRebuild(file, where, header, l1, refcounts, bitmaps).run();
       }
       if (!readOnly) {
-        // before the first write: bitmaps in use, and the autoclear bits of features we do not maintain cleared
+        // before the first write: bitmaps in use, and the autoclear bits of features we do not
+        // maintain cleared (data_file_raw we keep: our writes keep the raw data file a valid image)
         bitmaps.openReadWrite();
       }
     } catch (IOException | RuntimeException e) {
+      closeQuietly(dataRaf, e);
       if (backing != null) {
         try {
           backing.close();
@@ -154,7 +171,57 @@ final class Qcow2Opener {
       throw e;
     }
     boolean dirty = readOnly && (header.incompatible & Qcow2Header.INCOMPAT_DIRTY) != 0;
-    return new Qcow2Image(path, raf, readOnly, md, backing, dirty, bitmaps);
+    return new Qcow2Image(path, raf, dataRaf, readOnly, md, backing, dirty, bitmaps);
+  }
+
+  /**
+   * Opens and locks the external data file {@code name} (as stored in the header: relative names
+   * are resolved against the image's directory, as QEMU resolves them), read-only with the image.
+   */
+  private static RandomAccessFile openDataFile(Path path, String name, boolean readOnly) throws IOException {
+    String where = path.toString();
+    Path p = resolve(path, name, "data file");
+    if (!Files.exists(p)) {
+      throw new BlockIOException(BlockError.EINVAL, where + ": cannot open data file " + p + ": no such file");
+    }
+    if (Files.isDirectory(p)) {
+      throw new BlockIOException(BlockError.EINVAL, where + ": cannot open data file " + p + ": it is a directory");
+    }
+    if (Files.isSameFile(p, path)) {
+      throw new ImageFormatException(where + ": the data file " + p + " is the image itself");
+    }
+    try {
+      return ImageLock.openFile(p, readOnly);
+    } catch (BlockIOException e) {
+      throw new BlockIOException(e.error(), where + ": cannot open data file " + p + ": " + e.getMessage(), e);
+    } catch (IOException e) {
+      throw BlockIOException.fromHost(where + ": cannot open data file " + p, e);
+    }
+  }
+
+  /** {@code name} from the header as a path, relative names against the image's directory. */
+  private static Path resolve(Path path, String name, String what) throws ImageFormatException {
+    Path p;
+    try {
+      p = Paths.get(name);
+    } catch (RuntimeException e) {
+      throw new ImageFormatException(path + ": " + what + " name '" + name + "' is not a valid path");
+    }
+    if (!p.isAbsolute()) {
+      Path dir = path.toAbsolutePath().getParent();
+      p = dir == null ? p : dir.resolve(p);
+    }
+    return p;
+  }
+
+  private static void closeQuietly(RandomAccessFile f, Exception failure) {
+    if (f != null) {
+      try {
+        f.close();
+      } catch (IOException suppressed) {
+        failure.addSuppressed(suppressed);
+      }
+    }
   }
 
   private static void checkInFile(String where, String what, long offset, long fileSize) throws ImageFormatException {

@@ -124,7 +124,8 @@ final class RefcountRebuild {
       for (long c = CompressedCluster.firstCluster(d, clusterBits); c <= last; c++) {
         add(c);
       }
-    } else if ((d & Qcow2Image.OFFSET_MASK) != 0) {
+    } else if ((d & Qcow2Image.OFFSET_MASK) != 0 && !header.hasDataFile()) {
+      // an external data file's clusters hold no refcounts here
       add((d & Qcow2Image.OFFSET_MASK) >>> clusterBits);
     }
   }

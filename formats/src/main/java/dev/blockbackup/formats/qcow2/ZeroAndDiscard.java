@@ -45,6 +45,13 @@ final class ZeroAndDiscard {
   void writeZeroes(long offset, long length, boolean noFallback, boolean unmap) throws IOException {
     int clusterBits = md.clusterBits;
     long end = offset + length;
+    if (md.rawData) {
+      if (noFallback) {
+        throw new BlockIOException(BlockError.ENOTSUP, md.where + ": zeroing [" + offset + ", +" + length
+            + ") would need zero bytes written into the raw data file");
+      }
+      zeroRawData(offset, end);
+    }
     long fw = md.clusterAtOrAfter(offset);
     long ew = md.wholeClustersEnd(end);
     boolean v2Backing = md.version == 2 && backing != null;
@@ -68,7 +75,7 @@ final class ZeroAndDiscard {
     md.lock.lock();
     try {
       for (long[] p : pieces) {
-        int k = ClusterMap.kindOf(md.map.entryAt(p[0] >>> clusterBits));
+        int k = md.kindOf(md.map.entryAt(p[0] >>> clusterBits));
         if (!(k == ClusterMap.ZERO || (k == ClusterMap.UNALLOCATED && backing == null))) {
           toWrite.add(p);
         }
@@ -94,10 +101,27 @@ final class ZeroAndDiscard {
 
   /** Discards the whole clusters {@code [first, end)}. */
   void discard(long first, long end) throws IOException {
+    if (md.rawData) {
+      zeroRawData(first << md.clusterBits, Math.min(md.size, end << md.clusterBits));
+    }
     if (md.version == 2 && backing != null) {
       writeZeroBytes(first << md.clusterBits, Math.min(md.size, end << md.clusterBits));
     } else {
       rewriteEntries(first, end - first, Mode.DISCARD);
+    }
+  }
+
+  /**
+   * With data_file_raw the raw file must go on reading as the guest disk does, so zeroed and
+   * discarded bytes are zeroed in it too before the entries change, as QEMU does. Bytes past the
+   * raw file's end read as zero already.
+   */
+  private void zeroRawData(long from, long to) throws IOException {
+    long end = Math.min(to, md.data.size());
+    for (long p = from; p < end; ) {
+      int n = (int) Math.min(ClusterReader.ZEROS.capacity(), end - p);
+      md.data.write(ClusterReader.ZEROS.duplicate().limit(n), p);
+      p += n;
     }
   }
 
@@ -143,7 +167,7 @@ final class ZeroAndDiscard {
             if (ne != e) {
               t.set(idx + i, ne);
               boolean keepsHost = (e & COMPRESSED) == 0 && (ne & OFFSET_MASK) == (e & OFFSET_MASK);
-              if (ClusterFrees.holdsHostClusters(e) && !keepsHost) {
+              if (md.holdsRefcounts(e) && !keepsHost) {
                 md.frees.freeLater(e);
               }
             }
@@ -159,14 +183,15 @@ final class ZeroAndDiscard {
 
   /** The entry that makes a cluster with entry {@code e} read as zero in {@code mode}. */
   private long newEntry(long e, Mode mode) {
-    int k = ClusterMap.kindOf(e);
+    int k = md.kindOf(e);
     if (mode == Mode.DISCARD) {
-      return backing != null ? ZERO_FLAG : 0;
+      // with a data file QEMU leaves the zero flag, never an unallocated entry
+      return backing != null || md.externalData ? ZERO_FLAG : 0;
     }
     if (md.version == 2) {
       return 0; // no backing file here (v2 over a backing file writes zero bytes instead)
     }
-    if (mode == Mode.ZERO && ClusterAllocator.isCopiedNormal(e)) {
+    if (mode == Mode.ZERO && allocator.isCopiedNormal(e)) {
       return e | ZERO_FLAG; // keep the allocation (QEMU's ZERO_ALLOC without may-unmap)
     }
     if (mode == Mode.ZERO && k == ClusterMap.ZERO && (e & OFFSET_MASK) != 0 && (e & COPIED) != 0) {

@@ -322,7 +322,10 @@ final class ModelRunner implements AutoCloseable {
     QemuImg.Result checked = QemuImg.img("check", "--output=json", "-f", "qcow2", path);
     JsonNode check = checked.json();
     // (a dirty image's refcounts are stale by design: check reports corruptions and no bound holds)
-    if (checked.exit() == 0 && check.path("compressed-clusters").asLong(0) == 0) {
+    assertThat(info.dataFile()).as("data-file").isEqualTo(textOrNull(spec, "data-file"));
+    assertThat(info.dataFileRaw()).as("data-file-raw").isEqualTo(spec.path("data-file-raw").asBoolean(false));
+    // (an external data file's clusters are allocated without taking any of the image's)
+    if (checked.exit() == 0 && check.path("compressed-clusters").asLong(0) == 0 && info.dataFile() == null) {
       assertThat(info.hostClustersInUse()).as("hostClustersInUse vs qemu-img check allocated-clusters %s", check)
           .isGreaterThanOrEqualTo(4 + check.path("allocated-clusters").asLong());
     }

@@ -417,12 +417,12 @@ class Qcow2ImageTest {
     QemuImg.img("create", "-f", "qcow2", p, "1M").assertExit(0);
     try (java.io.RandomAccessFile f = new java.io.RandomAccessFile(p.toFile(), "rw")) {
       f.seek(88);
-      f.writeLong(0x8000000000000002L);
+      f.writeLong(0x8000000000000004L);
     }
     Qcow2Image.open(p, true).close();
     try (java.io.RandomAccessFile f = new java.io.RandomAccessFile(p.toFile(), "r")) {
       f.seek(88);
-      assertThat(f.readLong()).isEqualTo(0x8000000000000002L);
+      assertThat(f.readLong()).isEqualTo(0x8000000000000004L);
     }
     try (Qcow2Image img = Qcow2Image.open(p, false)) {
       img.write(0, ByteBuffer.wrap(filled(1, 512)));
