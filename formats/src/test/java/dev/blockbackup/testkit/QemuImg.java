@@ -118,4 +118,21 @@ public final class QemuImg {
   public static JsonNode info(Path image) {
     return img("info", "--output=json", image).assertExit(0).json();
   }
+
+  /**
+   * QEMU's own view of a persistent bitmap's bits: its dirty ranges (start -> length) as qemu-nbd
+   * exports them in the qemu:dirty-bitmap context, read by nbdinfo --map.
+   */
+  public static java.util.Map<Long, Long> dirtyRanges(Path image, String bitmap) {
+    Result r = run("nbdinfo", "--map=qemu:dirty-bitmap:" + bitmap, "--", "[", "qemu-nbd", "-r",
+        "-f", "qcow2", "-B", bitmap, image.toString(), "]").assertExit(0);
+    java.util.Map<Long, Long> out = new java.util.LinkedHashMap<>();
+    for (String line : r.out().split("\n")) {
+      String[] f = line.trim().split("\\s+");
+      if (f.length >= 3 && f[2].equals("1")) {
+        out.put(Long.parseLong(f[0]), Long.parseLong(f[1]));
+      }
+    }
+    return out;
+  }
 }

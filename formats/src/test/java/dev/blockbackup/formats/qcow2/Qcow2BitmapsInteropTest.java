@@ -34,16 +34,7 @@ class Qcow2BitmapsInteropTest {
 
   /** QEMU's dirty ranges of {@code bitmap}: start -> length, as qemu-nbd exports them. */
   static Map<Long, Long> qemuDirty(Path image, String bitmap) {
-    QemuImg.Result r = QemuImg.run("nbdinfo", "--map=qemu:dirty-bitmap:" + bitmap, "--", "[", "qemu-nbd", "-r",
-        "-f", "qcow2", "-B", bitmap, image.toString(), "]").assertExit(0);
-    Map<Long, Long> out = new LinkedHashMap<>();
-    for (String line : r.out().split("\n")) {
-      String[] f = line.trim().split("\\s+");
-      if (f.length >= 3 && f[2].equals("1")) {
-        out.put(Long.parseLong(f[0]), Long.parseLong(f[1]));
-      }
-    }
-    return out;
+    return QemuImg.dirtyRanges(image, bitmap);
   }
 
   /** Our dirty ranges, merged as nbdinfo merges them. */
