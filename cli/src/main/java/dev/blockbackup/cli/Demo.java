@@ -5,6 +5,7 @@ import dev.blockbackup.engine.BackupOptions;
 import dev.blockbackup.engine.BlockNode;
 import dev.blockbackup.engine.JobManager;
 import dev.blockbackup.engine.MirrorSyncMode;
+import dev.blockbackup.engine.Transaction;
 import dev.blockbackup.formats.BlockDevice;
 import dev.blockbackup.formats.BlockIOException;
 import dev.blockbackup.formats.qcow2.Qcow2CreateOptions;
@@ -32,6 +33,10 @@ import java.util.concurrent.locks.ReentrantReadWriteLock;
  * started. Writers write random 4 KiB blocks through the disk's {@link BlockNode}, as a guest would;
  * the job's copy-before-write filter goes on the node under them.
  *
+ * <p>Then an incremental: a bitmap added at the full backup's instant (one transaction with its
+ * job) has marked what the writers changed since, and the incremental backup copies only that,
+ * into a qcow2 whose backing file is the full backup; the pair equals the disk at the second instant.
+ *
  * <p>The point in time is known exactly: the writers are held for an instant (each write holds a
  * shared lock the demo takes exclusively), and in that instant the demo reads the disk into a raw
  * reference file and creates the job. Nothing but Java is needed; when qemu-img is on the PATH it
@@ -41,6 +46,8 @@ final class Demo {
 
   private static final int BLOCK = 4096;
   private static final int WRITERS = 4;
+  /** The bitmap that records what changes after the full backup. */
+  private static final String BITMAP = "since-full";
 
   private final Path dir;
   private final long size;
@@ -81,16 +88,25 @@ final class Demo {
     List<Thread> writers = startWriters(node);
     boolean ok;
     try {
-      step(WRITERS + " writers write random 4 KiB blocks through the disk's node, and keep writing");
+      step(WRITERS + " writers write random 4 KiB blocks (in the first eighth of the disk) through its node,"
+          + " and keep writing");
       pause(Duration.ofMillis(300));
-      ok = backup(jobs, node, "full", MirrorSyncMode.full);
-    } finally {
+      ok = backup(jobs, node, "full", MirrorSyncMode.full, null);
+      step("the writers go on; the bitmap 'since-full', added at the full backup's instant, marks what they change");
+      pause(Duration.ofMillis(500));
+      ok &= backup(jobs, node, "incremental", MirrorSyncMode.incremental, "backup-full.qcow2");
+    } catch (Exception e) {
       stop = true;
       for (Thread t : writers) {
         t.join();
       }
-      node.close();
+      throw e; // the node stays open: a job may hold it; the process ends with the error
     }
+    stop = true;
+    for (Thread t : writers) {
+      t.join();
+    }
+    node.close();
     if (writerFailure.get() != null) {
       out.println("a writer failed: " + writerFailure.get());
       ok = false;
@@ -100,24 +116,40 @@ final class Demo {
     return ok;
   }
 
-  /** One backup while the writers run: the job, what it copied, and the comparisons. */
-  private boolean backup(JobManager jobs, BlockNode node, String name, MirrorSyncMode sync) throws Exception {
+  /**
+   * One backup while the writers run: the job, what it copied, and the comparisons. The full backup
+   * adds the bitmap the incremental uses in the same transaction, so both have one instant; the
+   * incremental's target has {@code backing} (the full backup) below it.
+   */
+  private boolean backup(JobManager jobs, BlockNode node, String name, MirrorSyncMode sync, String backing)
+      throws Exception {
     Path target = dir.resolve("backup-" + name + ".qcow2");
     Path reference = dir.resolve("point-in-time-" + name + ".raw");
-    step("backup --sync " + sync + " into " + target.getFileName() + " while the writers write");
-    Qcow2Image tgt = Qcow2Image.create(target, Qcow2CreateOptions.of(size));
+    step("backup --sync " + sync + " into " + target.getFileName()
+        + (backing != null ? " (backing file " + backing + ")" : "") + " while the writers write");
+    Qcow2CreateOptions create = Qcow2CreateOptions.of(size);
+    Qcow2Image tgt = Qcow2Image.create(target, backing == null ? create : create.withBacking(backing, "qcow2"));
+    BackupOptions options = BackupOptions.of(sync).withJobId("demo-" + name);
+    List<Transaction.Action> actions = new ArrayList<>();
+    if (backing == null) {
+      actions.add(Transaction.bitmapAdd(node, BITMAP, null, false, false));
+    } else {
+      options = options.withBitmap(BITMAP);
+    }
+    actions.add(Transaction.backup(jobs, node, tgt, options));
     BackupJob job;
+    long writesBefore;
+    long t0;
     gate.writeLock().lock();
     try {
       // the instant: no write in flight, none starts until the job's filter is on the node
       readInto(node, reference);
-      job = BackupJob.create(jobs, node, tgt, BackupOptions.of(sync).withJobId("demo-" + name));
+      writesBefore = writes.sum();
+      t0 = System.nanoTime();
+      job = Transaction.of(actions).run().get(0); // started
     } finally {
       gate.writeLock().unlock();
     }
-    long writesBefore = writes.sum();
-    long t0 = System.nanoTime();
-    job.start();
     if (!job.awaitConcluded(Duration.ofMinutes(5))) {
       out.println("the job did not end in 5 minutes");
       return false;
@@ -130,8 +162,8 @@ final class Demo {
       return false;
     }
     long cbw = job.copyBeforeWriteBytes();
-    out.printf("job %s: %s in %.2f s; copy-before-write copied %s, the background copier %s%n", job.id(),
-        mib(job.totalProgress()), secs, mib(cbw), mib(job.currentProgress() - cbw));
+    out.printf("job %s: %s copied in %.2f s (of a %s disk); copy-before-write copied %s, the background copier %s%n",
+        job.id(), mib(job.currentProgress()), secs, mib(size), mib(cbw), mib(job.currentProgress() - cbw));
     out.printf("guest writes meanwhile: %d (%.0f writes/s)%n", guestWrites, guestWrites / secs);
     tgt.close();
     return judge(reference, target);
@@ -228,7 +260,7 @@ final class Demo {
     SplittableRandom r = new SplittableRandom(seed);
     ByteBuffer buf = ByteBuffer.allocateDirect(BLOCK);
     byte[] data = new byte[BLOCK];
-    long blocks = size / BLOCK;
+    long blocks = size / 8 / BLOCK; // a guest's busy area: the first eighth of the disk
     try {
       while (!stop) {
         r.nextBytes(data);

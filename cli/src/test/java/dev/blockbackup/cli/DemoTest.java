@@ -24,6 +24,9 @@ class DemoTest {
         .contains("copy-before-write copied")
         .contains("demo finished: every backup equals the disk at its point in time")
         .doesNotContain("DIFFERS");
+    assertThat(said).contains("backup --sync incremental into backup-incremental.qcow2");
+    assertThat(said.split("our compare: the backup equals the point in time", -1)).hasSize(3);
     assertThat(dir.resolve("backup-full.qcow2")).exists();
+    assertThat(dir.resolve("backup-incremental.qcow2")).exists();
   }
 }
