@@ -54,7 +54,7 @@ class CliHelpTest {
       System.setErr(realErr);
     }
     assertThat(picocliErr.toString(java.nio.charset.StandardCharsets.UTF_8)).isEmpty();
-    assertThat(r.out().replaceAll("\\s+", " ")).contains("--sync=MODE").contains("full or top")
+    assertThat(r.out().replaceAll("\\s+", " ")).contains("--sync=MODE").contains("full, top, incremental or bitmap").contains("--bitmap=NAME")
         .contains("a plain line per 10% otherwise").contains("default: the node name, drive0")
         .contains("--existing").contains("--speed=BYTES").doesNotContain("%%");
   }

@@ -77,7 +77,7 @@ class CliUserErrorTest {
     m.add(Arguments.of("backup onto its source", List.of("backup", "--sync", "full", "--existing", "$/disk.raw", "$/disk.raw"), "same file"));
     m.add(Arguments.of("backup compress into raw", List.of("backup", "--sync", "full", "--compress", "--target-format", "raw", "$/disk.raw", "$/b.raw"), "--compress is not supported by target format raw"));
     m.add(Arguments.of("backup sync none", List.of("backup", "--sync", "none", "$/disk.raw", "$/b.qcow2"), "--sync none copies only what a guest overwrites"));
-    m.add(Arguments.of("backup sync bitmap", List.of("backup", "--sync", "bitmap", "$/disk.raw", "$/b.qcow2"), "needs a dirty bitmap"));
+    m.add(Arguments.of("backup sync bitmap", List.of("backup", "--sync", "bitmap", "$/disk.raw", "$/b.qcow2"), "must provide a valid bitmap name for 'bitmap' sync mode"));
     m.add(Arguments.of("backup unknown sync", List.of("backup", "--sync", "half", "$/disk.raw", "$/b.qcow2"), "invalid --sync 'half'"));
     m.add(Arguments.of("backup bad speed", List.of("backup", "--sync", "full", "--speed", "fast", "$/disk.raw", "$/b.qcow2"), "invalid speed 'fast'"));
     m.add(Arguments.of("backup speed suffix", List.of("backup", "--sync", "full", "--speed", "10Q", "$/disk.raw", "$/b.qcow2"), "invalid speed '10Q'"));
@@ -130,7 +130,8 @@ class CliUserErrorTest {
     m.add(Arguments.of("backup bad cache mode", List.of("backup", "--sync", "full", "-t", "directsync", "$/disk.raw", "$/b.qcow2"), "invalid -t"));
     m.add(Arguments.of("backup bad cluster size", List.of("backup", "--sync", "full", "-o", "cluster_size=3k", "$/disk.raw", "$/b.qcow2"), "invalid cluster_size '3k'"));
     m.add(Arguments.of("backup unknown -o key", List.of("backup", "--sync", "full", "-o", "compat=0.10", "$/disk.raw", "$/b.qcow2"), "invalid option 'compat'"));
-    m.add(Arguments.of("backup sync incremental into raw", List.of("backup", "--sync", "incremental", "--target-format", "raw", "$/disk.raw", "$/b.raw"), "needs a dirty bitmap"));
+    m.add(Arguments.of("backup sync incremental into raw", List.of("backup", "--sync", "incremental", "--target-format", "raw", "$/disk.raw", "$/b.raw"), "must provide a valid bitmap name for 'incremental' sync mode"));
+    m.add(Arguments.of("backup bitmap of a raw source", List.of("backup", "--sync", "incremental", "--bitmap", "b0", "$/disk.raw", "$/b.qcow2"), "--bitmap needs a qcow2 SRC"));
     m.add(Arguments.of("convert bad cluster size", List.of("convert", "-O", "qcow2", "-o", "cluster_size=0x10M", "$/disk.raw", "$/x.qcow2"), "invalid cluster_size '0x10M'"));
     return m.stream();
   }
