@@ -46,6 +46,8 @@ public final class BackupJob extends Job {
   private final BlockNode node;
   private final BlockDevice source;
   private final BlockDevice target;
+  /** Whether {@link #clean} closes the target (a drive-backup's image). */
+  private volatile boolean ownsTarget;
   private final BackupOptions options;
   private final String filterNodeName;
   private final BlockCopy bcs;
@@ -500,5 +502,21 @@ public final class BackupJob extends Job {
       node.unblock("block device is in use by block job: backup");
     }
     workers.shutdown();
+    if (ownsTarget) {
+      try {
+        target.close();
+      } catch (BlockIOException e) {
+        System.getLogger(BackupJob.class.getName()).log(System.Logger.Level.WARNING,
+            "job '" + id() + "': its target did not close cleanly: " + e.getMessage());
+      }
+    }
+  }
+
+  /**
+   * The job closes its target when it ends (drive-backup's: the job made it). Set before start;
+   * the target then belongs to the job.
+   */
+  void ownTarget() {
+    ownsTarget = true;
   }
 }

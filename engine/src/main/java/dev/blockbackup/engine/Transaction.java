@@ -1,7 +1,16 @@
 package dev.blockbackup.engine;
 
 import dev.blockbackup.formats.BlockDevice;
+import dev.blockbackup.formats.BlockIOException;
 import dev.blockbackup.formats.DirtyBitmap;
+import dev.blockbackup.formats.ImageFormat;
+import dev.blockbackup.formats.RawImage;
+import dev.blockbackup.formats.qcow2.Qcow2CreateOptions;
+import dev.blockbackup.formats.qcow2.Qcow2Image;
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.LinkOption;
+import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.LinkedHashSet;
 import java.util.List;
@@ -102,6 +111,8 @@ public final class Transaction {
       for (Action a : actions) {
         if (a instanceof Backup b) {
           jobs.add(b.job);
+        } else if (a instanceof DriveBackup d) {
+          jobs.add(d.backup.job);
         }
       }
       if (mode == CompletionMode.grouped && jobs.size() > 1) {
@@ -220,6 +231,16 @@ public final class Transaction {
     return new Backup(jobs, node, target, options);
   }
 
+  /**
+   * drive-backup of {@code node} into a new image at {@code target} (mode=absolute-paths, no
+   * backing file): the image is created at prepare (a file already there is refused) and removed
+   * on abort; the job owns it and closes it once it has concluded.
+   */
+  public static Action driveBackup(JobManager jobs, BlockNode node, Path target, ImageFormat format,
+      BackupOptions options) {
+    return new DriveBackup(jobs, node, target, format, options);
+  }
+
   private abstract static class BitmapAction extends Action {
     final BlockNode node;
     final String name;
@@ -292,6 +313,73 @@ public final class Transaction {
     @Override
     void abort() {
       node.bitmaps().setEnabled(name, was);
+    }
+  }
+
+  private static final class DriveBackup extends Action {
+    private final JobManager jobs;
+    private final BlockNode node;
+    private final Path target;
+    private final ImageFormat format;
+    private final BackupOptions options;
+    private BlockDevice image;
+    private Backup backup;
+
+    DriveBackup(JobManager jobs, BlockNode node, Path target, ImageFormat format, BackupOptions options) {
+      this.jobs = Objects.requireNonNull(jobs, "jobs");
+      this.node = Objects.requireNonNull(node, "node");
+      this.target = Objects.requireNonNull(target, "target");
+      this.format = Objects.requireNonNull(format, "format");
+      this.options = Objects.requireNonNull(options, "options");
+    }
+
+    @Override
+    List<BlockNode> nodes() {
+      return List.of(node);
+    }
+
+    @Override
+    void prepare() {
+      if (Files.exists(target, LinkOption.NOFOLLOW_LINKS)) {
+        throw new JobException("Could not create '" + target + "': File exists");
+      }
+      try {
+        image = format == ImageFormat.QCOW2
+            ? Qcow2Image.create(target, Qcow2CreateOptions.of(node.size()))
+            : RawImage.create(target, node.size());
+      } catch (BlockIOException e) {
+        throw new JobException("Could not create '" + target + "': " + e.getMessage());
+      }
+      backup = new Backup(jobs, node, image, options);
+      try {
+        backup.prepare();
+      } catch (RuntimeException e) {
+        removeImage(e);
+        throw e;
+      }
+    }
+
+    @Override
+    void commit() {
+      backup.job.ownTarget(); // closed by the job's clean-up, before it concludes
+      backup.commit();
+    }
+
+    @Override
+    void abort() {
+      backup.abort();
+      removeImage(null);
+    }
+
+    private void removeImage(RuntimeException failure) {
+      try {
+        image.close();
+        Files.deleteIfExists(target);
+      } catch (IOException e) {
+        if (failure != null) {
+          failure.addSuppressed(e);
+        }
+      }
     }
   }
 

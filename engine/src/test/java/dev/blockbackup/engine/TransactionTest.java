@@ -200,6 +200,32 @@ class TransactionTest {
   }
 
   @Test
+  void driveBackupCreatesItsTargetAndRemovesItOnAbort() throws Exception {
+    BlockNode a = node("a");
+    JobManager jobs = new JobManager();
+    Path made = dir.resolve("drive.qcow2");
+    Path exists = dir.resolve("exists.raw");
+    java.nio.file.Files.write(exists, new byte[] {1});
+    assertThatThrownBy(() -> Transaction.of(List.of(
+        Transaction.driveBackup(jobs, a, made, dev.blockbackup.formats.ImageFormat.QCOW2,
+            BackupOptions.of(MirrorSyncMode.full).withJobId("j1")),
+        Transaction.driveBackup(jobs, a, exists, dev.blockbackup.formats.ImageFormat.RAW,
+            BackupOptions.of(MirrorSyncMode.full).withJobId("j2")))).run())
+        .isInstanceOf(JobException.class).hasMessageContaining("File exists");
+    assertThat(made).as("the first action's image removed again").doesNotExist();
+    assertThat(java.nio.file.Files.readAllBytes(exists)).containsExactly(1);
+    byte[] before = readAll(a);
+    List<BackupJob> started = Transaction.of(List.of(Transaction.driveBackup(jobs, a, made,
+        dev.blockbackup.formats.ImageFormat.QCOW2, BackupOptions.of(MirrorSyncMode.full)))).run();
+    assertThat(started.get(0).awaitConcluded(Duration.ofSeconds(30))).isTrue();
+    assertThat(started.get(0).error()).isNull();
+    try (Qcow2Image copy = Qcow2Image.open(made, true)) { // closed by the job: no lock left
+      assertThat(readAll(copy)).isEqualTo(before);
+    }
+    a.close();
+  }
+
+  @Test
   void groupedJobsFailTogether() throws Exception {
     BlockNode a = node("a");
     BlockNode b = node("b");
