@@ -22,7 +22,7 @@ import org.junit.jupiter.api.io.TempDir;
 
 /**
  * An incremental backup chain as QEMU's iotest 124 builds one: a full backup and a fresh bitmap
- * taken at one instant (the node drained around adding the bitmap and creating the job), then
+ * taken at one instant (one {@link Transaction}), then
  * rounds of random writes, each followed by a sync=incremental backup into a qcow2 whose backing
  * file is the previous backup. In the middle an incremental fails on an injected target error: the
  * bitmap keeps its bits (on-success reclaims), and a retry into a fresh image succeeds. At every
@@ -72,13 +72,12 @@ class IncrementalBackupChainTest {
     BackupJob job;
     BlockDirtyBitmap bitmap;
     byte[] pit;
-    try (BlockNode.Drained d = node.drain()) {
-      bitmap = node.addBitmap("bitmap0");
-      job = BackupJob.create(jobs, node, fullTarget, BackupOptions.of(MirrorSyncMode.full).withJobId("full"));
-      pit = readAll(src);
-    }
+    pit = readAll(src); // nothing writes meanwhile: this is the transaction's instant
+    job = Transaction.of(java.util.List.of(
+        Transaction.bitmapAdd(node, "bitmap0", null, false, false),
+        Transaction.backup(jobs, node, fullTarget, BackupOptions.of(MirrorSyncMode.full).withJobId("full")))).run().get(0);
+    bitmap = node.findBitmap("bitmap0").orElseThrow();
     TreeSet<Long> during = randomWrites(node, random, 8); // copied before they land; the bitmap sees them
-    job.start();
     awaitSuccess(job);
     fullTarget.close();
     assertThat(readAll(Qcow2Image.open(full, true), true)).isEqualTo(pit);
