@@ -176,19 +176,7 @@ final class BitmapCommand implements Callable<Integer> {
       throw new BlockIOException(BlockError.EINVAL, "Bitmaps are of different sizes"
           + " (destination size is " + to.size() + ", source size is " + from.size() + ") and can't be merged");
     }
-    if (to.granularity() == from.granularity()) {
-      to.merge(from);
-      return;
-    }
-    long off = 0;
-    while (off < from.size()) {
-      DirtyBitmap.Area a = from.nextDirtyArea(off, from.size(), Long.MAX_VALUE);
-      if (a == null) {
-        break;
-      }
-      to.set(a.offset(), Math.min(a.end(), to.size()) - a.offset());
-      off = a.end();
-    }
+    to.mergeDirtyAreas(from);
   }
 
   private static Qcow2Bitmap existing(Qcow2Image img, String name) throws BlockIOException {

@@ -96,7 +96,7 @@ final class BackupBitmap {
     if (sync == MirrorSyncMode.bitmap) {
       DirtyBitmap copy = bcs.copyBitmap();
       copy.clear();
-      DirtyBitmaps.mergeBits(copy, bitmap.bits());
+      copy.mergeDirtyAreas(bitmap.bits());
     }
     return true;
   }
@@ -127,7 +127,7 @@ final class BackupBitmap {
         bitmaps.reclaim(bitmap);
       }
       if (!success && mode == BitmapSyncMode.always) {
-        DirtyBitmaps.mergeBits(bitmap.bits(), bcs.copyBitmap());
+        bitmap.bits().mergeDirtyAreas(bcs.copyBitmap());
       }
     }
   }

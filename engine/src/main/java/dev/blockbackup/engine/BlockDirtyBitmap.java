@@ -130,7 +130,7 @@ public final class BlockDirtyBitmap {
   void setBits(DirtyBitmap newBits) {
     if (persistent && bits != null && bits != newBits) {
       bits.clear();
-      DirtyBitmaps.mergeBits(bits, newBits);
+      bits.mergeDirtyAreas(newBits);
     } else {
       bits = newBits;
     }

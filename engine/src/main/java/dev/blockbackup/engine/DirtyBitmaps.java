@@ -295,12 +295,12 @@ final class DirtyBitmaps {
       synchronized (where) {
         check(src, ALLOW_RO);
         checkSameSize(anon.size(), src.size());
-        mergeBits(anon, src.bits());
+        anon.mergeDirtyAreas(src.bits());
       }
     }
     synchronized (this) {
       check(dst, DEFAULT);
-      mergeBits(dst.bits(), anon);
+      dst.bits().mergeDirtyAreas(anon);
     }
   }
 
@@ -311,23 +311,7 @@ final class DirtyBitmaps {
     }
   }
 
-  /** dst |= src, at either's granularity: a word-wise OR when they match, else area by area. */
-  static void mergeBits(DirtyBitmap dst, DirtyBitmap src) {
-    if (dst.granularity() == src.granularity()) {
-      dst.merge(src);
-      return;
-    }
-    long size = src.size();
-    long pos = 0;
-    while (pos < size) {
-      DirtyBitmap.Area a = src.nextDirtyArea(pos, size, Long.MAX_VALUE);
-      if (a == null) {
-        return;
-      }
-      dst.set(a.offset(), a.length());
-      pos = a.end();
-    }
-  }
+
 
   // ---------------------------------------------------------------- successors (jobs)
 
@@ -390,8 +374,10 @@ final class DirtyBitmaps {
   private void published() {
     List<DirtyBitmap> on = new ArrayList<>();
     boolean ro = false;
+    boolean imageMarks = store() != null;
     for (BlockDirtyBitmap b : bitmaps) {
-      if (b.isEnabled()) {
+      // a persistent bitmap's bits are its image's, which the image marks on every write itself
+      if (b.isEnabled() && !(imageMarks && b.isPersistent())) {
         on.add(b.bits());
       }
       ro |= b.isReadonly();

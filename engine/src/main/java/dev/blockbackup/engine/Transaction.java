@@ -111,8 +111,6 @@ public final class Transaction {
       for (Action a : actions) {
         if (a instanceof Backup b) {
           jobs.add(b.job);
-        } else if (a instanceof DriveBackup d) {
-          jobs.add(d.backup.job);
         }
       }
       if (mode == CompletionMode.grouped && jobs.size() > 1) {
@@ -228,7 +226,7 @@ public final class Transaction {
    * node, its bitmap frozen) at prepare and started at commit; an abort cancels it unstarted.
    */
   public static Action backup(JobManager jobs, BlockNode node, BlockDevice target, BackupOptions options) {
-    return new Backup(jobs, node, target, options);
+    return new Backup(jobs, node, Objects.requireNonNull(target, "target"), options);
   }
 
   /**
@@ -287,7 +285,7 @@ public final class Transaction {
       // the node is drained for the whole transaction: no write marks the bits meanwhile
       synchronized (node.bitmaps()) {
         bitmap.bits().clear();
-        DirtyBitmaps.mergeBits(bitmap.bits(), saved);
+        bitmap.bits().mergeDirtyAreas(saved);
       }
     }
   }
@@ -316,43 +314,31 @@ public final class Transaction {
     }
   }
 
-  private static final class DriveBackup extends Action {
-    private final JobManager jobs;
-    private final BlockNode node;
-    private final Path target;
+  /** drive-backup: a {@link Backup} into an image the action creates and the job closes. */
+  private static final class DriveBackup extends Backup {
+    private final Path path;
     private final ImageFormat format;
-    private final BackupOptions options;
-    private BlockDevice image;
-    private Backup backup;
 
-    DriveBackup(JobManager jobs, BlockNode node, Path target, ImageFormat format, BackupOptions options) {
-      this.jobs = Objects.requireNonNull(jobs, "jobs");
-      this.node = Objects.requireNonNull(node, "node");
-      this.target = Objects.requireNonNull(target, "target");
+    DriveBackup(JobManager jobs, BlockNode node, Path path, ImageFormat format, BackupOptions options) {
+      super(jobs, node, null, options);
+      this.path = Objects.requireNonNull(path, "target");
       this.format = Objects.requireNonNull(format, "format");
-      this.options = Objects.requireNonNull(options, "options");
-    }
-
-    @Override
-    List<BlockNode> nodes() {
-      return List.of(node);
     }
 
     @Override
     void prepare() {
-      if (Files.exists(target, LinkOption.NOFOLLOW_LINKS)) {
-        throw new JobException("Could not create '" + target + "': File exists");
+      if (Files.exists(path, LinkOption.NOFOLLOW_LINKS)) {
+        throw new JobException("Could not create '" + path + "': File exists");
       }
       try {
-        image = format == ImageFormat.QCOW2
-            ? Qcow2Image.create(target, Qcow2CreateOptions.of(node.size()))
-            : RawImage.create(target, node.size());
+        target = format == ImageFormat.QCOW2
+            ? Qcow2Image.create(path, Qcow2CreateOptions.of(node.size()))
+            : RawImage.create(path, node.size());
       } catch (BlockIOException e) {
-        throw new JobException("Could not create '" + target + "': " + e.getMessage());
+        throw new JobException("Could not create '" + path + "': " + e.getMessage());
       }
-      backup = new Backup(jobs, node, image, options);
       try {
-        backup.prepare();
+        super.prepare();
       } catch (RuntimeException e) {
         removeImage(e);
         throw e;
@@ -361,20 +347,20 @@ public final class Transaction {
 
     @Override
     void commit() {
-      backup.job.ownTarget(); // closed by the job's clean-up, before it concludes
-      backup.commit();
+      job.ownTarget(); // closed by the job's clean-up, before it concludes
+      super.commit();
     }
 
     @Override
     void abort() {
-      backup.abort();
+      super.abort();
       removeImage(null);
     }
 
     private void removeImage(RuntimeException failure) {
       try {
-        image.close();
-        Files.deleteIfExists(target);
+        target.close();
+        Files.deleteIfExists(path);
       } catch (IOException e) {
         if (failure != null) {
           failure.addSuppressed(e);
@@ -383,17 +369,18 @@ public final class Transaction {
     }
   }
 
-  private static final class Backup extends Action {
+  private static class Backup extends Action {
     private final JobManager jobs;
-    private final BlockNode node;
-    private final BlockDevice target;
+    final BlockNode node;
     private final BackupOptions options;
-    private BackupJob job;
+    /** Given (blockdev-backup), or made at prepare (drive-backup). */
+    BlockDevice target;
+    BackupJob job;
 
     Backup(JobManager jobs, BlockNode node, BlockDevice target, BackupOptions options) {
       this.jobs = Objects.requireNonNull(jobs, "jobs");
       this.node = Objects.requireNonNull(node, "node");
-      this.target = Objects.requireNonNull(target, "target");
+      this.target = target;
       this.options = Objects.requireNonNull(options, "options");
     }
 

@@ -318,6 +318,29 @@ public final class DirtyBitmap {
     }
   }
 
+  /**
+   * Sets every byte range that is dirty in {@code other}, whose granularity may differ (QEMU's
+   * block-dirty-bitmap-merge): a word-wise {@link #merge} when the granularities match, else area
+   * by area, each rounded out to this bitmap's granules. Both must cover the same size.
+   */
+  public void mergeDirtyAreas(DirtyBitmap other) {
+    if (other.size != size) {
+      throw new IllegalArgumentException("cannot merge a bitmap of size " + other.size + " into one of size " + size);
+    }
+    if (other.granularity == granularity) {
+      merge(other);
+      return;
+    }
+    for (long pos = 0; pos < size; ) {
+      Area a = other.nextDirtyArea(pos, size, Long.MAX_VALUE);
+      if (a == null) {
+        return;
+      }
+      set(a.offset(), a.length());
+      pos = a.end();
+    }
+  }
+
   /** An independent copy with the same bits. */
   public DirtyBitmap copy() {
     DirtyBitmap copy = new DirtyBitmap(size, granularity);
