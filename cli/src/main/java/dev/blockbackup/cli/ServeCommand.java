@@ -141,7 +141,7 @@ final class ServeCommand implements Callable<Integer> {
           b.tcp(a.host(), a.port());
         }
       }
-      serve(b.build(), parsed, listen, out);
+      serve(b.build(), parsed, listen, out, () -> closeAll(opened));
     } finally {
       closeAll(opened);
     }
@@ -149,11 +149,16 @@ final class ServeCommand implements Callable<Integer> {
   }
 
   /** Starts the server, prints the URIs, and waits for SIGTERM/SIGINT; returns once the server is closed. */
-  private static void serve(NbdServer server, List<Image> images, List<Address> listen, PrintWriter out)
-      throws InterruptedException {
+  interface Closer {
+    void close() throws BlockIOException;
+  }
+
+  private static void serve(NbdServer server, List<Image> images, List<Address> listen, PrintWriter out,
+      Closer images0) throws InterruptedException, BlockIOException {
     CountDownLatch stop = new CountDownLatch(1);
     CountDownLatch done = new CountDownLatch(1);
-    // The JVM exits once its hooks return: the hook waits until the images are closed.
+    // The JVM exits once its hooks return, with 128+signal: the hook waits until the images are
+    // closed, then ends the process with 0, since stopping on SIGTERM/SIGINT is serve's normal end.
     Thread hook = new Thread(() -> {
       stop.countDown();
       try {
@@ -161,6 +166,7 @@ final class ServeCommand implements Callable<Integer> {
       } catch (InterruptedException e) {
         Thread.currentThread().interrupt();
       }
+      Runtime.getRuntime().halt(0);
     }, "serve-shutdown");
     Runtime.getRuntime().addShutdownHook(hook);
     try (server) {
@@ -177,14 +183,19 @@ final class ServeCommand implements Callable<Integer> {
       }
       out.flush();
       stop.await();
+      server.close();
+      images0.close();
     } finally {
+      out.flush();
       done.countDown();
     }
   }
 
   private static void closeAll(List<BlockDevice> devices) throws BlockIOException {
     BlockIOException first = null;
-    for (BlockDevice d : devices) {
+    List<BlockDevice> all = new ArrayList<>(devices);
+    devices.clear();
+    for (BlockDevice d : all) {
       try {
         d.flush();
         d.close();
