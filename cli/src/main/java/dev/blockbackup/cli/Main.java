@@ -50,6 +50,7 @@ public final class Main implements Callable<Integer> {
     SUBCOMMANDS.put("convert", ConvertCommand::new);
     SUBCOMMANDS.put("backup", BackupCommand::new);
     SUBCOMMANDS.put("bitmap", BitmapCommand::new);
+    SUBCOMMANDS.put("serve", ServeCommand::new);
     SUBCOMMANDS.put("help", CommandLine.HelpCommand::new);
   }
 

@@ -72,6 +72,8 @@ public final class NbdServer implements AutoCloseable {
   private final int maxInFlight;
   private final int maxQueued;
   private final long closeTimeoutMillis;
+  /** Connections served at once, 0 for no limit (QAPI NbdServerOptions max-connections). */
+  private final int maxConnections;
 
   private EventLoopGroup group;
   private ExecutorService workers;
@@ -93,6 +95,7 @@ public final class NbdServer implements AutoCloseable {
     this.maxInFlight = b.maxInFlight;
     this.maxQueued = b.maxQueued;
     this.closeTimeoutMillis = b.closeTimeoutMillis;
+    this.maxConnections = b.maxConnections;
   }
 
   public static Builder builder() {
@@ -159,7 +162,17 @@ public final class NbdServer implements AutoCloseable {
         .childHandler(new ChannelInitializer<Channel>() {
           @Override
           protected void initChannel(Channel ch) {
-            connections.add(ch);
+            // Refused at accept, before the handshake, so the connections already served never notice.
+            // Listeners share one event loop group but may run on different loops: the count and the
+            // add are one step under the group's lock.
+            synchronized (connections) {
+              if (maxConnections > 0 && connections.size() >= maxConnections) {
+                LOG.log(System.Logger.Level.DEBUG, () -> ch + ": refused, " + maxConnections + " connections already");
+                ch.close();
+                return;
+              }
+              connections.add(ch);
+            }
             ch.pipeline().addLast("decoder", new NbdDecoder())
                 .addLast("encoder", NbdEncoder.INSTANCE)
                 .addLast("handshake", new HandshakeHandler(settings));
@@ -274,6 +287,7 @@ public final class NbdServer implements AutoCloseable {
     private int maxInFlight = 32;
     private int maxQueued = 256;
     private long closeTimeoutMillis = 30_000;
+    private int maxConnections;
 
     private Builder() {}
 
@@ -347,6 +361,18 @@ public final class NbdServer implements AutoCloseable {
         throw new IllegalArgumentException("closeTimeoutMillis (" + ms + ") must not be negative");
       }
       this.closeTimeoutMillis = ms;
+      return this;
+    }
+
+    /**
+     * Connections served at the same time; one more is closed as it is accepted (default 0: no
+     * limit, as QAPI's NbdServerOptions max-connections).
+     */
+    public Builder maxConnections(int n) {
+      if (n < 0) {
+        throw new IllegalArgumentException("maxConnections (" + n + ") must not be negative");
+      }
+      this.maxConnections = n;
       return this;
     }
 

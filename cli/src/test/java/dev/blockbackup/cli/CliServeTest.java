@@ -1,0 +1,79 @@
+package dev.blockbackup.cli;
+
+import static org.assertj.core.api.Assertions.assertThat;
+
+import dev.blockbackup.testkit.QemuImg;
+import java.io.BufferedReader;
+import java.io.InputStreamReader;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.Tag;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
+
+/** {@code blockbackup serve}: argument checks in-process; serving as a subprocess judged by QEMU's tools. */
+class CliServeTest {
+
+  @TempDir Path dir;
+
+  @ParameterizedTest
+  @ValueSource(strings = {"--nbd=tcp:127.0.0.1:99999", "--nbd=bogus", "--max-connections=-1", "-f=vmdk"})
+  void badArgumentsAreOneLineAndExit1(String arg) throws Exception {
+    Path img = dir.resolve("a.raw");
+    Files.write(img, new byte[4096]);
+    Cli.Run r = Cli.run("serve", arg, img);
+    assertThat(r.exit()).as(r.toString()).isEqualTo(1);
+    assertThat(r.err().strip()).startsWith("blockbackup: ").doesNotContain("\n").doesNotContain("Exception");
+  }
+
+  @Test
+  void missingImageIsRefusedBeforeAnythingIsCreated() {
+    Path sock = dir.resolve("s.sock");
+    Cli.Run r = Cli.run("serve", "--nbd", "unix:" + sock, dir.resolve("none.qcow2"));
+    assertThat(r.exit()).isEqualTo(1);
+    assertThat(r.err()).contains("none.qcow2");
+    assertThat(sock).doesNotExist();
+  }
+
+  @Test
+  void forceShareNeedsReadOnly() throws Exception {
+    Path img = dir.resolve("a.raw");
+    Files.write(img, new byte[4096]);
+    Cli.Run r = Cli.run("serve", "-U", img);
+    assertThat(r.exit()).isEqualTo(1);
+    assertThat(r.err()).contains("read-only");
+  }
+
+  @Test
+  @Tag("interop")
+  void servesAQcow2ThatQemuWritesAndSigtermClosesCleanly() throws Exception {
+    Path img = dir.resolve("disk.qcow2");
+    QemuImg.img("create", "-f", "qcow2", img, "16M").assertExit(0);
+    QemuImg.io("-c", "write -P 0xab 1M 1M", img).assertExit(0);
+    Path sock = dir.resolve("nbd.sock");
+    String java = ProcessHandle.current().info().command().orElse("java");
+    Process p = new ProcessBuilder(java, "-cp", System.getProperty("java.class.path"), Main.class.getName(),
+        "serve", img.toString(), "--nbd", "unix:" + sock).redirectErrorStream(true).start();
+    try (BufferedReader out = new BufferedReader(new InputStreamReader(p.getInputStream(), StandardCharsets.UTF_8))) {
+      String uri = out.readLine();
+      assertThat(uri).isEqualTo("nbd+unix:///disk?socket=" + sock);
+      QemuImg.io("-f", "raw", "-c", "write -P 0xcd 0 64k", uri).assertExit(0);
+      Path copy = dir.resolve("copy.raw");
+      QemuImg.img("convert", "-f", "raw", "-O", "raw", uri, copy).assertExit(0);
+      p.destroy(); // SIGTERM
+      assertThat(p.waitFor(60, TimeUnit.SECONDS)).isTrue();
+      assertThat(p.exitValue()).isZero();
+      assertThat(sock).doesNotExist();
+      QemuImg.assertCheckClean(img);
+      QemuImg.io("-c", "read -P 0xcd 0 64k", "-c", "read -P 0xab 1M 1M", img).assertExit(0);
+      QemuImg.assertIdentical(img, "qcow2", copy, "raw");
+    } finally {
+      p.destroyForcibly();
+    }
+  }
+}
