@@ -19,6 +19,7 @@ import java.util.HashSet;
 import java.util.List;
 import java.util.Set;
 import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.Callable;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Model.CommandSpec;
@@ -157,8 +158,10 @@ final class ServeCommand implements Callable<Integer> {
       Closer images0) throws InterruptedException, BlockIOException {
     CountDownLatch stop = new CountDownLatch(1);
     CountDownLatch done = new CountDownLatch(1);
+    AtomicInteger status = new AtomicInteger(1);
     // The JVM exits once its hooks return, with 128+signal: the hook waits until the images are
-    // closed, then ends the process with 0, since stopping on SIGTERM/SIGINT is serve's normal end.
+    // closed, then ends the process with 0, since stopping on SIGTERM/SIGINT is serve's normal end
+    // (1 if closing an image failed).
     Thread hook = new Thread(() -> {
       stop.countDown();
       try {
@@ -166,7 +169,7 @@ final class ServeCommand implements Callable<Integer> {
       } catch (InterruptedException e) {
         Thread.currentThread().interrupt();
       }
-      Runtime.getRuntime().halt(0);
+      Runtime.getRuntime().halt(status.get());
     }, "serve-shutdown");
     Runtime.getRuntime().addShutdownHook(hook);
     try (server) {
@@ -185,9 +188,18 @@ final class ServeCommand implements Callable<Integer> {
       stop.await();
       server.close();
       images0.close();
+      status.set(0);
     } finally {
       out.flush();
       done.countDown();
+      if (stop.getCount() > 0) {
+        // ended without a signal (the server could not start): the exit code is the caller's
+        try {
+          Runtime.getRuntime().removeShutdownHook(hook);
+        } catch (IllegalStateException shuttingDown) {
+          // a signal came meanwhile; the hook ends the process
+        }
+      }
     }
   }
 

@@ -32,6 +32,19 @@ class CliServeTest {
   }
 
   @Test
+  void aPortInUseIsOneLineAndExit1AndTheImageStaysUsable() throws Exception {
+    Path img = dir.resolve("a.raw");
+    Files.write(img, new byte[4096]);
+    try (java.net.ServerSocket taken = new java.net.ServerSocket(0, 1, java.net.InetAddress.getLoopbackAddress())) {
+      Cli.Run r = Cli.run("serve", "--nbd", "tcp:127.0.0.1:" + taken.getLocalPort(), img);
+      assertThat(r.exit()).as(r.toString()).isEqualTo(1);
+      assertThat(r.err().strip()).startsWith("blockbackup: ").doesNotContain("\n").doesNotContain("Exception");
+    }
+    // the failed serve closed the image and left no lock behind
+    assertThat(Cli.run("info", img).exit()).isZero();
+  }
+
+  @Test
   void missingImageIsRefusedBeforeAnythingIsCreated() {
     Path sock = dir.resolve("s.sock");
     Cli.Run r = Cli.run("serve", "--nbd", "unix:" + sock, dir.resolve("none.qcow2"));
