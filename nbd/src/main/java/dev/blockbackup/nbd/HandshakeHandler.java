@@ -29,6 +29,9 @@ final class HandshakeHandler extends SimpleChannelInboundHandler<Object> {
   private static final System.Logger LOG = System.getLogger(HandshakeHandler.class.getName());
   private static final int KNOWN_CLIENT_FLAGS = NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES;
 
+  /** The bytes of a client's name quoted in an error message; the rest is left out. */
+  static final int MAX_SHOWN_NAME = 256;
+
   private final ConnectionSettings settings;
   private boolean noZeroes;
   private boolean structuredReplies;
@@ -98,7 +101,7 @@ final class HandshakeHandler extends SimpleChannelInboundHandler<Object> {
     NbdExport export = name == null ? null : settings.find(name);
     if (export == null) {
       // the spec: no error reply exists for NBD_OPT_EXPORT_NAME; the server MUST close
-      close(ctx, "unknown export '" + name + "' asked by NBD_OPT_EXPORT_NAME");
+      close(ctx, "unknown export '" + shown(name) + "' asked by NBD_OPT_EXPORT_NAME");
       return;
     }
     ctx.write(new ExportNameReply(export.device().size(), transmissionFlags(export), noZeroes));
@@ -149,7 +152,7 @@ final class HandshakeHandler extends SimpleChannelInboundHandler<Object> {
     }
     NbdExport export = settings.find(name);
     if (export == null) {
-      error(ctx, opt, NBD_REP_ERR_UNKNOWN, "export '" + name + "' not present");
+      error(ctx, opt, NBD_REP_ERR_UNKNOWN, "export '" + shown(name) + "' not present");
       return;
     }
     ByteBuf info = Unpooled.buffer(12);
@@ -201,7 +204,7 @@ final class HandshakeHandler extends SimpleChannelInboundHandler<Object> {
       return;
     }
     if (settings.find(name) == null) {
-      error(ctx, opt, NBD_REP_ERR_UNKNOWN, "export '" + name + "' not present");
+      error(ctx, opt, NBD_REP_ERR_UNKNOWN, "export '" + shown(name) + "' not present");
       return;
     }
     boolean list = opt == NBD_OPT_LIST_META_CONTEXT;
@@ -277,8 +280,19 @@ final class HandshakeHandler extends SimpleChannelInboundHandler<Object> {
     }
   }
 
+  /**
+   * An error reply. The spec caps every string at 4096 bytes and a client may drop a connection
+   * that sends more, so the message is cut there (at a character boundary) whatever it embeds.
+   */
   private static void error(ChannelHandlerContext ctx, int opt, int type, String message) {
-    ctx.writeAndFlush(new OptionReply(opt, type, message.getBytes(StandardCharsets.UTF_8)));
+    ctx.writeAndFlush(new OptionReply(opt, type, NbdEncoder.utf8Prefix(message, NbdExport.MAX_STRING)));
+  }
+
+  /** A client's name as quoted in a message: whole if short, else its start and an ellipsis. */
+  static String shown(String name) {
+    byte[] b = NbdEncoder.utf8Prefix(name, MAX_SHOWN_NAME);
+    String head = new String(b, StandardCharsets.UTF_8);
+    return head.length() == name.length() ? name : head + "...";
   }
 
   private static void close(ChannelHandlerContext ctx, String why) {

@@ -104,12 +104,12 @@ final class NbdEncoder extends MessageToMessageEncoder<Object> {
 
   /** {@code s} in UTF-8, cut at a character boundary to at most {@code max} bytes. */
   static byte[] utf8Prefix(String s, int max) {
-    String t = s == null ? "" : s;
-    byte[] b = t.getBytes(StandardCharsets.UTF_8);
-    while (b.length > max) {
-      t = t.substring(0, Math.max(0, t.length() - (b.length - max)));
-      b = t.getBytes(StandardCharsets.UTF_8);
-    }
-    return b;
+    java.nio.ByteBuffer out = java.nio.ByteBuffer.allocate(max);
+    // the encoder stops before a character that does not fit whole, so the prefix stays valid UTF-8
+    StandardCharsets.UTF_8.newEncoder()
+        .onMalformedInput(java.nio.charset.CodingErrorAction.REPLACE)
+        .onUnmappableCharacter(java.nio.charset.CodingErrorAction.REPLACE)
+        .encode(java.nio.CharBuffer.wrap(s == null ? "" : s), out, true);
+    return java.util.Arrays.copyOf(out.array(), out.position());
   }
 }

@@ -161,6 +161,28 @@ class NbdHandshakeTest {
   }
 
   @Test
+  void unknownExportOfTheLongestNameGetsAnErrorWithinTheStringLimit() {
+    greeted(NBD_FLAG_C_FIXED_NEWSTYLE);
+    OptReply r = ask(NBD_OPT_GO, goData("a".repeat(4096)));
+    assertThat(r.type()).isEqualTo(NBD_REP_ERR_UNKNOWN);
+    assertThat(r.data().length).isLessThanOrEqualTo(4096);
+    assertThat(r.text()).startsWith("export 'aaaa").contains("...");
+    assertThat(ask(NBD_OPT_INFO, goData("disk")).type()).isEqualTo(NBD_REP_INFO); // the handshake goes on
+  }
+
+  @Test
+  void aQuotedMultiByteNameIsCutAtACharacterBoundary() throws Exception {
+    greeted(NBD_FLAG_C_FIXED_NEWSTYLE);
+    ask(NBD_OPT_STRUCTURED_REPLY, new byte[0]);
+    // 3-byte characters: 256 bytes of the name end inside one
+    OptReply r = ask(NBD_OPT_SET_META_CONTEXT, Wire.metaData("\u20ac".repeat(1365), BASE_ALLOCATION));
+    assertThat(r.type()).isEqualTo(NBD_REP_ERR_UNKNOWN);
+    assertThat(r.data().length).isLessThanOrEqualTo(4096);
+    java.nio.charset.StandardCharsets.UTF_8.newDecoder().decode(java.nio.ByteBuffer.wrap(r.data()));
+    assertThat(r.text()).contains("\u20ac".repeat(85) + "...");
+  }
+
+  @Test
   void malformedGoIsInvalid() {
     greeted(NBD_FLAG_C_FIXED_NEWSTYLE);
     assertThat(ask(NBD_OPT_GO, new byte[] {0, 0, 0, 9, 'x'}).type()).isEqualTo(NBD_REP_ERR_INVALID);

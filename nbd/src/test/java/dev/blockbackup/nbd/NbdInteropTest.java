@@ -183,6 +183,15 @@ class NbdInteropTest {
   }
 
   @Test
+  void nbdinfoOfAnUnknownExportWithTheLongestNameGetsACleanError() {
+    // the name fills the spec's 4096 bytes; the error that quotes it must stay within them too
+    Result r = QemuImg.run("nbdinfo", unix("a".repeat(4096)));
+    assertThat(r.exit()).isNotZero();
+    // libnbd names the error of NBD_REP_ERR_UNKNOWN (ENOENT) rather than printing our message
+    assertThat(r.err()).contains("server replied with error to opt_go request: No such file or directory");
+  }
+
+  @Test
   void nbdinfoMapShowsDataAndHoles() {
     String out = QemuImg.run("nbdinfo", "--map", unix("disk")).assertExit(0).out();
     assertThat(out.lines().map(l -> String.join(" ", l.trim().split("\\s+"))).toList()).containsExactly(
