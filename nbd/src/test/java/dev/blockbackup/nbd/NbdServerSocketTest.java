@@ -196,6 +196,38 @@ class NbdServerSocketTest {
   }
 
   @Test
+  void connectionsBeyondMaxConnectionsAreClosedAtAcceptAndTheOthersKeepWorking() throws Exception {
+    server.close();
+    server = NbdServer.builder().export(NbdExport.of("disk", disk)).tcp("127.0.0.1", 0).maxConnections(2).build();
+    server.start();
+    try (Client a = new Client().go("disk"); Client b = new Client()) {
+      try (Socket third = new Socket("127.0.0.1", server.tcpAddress().getPort())) {
+        third.setSoTimeout(20_000);
+        int first;
+        try {
+          first = third.getInputStream().read();
+        } catch (IOException reset) {
+          first = -1;
+        }
+        assertThat(first).as("the third connection gets no greeting").isEqualTo(-1);
+      }
+      a.request(NBD_CMD_FLUSH, 1, 0, 0);
+      assertThat(a.reply(1)).isZero();
+      b.go("disk").request(NBD_CMD_FLUSH, 2, 0, 0);
+      assertThat(b.reply(2)).isZero();
+    }
+    // once the two have left, a new client is served again
+    long deadline = System.nanoTime() + 20_000_000_000L;
+    while (server.connectionCount() > 0 && System.nanoTime() < deadline) {
+      Thread.sleep(5);
+    }
+    try (Client c = new Client().go("disk")) {
+      c.request(NBD_CMD_FLUSH, 3, 0, 0);
+      assertThat(c.reply(3)).isZero();
+    }
+  }
+
+  @Test
   void closeAnswersInFlightRequestsAndLeavesTheDeviceOpen() throws Exception {
     Client c = new Client().go("disk");
     c.request(NBD_CMD_FLUSH, 1, 0, 0);
