@@ -142,20 +142,19 @@ final class ServeCommand implements Callable<Integer> {
           b.tcp(a.host(), a.port());
         }
       }
-      serve(b.build(), parsed, listen, out, () -> closeAll(opened));
+      serve(b.build(), parsed, listen, out, opened);
     } finally {
       closeAll(opened);
     }
     return 0;
   }
 
-  /** Starts the server, prints the URIs, and waits for SIGTERM/SIGINT; returns once the server is closed. */
-  interface Closer {
-    void close() throws BlockIOException;
-  }
-
+  /**
+   * Starts the server, prints the URIs and waits for SIGTERM/SIGINT; returns once the server and
+   * the {@code opened} devices are closed.
+   */
   private static void serve(NbdServer server, List<Image> images, List<Address> listen, PrintWriter out,
-      Closer images0) throws InterruptedException, BlockIOException {
+      List<BlockDevice> opened) throws InterruptedException, BlockIOException {
     CountDownLatch stop = new CountDownLatch(1);
     CountDownLatch done = new CountDownLatch(1);
     AtomicInteger status = new AtomicInteger(1);
@@ -187,7 +186,7 @@ final class ServeCommand implements Callable<Integer> {
       out.flush();
       stop.await();
       server.close();
-      images0.close();
+      closeAll(opened);
       status.set(0);
     } finally {
       out.flush();

@@ -23,7 +23,11 @@ import io.netty.buffer.ByteBuf;
 import io.netty.channel.ChannelHandler.Sharable;
 import io.netty.channel.ChannelHandlerContext;
 import io.netty.handler.codec.MessageToMessageEncoder;
+import java.nio.ByteBuffer;
+import java.nio.CharBuffer;
+import java.nio.charset.CodingErrorAction;
 import java.nio.charset.StandardCharsets;
+import java.util.Arrays;
 import java.util.List;
 
 /**
@@ -104,12 +108,12 @@ final class NbdEncoder extends MessageToMessageEncoder<Object> {
 
   /** {@code s} in UTF-8, cut at a character boundary to at most {@code max} bytes. */
   static byte[] utf8Prefix(String s, int max) {
-    java.nio.ByteBuffer out = java.nio.ByteBuffer.allocate(max);
+    ByteBuffer out = ByteBuffer.allocate(max);
     // the encoder stops before a character that does not fit whole, so the prefix stays valid UTF-8
     StandardCharsets.UTF_8.newEncoder()
-        .onMalformedInput(java.nio.charset.CodingErrorAction.REPLACE)
-        .onUnmappableCharacter(java.nio.charset.CodingErrorAction.REPLACE)
-        .encode(java.nio.CharBuffer.wrap(s == null ? "" : s), out, true);
-    return java.util.Arrays.copyOf(out.array(), out.position());
+        .onMalformedInput(CodingErrorAction.REPLACE)
+        .onUnmappableCharacter(CodingErrorAction.REPLACE)
+        .encode(CharBuffer.wrap(s == null ? "" : s), out, true);
+    return Arrays.copyOf(out.array(), out.position());
   }
 }
