@@ -62,6 +62,15 @@ final class ServeCommand implements Callable<Integer> {
       description = "Connections served at once, 0 for unlimited (default " + DEFAULT_MAX_CONNECTIONS + ").")
   int maxConnections = DEFAULT_MAX_CONNECTIONS;
 
+  @Option(names = {"-B", "--bitmap"}, paramLabel = "NAME",
+      description = "Offer the images' dirty bitmap NAME as the qemu:dirty-bitmap:NAME metadata context"
+          + " (as qemu-nbd -B); may be repeated. Every image must have it; it is busy while served.")
+  List<String> bitmaps = new ArrayList<>();
+
+  @Option(names = {"-A", "--allocation-depth"},
+      description = "Offer the qemu:allocation-depth metadata context (as qemu-nbd -A).")
+  boolean allocationDepth;
+
   @Option(names = "-f", paramLabel = "FORMAT", description = "The images' format (default: probed).")
   String format;
 
@@ -93,6 +102,12 @@ final class ServeCommand implements Callable<Integer> {
     }
     if (maxConnections < 0) {
       throw new UserError("invalid --max-connections '" + maxConnections + "': must be 0 (unlimited) or more");
+    }
+    if (bitmaps.stream().distinct().count() != bitmaps.size()) {
+      throw new UserError("--bitmap: a bitmap is named twice");
+    }
+    if (!bitmaps.isEmpty() && images.isEmpty()) {
+      throw new UserError("--bitmap names a bitmap of the IMAGEs served; the demo disk has none");
     }
     if (exportName != null && images.size() != 1) {
       throw new UserError("--export-name names the export of a single IMAGE; use IMAGE,name=N for several");
@@ -133,7 +148,17 @@ final class ServeCommand implements Callable<Integer> {
       for (Image img : parsed) {
         BlockDevice dev = Images.open(img.path(), img.format(), img.readOnly(), CacheMode.WRITEBACK, forceShare);
         opened.add(dev);
-        b.export(NbdExport.of(img.name(), BlockNode.of(img.name(), dev)).withReadOnly(img.readOnly()));
+        BlockNode node = BlockNode.of(img.name(), dev);
+        NbdExport export = NbdExport.of(img.name(), node).withReadOnly(img.readOnly())
+            .withAllocationDepth(allocationDepth);
+        for (String bitmap : bitmaps) {
+          if (node.findBitmap(bitmap).isEmpty()) {
+            throw new UserError("'" + img.path() + "' has no bitmap '" + bitmap + "'"
+                + " (qemu-img info lists an image's bitmaps; qemu-img bitmap --add makes one)");
+          }
+          export = export.withBitmap(node, bitmap);
+        }
+        b.export(export);
       }
       for (Address a : listen) {
         if (a.unix() != null) {

@@ -3,13 +3,9 @@ package dev.blockbackup.cli;
 import static org.assertj.core.api.Assertions.assertThat;
 
 import dev.blockbackup.testkit.QemuImg;
-import java.io.BufferedReader;
-import java.io.InputStreamReader;
-import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
-import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -69,24 +65,17 @@ class CliServeTest {
     QemuImg.img("create", "-f", "qcow2", img, "16M").assertExit(0);
     QemuImg.io("-c", "write -P 0xab 1M 1M", img).assertExit(0);
     Path sock = dir.resolve("nbd.sock");
-    String java = ProcessHandle.current().info().command().orElse("java");
-    Process p = new ProcessBuilder(java, "-cp", System.getProperty("java.class.path"), Main.class.getName(),
-        "serve", img.toString(), "--nbd", "unix:" + sock).redirectErrorStream(true).start();
-    try (BufferedReader out = new BufferedReader(new InputStreamReader(p.getInputStream(), StandardCharsets.UTF_8))) {
-      String uri = out.readLine();
+    try (ServeProcess serve = ServeProcess.start(img, "--nbd", "unix:" + sock)) {
+      String uri = serve.line();
       assertThat(uri).isEqualTo("nbd+unix:///disk?socket=" + sock);
       QemuImg.io("-f", "raw", "-c", "write -P 0xcd 0 64k", uri).assertExit(0);
       Path copy = dir.resolve("copy.raw");
       QemuImg.img("convert", "-f", "raw", "-O", "raw", uri, copy).assertExit(0);
-      p.destroy(); // SIGTERM
-      assertThat(p.waitFor(60, TimeUnit.SECONDS)).isTrue();
-      assertThat(p.exitValue()).isZero();
+      assertThat(serve.stop()).isZero();
       assertThat(sock).doesNotExist();
       QemuImg.assertCheckClean(img);
       QemuImg.io("-c", "read -P 0xcd 0 64k", "-c", "read -P 0xab 1M 1M", img).assertExit(0);
       QemuImg.assertIdentical(img, "qcow2", copy, "raw");
-    } finally {
-      p.destroyForcibly();
     }
   }
 }

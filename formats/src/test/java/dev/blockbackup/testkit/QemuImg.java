@@ -119,18 +119,44 @@ public final class QemuImg {
     return img("info", "--output=json", image).assertExit(0).json();
   }
 
+  /** One line of {@code nbdinfo --map}: a run of bytes and the context's flags (or depth) for it. */
+  public record NbdExtent(long offset, long length, long type) {}
+
+  /**
+   * {@code nbdinfo --map=CONTEXT} of {@code target} (a URI, or {@code [ server args ]} that nbdinfo
+   * starts itself), with neighbours of the same type merged: servers may split a run anywhere.
+   */
+  public static List<NbdExtent> nbdMap(String context, String... target) {
+    List<Object> args = new ArrayList<>(List.of("--map=" + context, "--"));
+    args.addAll(List.of(target));
+    Result r = run("nbdinfo", args.toArray()).assertExit(0);
+    List<NbdExtent> out = new ArrayList<>();
+    for (String line : r.out().split("\n")) {
+      String[] f = line.trim().split("\\s+");
+      if (f.length < 3) {
+        continue;
+      }
+      NbdExtent e = new NbdExtent(Long.parseLong(f[0]), Long.parseLong(f[1]), Long.parseLong(f[2]));
+      NbdExtent last = out.isEmpty() ? null : out.get(out.size() - 1);
+      if (last != null && last.type() == e.type() && last.offset() + last.length() == e.offset()) {
+        out.set(out.size() - 1, new NbdExtent(last.offset(), last.length() + e.length(), e.type()));
+      } else {
+        out.add(e);
+      }
+    }
+    return out;
+  }
+
   /**
    * QEMU's own view of a persistent bitmap's bits: its dirty ranges (start -> length) as qemu-nbd
    * exports them in the qemu:dirty-bitmap context, read by nbdinfo --map.
    */
   public static java.util.Map<Long, Long> dirtyRanges(Path image, String bitmap) {
-    Result r = run("nbdinfo", "--map=qemu:dirty-bitmap:" + bitmap, "--", "[", "qemu-nbd", "-r",
-        "-f", "qcow2", "-B", bitmap, image.toString(), "]").assertExit(0);
     java.util.Map<Long, Long> out = new java.util.LinkedHashMap<>();
-    for (String line : r.out().split("\n")) {
-      String[] f = line.trim().split("\\s+");
-      if (f.length >= 3 && f[2].equals("1")) {
-        out.put(Long.parseLong(f[0]), Long.parseLong(f[1]));
+    for (NbdExtent e : nbdMap("qemu:dirty-bitmap:" + bitmap, "[", "qemu-nbd", "-r", "-f", "qcow2", "-B", bitmap,
+        image.toString(), "]")) {
+      if (e.type() == 1) {
+        out.put(e.offset(), e.length());
       }
     }
     return out;
