@@ -35,6 +35,8 @@ final class HandshakeHandler extends SimpleChannelInboundHandler<Object> {
   private final ConnectionSettings settings;
   private boolean noZeroes;
   private boolean structuredReplies;
+  /** NBD_OPT_EXTENDED_HEADERS was negotiated: 64-bit requests and reply headers (and structured replies). */
+  private boolean extendedHeaders;
   /** What the last NBD_OPT_SET_META_CONTEXT chose, or null if it chose nothing. */
   private MetaContexts contexts;
 
@@ -86,10 +88,24 @@ final class HandshakeHandler extends SimpleChannelInboundHandler<Object> {
       case NBD_OPT_STRUCTURED_REPLY -> {
         if (data.length != 0) {
           error(ctx, opt, NBD_REP_ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY takes no data");
+        } else if (extendedHeaders) {
+          error(ctx, opt, NBD_REP_ERR_EXT_HEADER_REQD, "extended headers already negotiated");
         } else if (structuredReplies) {
           // as QEMU: a second request is a client bug, and saying so beats a silent second ACK
           error(ctx, opt, NBD_REP_ERR_INVALID, "structured reply already negotiated");
         } else {
+          structuredReplies = true;
+          ctx.writeAndFlush(new OptionReply(opt, NBD_REP_ACK));
+        }
+      }
+      case NBD_OPT_EXTENDED_HEADERS -> {
+        if (data.length != 0) {
+          error(ctx, opt, NBD_REP_ERR_INVALID, "NBD_OPT_EXTENDED_HEADERS takes no data");
+        } else if (extendedHeaders) {
+          error(ctx, opt, NBD_REP_ERR_INVALID, "extended headers already negotiated");
+        } else {
+          // extended headers imply structured replies; contexts chosen before stay chosen (as QEMU)
+          extendedHeaders = true;
           structuredReplies = true;
           ctx.writeAndFlush(new OptionReply(opt, NBD_REP_ACK));
         }
@@ -235,9 +251,9 @@ final class HandshakeHandler extends SimpleChannelInboundHandler<Object> {
 
   private void enterTransmission(ChannelHandlerContext ctx, NbdExport export, MetaContexts chosen) {
     ctx.flush();
-    ctx.pipeline().get(NbdDecoder.class).enterTransmission();
+    ctx.pipeline().get(NbdDecoder.class).enterTransmission(extendedHeaders);
     ctx.pipeline().replace(this, "transmission",
-        new TransmissionHandler(export, structuredReplies, chosen, settings));
+        new TransmissionHandler(export, structuredReplies, extendedHeaders, chosen, settings));
   }
 
   /** The transmission flags of {@code export} for this connection. */

@@ -26,6 +26,36 @@ final class MetaContexts {
   static final int FIRST_BITMAP_ID = ALLOCATION_DEPTH_ID + 1;
   private static final String DIRTY_BITMAP = "qemu:dirty-bitmap:";
 
+  /** A block status request's own choice (extended headers' payload): its effect length and contexts. */
+  record Filtered(long length, MetaContexts contexts) {}
+
+  /**
+   * The subset of {@code chosen} that an NBD_CMD_BLOCK_STATUS payload names (a 64-bit effect
+   * length, then context ids), or null if it is malformed, names an id twice or one not chosen.
+   */
+  static Filtered filtered(MetaContexts chosen, io.netty.buffer.ByteBuf payload) {
+    if (chosen == null || payload == null || payload.readableBytes() < 8 || payload.readableBytes() % 4 != 0) {
+      return null;
+    }
+    io.netty.buffer.ByteBuf p = payload.duplicate();
+    long length = p.readLong();
+    MetaContexts m = new MetaContexts(chosen.export);
+    while (p.isReadable()) {
+      int id = p.readInt();
+      int bitmap = id - FIRST_BITMAP_ID;
+      if (id == BASE_ALLOCATION_ID && chosen.baseAllocation && !m.baseAllocation) {
+        m.baseAllocation = true;
+      } else if (id == ALLOCATION_DEPTH_ID && chosen.allocationDepth && !m.allocationDepth) {
+        m.allocationDepth = true;
+      } else if (bitmap >= 0 && bitmap < m.bitmaps.length && chosen.bitmaps[bitmap] && !m.bitmaps[bitmap]) {
+        m.bitmaps[bitmap] = true;
+      } else {
+        return null;
+      }
+    }
+    return m.count() == 0 ? null : new Filtered(length, m);
+  }
+
   /** One chosen context: its id on the wire and its name. */
   record Context(int id, String name) {}
 

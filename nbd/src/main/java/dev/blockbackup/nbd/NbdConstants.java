@@ -66,6 +66,7 @@ final class NbdConstants {
   static final int NBD_REP_ERR_SHUTDOWN = NBD_REP_FLAG_ERROR | 7;
   static final int NBD_REP_ERR_BLOCK_SIZE_REQD = NBD_REP_FLAG_ERROR | 8;
   static final int NBD_REP_ERR_TOO_BIG = NBD_REP_FLAG_ERROR | 9;
+  static final int NBD_REP_ERR_EXT_HEADER_REQD = NBD_REP_FLAG_ERROR | 10;
 
   // ---------------------------------------------------------------- NBD_REP_INFO types
   static final int NBD_INFO_EXPORT = 0;
@@ -77,6 +78,9 @@ final class NbdConstants {
   static final int NBD_REQUEST_MAGIC = 0x25609513;
   static final int NBD_SIMPLE_REPLY_MAGIC = 0x67446698;
   static final int NBD_STRUCTURED_REPLY_MAGIC = 0x668e33ef;
+  /** After NBD_OPT_EXTENDED_HEADERS: 32-byte requests with 64-bit lengths, and 32-byte reply headers. */
+  static final int NBD_EXTENDED_REQUEST_MAGIC = 0x21e41c71;
+  static final int NBD_EXTENDED_REPLY_MAGIC = 0x6e8a278c;
 
   // ---------------------------------------------------------------- commands
   static final int NBD_CMD_READ = 0;
@@ -94,6 +98,8 @@ final class NbdConstants {
   static final int NBD_CMD_FLAG_DF = 1 << 2;
   static final int NBD_CMD_FLAG_REQ_ONE = 1 << 3;
   static final int NBD_CMD_FLAG_FAST_ZERO = 1 << 4;
+  /** Extended headers only: the length is that of a payload that follows the header. */
+  static final int NBD_CMD_FLAG_PAYLOAD_LEN = 1 << 5;
 
   // ---------------------------------------------------------------- structured replies
   static final int NBD_REPLY_FLAG_DONE = 1 << 0;
@@ -101,6 +107,8 @@ final class NbdConstants {
   static final int NBD_REPLY_TYPE_OFFSET_DATA = 1;
   static final int NBD_REPLY_TYPE_OFFSET_HOLE = 2;
   static final int NBD_REPLY_TYPE_BLOCK_STATUS = 5;
+  /** Extended headers only: block status with 64-bit lengths and flags. */
+  static final int NBD_REPLY_TYPE_BLOCK_STATUS_EXT = 6;
   static final int NBD_REPLY_TYPE_ERROR = (1 << 15) | 1;
   static final int NBD_REPLY_TYPE_ERROR_OFFSET = (1 << 15) | 2;
 

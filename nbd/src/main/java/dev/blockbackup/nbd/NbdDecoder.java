@@ -3,7 +3,9 @@ package dev.blockbackup.nbd;
 import static dev.blockbackup.nbd.NbdConstants.IHAVEOPT;
 import static dev.blockbackup.nbd.NbdConstants.MAX_BLOCK_SIZE;
 import static dev.blockbackup.nbd.NbdConstants.MAX_OPTION_LENGTH;
+import static dev.blockbackup.nbd.NbdConstants.NBD_CMD_FLAG_PAYLOAD_LEN;
 import static dev.blockbackup.nbd.NbdConstants.NBD_CMD_WRITE;
+import static dev.blockbackup.nbd.NbdConstants.NBD_EXTENDED_REQUEST_MAGIC;
 import static dev.blockbackup.nbd.NbdConstants.NBD_REQUEST_MAGIC;
 
 import dev.blockbackup.nbd.NbdMessages.ClientFlags;
@@ -44,8 +46,18 @@ final class NbdDecoder extends ByteToMessageDecoder {
   private Object afterSkip;
   private State skipThen;
 
+  /** Requests are 32 bytes with a 64-bit length (NBD_OPT_EXTENDED_HEADERS), not 28 with 32 bits. */
+  private boolean extended;
+
+  /**
+   * A payload longer than this (of an extended request) is not skipped but ends the connection:
+   * 64-bit lengths would let a client keep a connection busy discarding forever.
+   */
+  static final long MAX_SKIPPED_PAYLOAD = 0xffffffffL;
+
   /** Called by the handshake handler on a successful NBD_OPT_GO or NBD_OPT_EXPORT_NAME. */
-  void enterTransmission() {
+  void enterTransmission(boolean extendedHeaders) {
+    extended = extendedHeaders;
     state = State.REQUEST_HEADER;
   }
 
@@ -86,9 +98,9 @@ final class NbdDecoder extends ByteToMessageDecoder {
       }
       case OPTION_DATA -> optionData(in, out);
       case REQUEST_HEADER -> {
-        if (in.readableBytes() >= 28) {
+        if (in.readableBytes() >= (extended ? 32 : 28)) {
           int magic = in.readInt();
-          if (magic != NBD_REQUEST_MAGIC) {
+          if (magic != (extended ? NBD_EXTENDED_REQUEST_MAGIC : NBD_REQUEST_MAGIC)) {
             state = State.DEAD;
             throw new NbdProtocolException("bad request magic 0x" + Integer.toHexString(magic));
           }
@@ -96,10 +108,16 @@ final class NbdDecoder extends ByteToMessageDecoder {
           type = in.readUnsignedShort();
           handle = in.readLong();
           offset = in.readLong();
-          length = in.readUnsignedInt();
-          if (type != NBD_CMD_WRITE) {
+          length = extended ? in.readLong() : in.readUnsignedInt();
+          // a write's length is its payload's; other commands carry one only with PAYLOAD_LEN
+          boolean payload = type == NBD_CMD_WRITE || (extended && (flags & NBD_CMD_FLAG_PAYLOAD_LEN) != 0);
+          if (payload && (length < 0 || length > MAX_SKIPPED_PAYLOAD)) {
+            state = State.DEAD;
+            throw new NbdProtocolException("request payload of " + Long.toUnsignedString(length) + " bytes");
+          }
+          if (!payload) {
             out.add(new Request(flags, type, handle, offset, length, null));
-          } else if (length > MAX_BLOCK_SIZE) {
+          } else if (length > (type == NBD_CMD_WRITE ? MAX_BLOCK_SIZE : MAX_OPTION_LENGTH)) {
             // too long to buffer: drop the payload as it comes, then let the handler answer EINVAL
             skip(length, new Request(flags, type, handle, offset, length, null), State.REQUEST_HEADER);
           } else {

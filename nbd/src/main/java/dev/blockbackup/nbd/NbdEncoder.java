@@ -3,7 +3,9 @@ package dev.blockbackup.nbd;
 import static dev.blockbackup.nbd.NbdConstants.IHAVEOPT;
 import static dev.blockbackup.nbd.NbdConstants.NBDMAGIC;
 import static dev.blockbackup.nbd.NbdConstants.NBD_REPLY_FLAG_DONE;
+import static dev.blockbackup.nbd.NbdConstants.NBD_EXTENDED_REPLY_MAGIC;
 import static dev.blockbackup.nbd.NbdConstants.NBD_REPLY_TYPE_BLOCK_STATUS;
+import static dev.blockbackup.nbd.NbdConstants.NBD_REPLY_TYPE_BLOCK_STATUS_EXT;
 import static dev.blockbackup.nbd.NbdConstants.NBD_REPLY_TYPE_ERROR;
 import static dev.blockbackup.nbd.NbdConstants.NBD_REPLY_TYPE_NONE;
 import static dev.blockbackup.nbd.NbdConstants.NBD_REPLY_TYPE_OFFSET_DATA;
@@ -16,6 +18,7 @@ import dev.blockbackup.nbd.NbdMessages.BlockStatusChunk;
 import dev.blockbackup.nbd.NbdMessages.Chunks;
 import dev.blockbackup.nbd.NbdMessages.ErrorChunk;
 import dev.blockbackup.nbd.NbdMessages.ExportNameReply;
+import dev.blockbackup.nbd.NbdMessages.Extended;
 import dev.blockbackup.nbd.NbdMessages.Greeting;
 import dev.blockbackup.nbd.NbdMessages.HoleChunk;
 import dev.blockbackup.nbd.NbdMessages.NoneChunk;
@@ -50,14 +53,27 @@ final class NbdEncoder extends MessageToMessageEncoder<Object> {
     return msg instanceof Greeting || msg instanceof ExportNameReply || msg instanceof OptionReply
         || msg instanceof SimpleReply || msg instanceof ReadChunk || msg instanceof NoneChunk
         || msg instanceof ErrorChunk || msg instanceof BlockStatusChunk || msg instanceof HoleChunk
-        || msg instanceof Chunks;
+        || msg instanceof Chunks || msg instanceof Extended;
   }
 
   @Override
   protected void encode(ChannelHandlerContext ctx, Object msg, List<Object> out) {
+    if (msg instanceof Extended e) {
+      encode(ctx, e.reply, out, true, e.from);
+    } else {
+      encode(ctx, msg, out, false, 0);
+    }
+  }
+
+  /**
+   * Encodes {@code msg} with extended headers if {@code ext} (the 32-byte chunk header echoes the
+   * request's offset {@code from}), else compact ones. The buffers of {@code msg} are retained
+   * into {@code out}; the caller releases {@code msg} itself.
+   */
+  private void encode(ChannelHandlerContext ctx, Object msg, List<Object> out, boolean ext, long from) {
     if (msg instanceof Chunks c) {
       for (Object part : c.parts) {
-        encode(ctx, part, out); // the parts' buffers are retained into out; Chunks releases its own
+        encode(ctx, part, out, ext, from);
       }
     } else if (msg instanceof SimpleReply r) {
       ByteBuf h = ctx.alloc().buffer(16);
@@ -67,34 +83,45 @@ final class NbdEncoder extends MessageToMessageEncoder<Object> {
         out.add(r.content().retain());
       }
     } else if (msg instanceof ReadChunk r) {
-      ByteBuf h = ctx.alloc().buffer(28);
-      structuredHeader(h, r.handle, NBD_REPLY_TYPE_OFFSET_DATA, 8 + r.content().readableBytes(), r.done);
+      ByteBuf h = ctx.alloc().buffer(40);
+      header(h, ext, from, r.handle, NBD_REPLY_TYPE_OFFSET_DATA, 8 + r.content().readableBytes(), r.done);
       h.writeLong(r.offset);
       out.add(h);
       out.add(r.content().retain());
     } else if (msg instanceof HoleChunk r) {
-      ByteBuf h = ctx.alloc().buffer(32);
-      structuredHeader(h, r.handle(), NBD_REPLY_TYPE_OFFSET_HOLE, 12, r.done());
+      ByteBuf h = ctx.alloc().buffer(44);
+      header(h, ext, from, r.handle(), NBD_REPLY_TYPE_OFFSET_HOLE, 12, r.done());
       h.writeLong(r.offset()).writeInt((int) r.length());
       out.add(h);
     } else if (msg instanceof BlockStatusChunk r) {
       int n = r.lengths().length;
-      ByteBuf h = ctx.alloc().buffer(24 + 8 * n);
-      structuredHeader(h, r.handle(), NBD_REPLY_TYPE_BLOCK_STATUS, 4 + 8 * n, r.done());
-      h.writeInt(r.contextId());
-      for (int i = 0; i < n; i++) {
-        h.writeInt((int) r.lengths()[i]).writeInt(r.flags()[i]);
+      if (ext) {
+        // NBD_REPLY_TYPE_BLOCK_STATUS_EXT: a count, then 64-bit lengths and flags
+        ByteBuf h = ctx.alloc().buffer(40 + 16 * n);
+        header(h, true, from, r.handle(), NBD_REPLY_TYPE_BLOCK_STATUS_EXT, 8 + 16 * n, r.done());
+        h.writeInt(r.contextId()).writeInt(n);
+        for (int i = 0; i < n; i++) {
+          h.writeLong(r.lengths()[i]).writeLong(Integer.toUnsignedLong(r.flags()[i]));
+        }
+        out.add(h);
+      } else {
+        ByteBuf h = ctx.alloc().buffer(24 + 8 * n);
+        header(h, false, from, r.handle(), NBD_REPLY_TYPE_BLOCK_STATUS, 4 + 8 * n, r.done());
+        h.writeInt(r.contextId());
+        for (int i = 0; i < n; i++) {
+          h.writeInt((int) r.lengths()[i]).writeInt(r.flags()[i]);
+        }
+        out.add(h);
       }
-      out.add(h);
     } else if (msg instanceof ErrorChunk r) {
       byte[] m = utf8Prefix(r.message(), MAX_MESSAGE);
-      ByteBuf h = ctx.alloc().buffer(26 + m.length);
-      structuredHeader(h, r.handle(), NBD_REPLY_TYPE_ERROR, 6 + m.length, true);
+      ByteBuf h = ctx.alloc().buffer(38 + m.length);
+      header(h, ext, from, r.handle(), NBD_REPLY_TYPE_ERROR, 6 + m.length, true);
       h.writeInt(r.error()).writeShort(m.length).writeBytes(m);
       out.add(h);
     } else if (msg instanceof NoneChunk r) {
-      ByteBuf h = ctx.alloc().buffer(20);
-      structuredHeader(h, r.handle(), NBD_REPLY_TYPE_NONE, 0, true);
+      ByteBuf h = ctx.alloc().buffer(32);
+      header(h, ext, from, r.handle(), NBD_REPLY_TYPE_NONE, 0, true);
       out.add(h);
     } else if (msg instanceof OptionReply r) {
       ByteBuf h = ctx.alloc().buffer(20 + r.data().length);
@@ -114,9 +141,15 @@ final class NbdEncoder extends MessageToMessageEncoder<Object> {
     }
   }
 
-  private static void structuredHeader(ByteBuf h, long handle, int type, int length, boolean done) {
-    h.writeInt(NBD_STRUCTURED_REPLY_MAGIC).writeShort(done ? NBD_REPLY_FLAG_DONE : 0).writeShort(type).writeLong(handle)
-        .writeInt(length);
+  /** A structured reply chunk's header: compact (20 bytes), or extended (32) with the request's offset. */
+  private static void header(ByteBuf h, boolean ext, long from, long handle, int type, int length, boolean done) {
+    h.writeInt(ext ? NBD_EXTENDED_REPLY_MAGIC : NBD_STRUCTURED_REPLY_MAGIC)
+        .writeShort(done ? NBD_REPLY_FLAG_DONE : 0).writeShort(type).writeLong(handle);
+    if (ext) {
+      h.writeLong(from).writeLong(length);
+    } else {
+      h.writeInt(length);
+    }
   }
 
   /** {@code s} in UTF-8, cut at a character boundary to at most {@code max} bytes. */

@@ -123,4 +123,28 @@ final class NbdMessages {
       return this;
     }
   }
+
+  /**
+   * A reply sent with extended headers (32-byte chunk headers that echo the request's offset
+   * {@code from}); it owns the reply's buffers.
+   */
+  static final class Extended extends AbstractReferenceCounted {
+    final long from;
+    final Object reply;
+
+    Extended(long from, Object reply) {
+      this.from = from;
+      this.reply = reply;
+    }
+
+    @Override
+    protected void deallocate() {
+      ReferenceCountUtil.release(reply);
+    }
+
+    @Override
+    public ReferenceCounted touch(Object hint) {
+      return this;
+    }
+  }
 }

@@ -43,6 +43,8 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
   private final NbdExport export;
   private final BlockDevice device;
   private final boolean structured;
+  /** NBD_OPT_EXTENDED_HEADERS was negotiated: 64-bit lengths, every reply structured. */
+  private final boolean extended;
   /** The metadata contexts chosen for this export, or null: then block status is refused. */
   private final MetaContexts contexts;
   /** The exported bitmaps, by the export's index (found once: they are busy, so they stay). */
@@ -61,10 +63,12 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
   /** This connection asked the full work queue to say when it has room; on the event loop only. */
   private boolean waitingForRoom;
 
-  TransmissionHandler(NbdExport export, boolean structured, MetaContexts contexts, ConnectionSettings settings) {
+  TransmissionHandler(NbdExport export, boolean structured, boolean extended, MetaContexts contexts,
+      ConnectionSettings settings) {
     this.export = export;
     this.device = export.device();
-    this.structured = structured;
+    this.structured = structured || extended;
+    this.extended = extended;
     this.contexts = contexts;
     List<ExportedBitmap> offered = export.bitmaps();
     this.bitmaps = new BlockDirtyBitmap[offered.size()];
@@ -89,10 +93,25 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
       disconnect(ctx);
       return;
     }
+    MetaContexts chosen = contexts;
+    if (extended && r.type() == NBD_CMD_BLOCK_STATUS && r.hasFlag(NBD_CMD_FLAG_PAYLOAD_LEN)) {
+      // the payload names the effect length and the contexts wanted this time, a subset of those chosen
+      MetaContexts.Filtered f = MetaContexts.filtered(contexts, r.payload());
+      release(r);
+      if (f == null) {
+        write(ctx, wrap(r, errorReply(r, NBD_EINVAL, "NBD_CMD_BLOCK_STATUS payload not valid")));
+        updateAutoRead(ctx);
+        return;
+      }
+      r = new Request(r.flags() & ~NBD_CMD_FLAG_PAYLOAD_LEN, r.type(), r.handle(), r.offset(), f.length(), null);
+      chosen = f.contexts();
+    }
+    Request req = r;
+    MetaContexts wanted = chosen;
     int error = check(r);
     if (error != 0) {
       release(r);
-      write(ctx, errorReply(r, error, "invalid " + commandName(r.type()) + " request"));
+      write(ctx, wrap(r, errorReply(r, error, "invalid " + commandName(r.type()) + " request")));
       updateAutoRead(ctx);
       return;
     }
@@ -101,7 +120,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
     inFlightBytes += bytes;
     try {
       settings.workers().execute(() -> {
-        Object reply = perform(ctx, r);
+        Object reply = wrap(req, perform(ctx, req, wanted));
         try {
           ctx.executor().execute(() -> replied(ctx, reply, bytes));
         } catch (RejectedExecutionException e) {
@@ -111,8 +130,24 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
       updateAutoRead(ctx); // after the hand-over, which may have filled the work queue
     } catch (RejectedExecutionException e) {
       release(r);
-      replied(ctx, errorReply(r, NBD_ESHUTDOWN, "the server is shutting down"), bytes);
+      replied(ctx, wrap(r, errorReply(r, NBD_ESHUTDOWN, "the server is shutting down")), bytes);
     }
+  }
+
+  /**
+   * The reply as this connection's headers carry it: with extended headers every reply is
+   * structured, so a simple success becomes NBD_REPLY_TYPE_NONE, and each is marked for the
+   * 32-byte header that echoes the request's offset.
+   */
+  private Object wrap(Request r, Object reply) {
+    if (!extended) {
+      return reply;
+    }
+    if (reply instanceof SimpleReply s) {
+      s.release();
+      reply = new NoneChunk(r.handle());
+    }
+    return new NbdMessages.Extended(r.offset(), reply);
   }
 
   /** On the event loop: sends one reply and reopens reading if the connection is under its limits again. */
@@ -208,6 +243,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
         buffered = true;
       }
       case NBD_CMD_WRITE -> {
+        allowed |= extended ? NBD_CMD_FLAG_PAYLOAD_LEN : 0; // a write's length is its payload's anyway
         writes = true;
         buffered = true;
       }
@@ -245,8 +281,8 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
     }
     if (ranged) {
       long size = device.size();
-      // offset is unsigned on the wire: a negative long is past any end
-      if (r.offset() < 0 || r.offset() > size || r.length() > size - r.offset()) {
+      // offset and (extended) length are unsigned on the wire: a negative long is past any end
+      if (r.offset() < 0 || r.length() < 0 || r.offset() > size || r.length() > size - r.offset()) {
         // the spec: a write past the end SHOULD fail with ENOSPC (as QEMU's does), the rest EINVAL
         return r.type() == NBD_CMD_WRITE || r.type() == NBD_CMD_WRITE_ZEROES ? NBD_ENOSPC : NBD_EINVAL;
       }
@@ -255,7 +291,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
   }
 
   /** On a worker: does the request and makes its reply. */
-  private Object perform(ChannelHandlerContext ctx, Request r) {
+  private Object perform(ChannelHandlerContext ctx, Request r, MetaContexts wanted) {
     ByteBuf data = null;
     try {
       switch (r.type()) {
@@ -298,7 +334,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
         }
         case NBD_CMD_CACHE -> { } // the data is in the host's page cache already, or will be
         case NBD_CMD_BLOCK_STATUS -> {
-          return blockStatus(r);
+          return blockStatus(r, wanted);
         }
         default -> throw new IllegalStateException("unchecked command " + r.type());
       }
@@ -396,7 +432,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
   }
 
   /** One chunk per chosen context, in id order; the last says NBD_REPLY_FLAG_DONE. */
-  private Object blockStatus(Request r) throws BlockIOException {
+  private Object blockStatus(Request r, MetaContexts contexts) throws BlockIOException {
     int max = r.hasFlag(NBD_CMD_FLAG_REQ_ONE) ? 1 : BlockStatusReply.MAX_EXTENTS;
     int left = contexts.count();
     List<Object> chunks = new ArrayList<>(left);
