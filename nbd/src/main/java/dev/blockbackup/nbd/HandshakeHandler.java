@@ -135,6 +135,7 @@ final class HandshakeHandler extends SimpleChannelInboundHandler<Object> {
       }
       // no error reply exists for it, so the connection is closed, as QEMU does
       case NBD_OPT_EXPORT_NAME -> close(ctx, "NBD_OPT_EXPORT_NAME before TLS");
+      // proto.md's FORCEDTLS exempts ABORT from TLS_REQD (QEMU answers TLS_REQD, then closes alike)
       case NBD_OPT_ABORT -> {
         ctx.pipeline().get(NbdDecoder.class).stop();
         ctx.writeAndFlush(new OptionReply(opt, NBD_REP_ACK)).addListener(ChannelFutureListener.CLOSE);
@@ -149,6 +150,8 @@ final class HandshakeHandler extends SimpleChannelInboundHandler<Object> {
    * plaintext, so the SslHandler is added only once it has been written; the client sends its
    * ClientHello only after reading it. Anything the client sent after STARTTLS and before the
    * handshake is plaintext it had no right to send, and is never read as if it came over TLS.
+   * proto.md forbids keeping per-export state from before STARTTLS; there is none, as every
+   * option before it was refused.
    */
   private void startTls(ChannelHandlerContext ctx) {
     if (ctx.pipeline().get(NbdDecoder.class).buffered() > 0) {
