@@ -9,6 +9,8 @@ import dev.blockbackup.formats.qcow2.Qcow2CreateOptions;
 import dev.blockbackup.formats.qcow2.Qcow2Image;
 import dev.blockbackup.nbd.NbdExport;
 import dev.blockbackup.nbd.NbdServer;
+import dev.blockbackup.nbd.TlsCredentials;
+import dev.blockbackup.nbd.TlsCredentialsException;
 import java.io.IOException;
 import java.io.PrintWriter;
 import java.nio.ByteBuffer;
@@ -78,6 +80,15 @@ final class ServeCommand implements Callable<Integer> {
       + " conflict with a writer such as QEMU (read-only exports only), as qemu-img -U.")
   boolean forceShare;
 
+  @Option(names = "--tls-creds", paramLabel = "DIR", description = "Require TLS of every client, with the X.509"
+      + " credentials in DIR in QEMU's tls-creds-x509 layout (ca-cert.pem, server-cert.pem, server-key.pem),"
+      + " as qemu-nbd --tls-creds.")
+  Path tlsCreds;
+
+  @Option(names = "--tls-verify-peer", negatable = true, description = "Whether a client must present a"
+      + " certificate signed by DIR's ca-cert.pem (default on, as QEMU's verify-peer).")
+  Boolean tlsVerifyPeer;
+
   /** One IMAGE argument, parsed. */
   record Image(Path path, String name, boolean readOnly, ImageFormat format) {}
 
@@ -115,6 +126,7 @@ final class ServeCommand implements Callable<Integer> {
     if (format != null) {
       Images.driver(Path.of("-f"), format);
     }
+    TlsCredentials tls = tls();
     List<Image> parsed = new ArrayList<>();
     Set<String> names = new HashSet<>();
     for (String arg : images) {
@@ -145,6 +157,9 @@ final class ServeCommand implements Callable<Integer> {
     List<BlockDevice> opened = new ArrayList<>();
     try {
       NbdServer.Builder b = NbdServer.builder().maxConnections(maxConnections);
+      if (tls != null) {
+        b.tls(tls);
+      }
       for (Image img : parsed) {
         BlockDevice dev = Images.open(img.path(), img.format(), img.readOnly(), CacheMode.WRITEBACK, forceShare);
         opened.add(dev);
@@ -208,6 +223,13 @@ final class ServeCommand implements Callable<Integer> {
           out.println(bound.uri(img.name()));
         }
       }
+      if (server.tls() != null) {
+        // the URIs stay nbd:// as qemu-img takes them; QEMU's TLS goes in a separate object
+        out.println("TLS required (verify-peer " + (server.tls().verifyPeer() ? "on" : "off") + "): qemu-img"
+            + " --object tls-creds-x509,id=tls0,endpoint=client,dir=CLIENT-DIR --image-opts"
+            + " driver=nbd,server.type=inet,server.host=HOST,server.port=PORT,export=NAME,tls-creds=tls0;"
+            + " libnbd: nbds://HOST:PORT/NAME?tls-certificates=CLIENT-DIR");
+      }
       out.flush();
       stop.await();
       server.close();
@@ -224,6 +246,22 @@ final class ServeCommand implements Callable<Integer> {
           // a signal came meanwhile; the hook ends the process
         }
       }
+    }
+  }
+
+  /** The --tls-creds credentials, loaded and checked before any image is opened; null without TLS. */
+  private TlsCredentials tls() {
+    if (tlsCreds == null) {
+      if (tlsVerifyPeer != null) {
+        throw new UserError("--[no-]tls-verify-peer needs --tls-creds DIR");
+      }
+      return null;
+    }
+    boolean verify = tlsVerifyPeer == null || tlsVerifyPeer;
+    try {
+      return TlsCredentials.load(tlsCreds, verify);
+    } catch (TlsCredentialsException e) {
+      throw new UserError("--tls-creds: " + e.getMessage(), e);
     }
   }
 

@@ -1,13 +1,19 @@
 package dev.blockbackup.nbd;
 
+import io.netty.handler.ssl.SslContext;
 import java.util.Map;
 
 /**
  * What every connection of one server shares: the exports by name, the bounded queue to the pool
  * that runs block I/O off the event loops, and the back-pressure limit (requests in flight per
- * connection).
+ * connection), and the TLS context if the server requires TLS (null for plaintext).
  */
-record ConnectionSettings(Map<String, NbdExport> exports, WorkQueue workers, int maxInFlight) {
+record ConnectionSettings(Map<String, NbdExport> exports, WorkQueue workers, int maxInFlight, SslContext tls) {
+
+  /** Settings of a plaintext server. */
+  ConnectionSettings(Map<String, NbdExport> exports, WorkQueue workers, int maxInFlight) {
+    this(exports, workers, maxInFlight, null);
+  }
 
   /** The export a client asked for by {@code name}: exact, or the only one for the empty name. */
   NbdExport find(String name) {

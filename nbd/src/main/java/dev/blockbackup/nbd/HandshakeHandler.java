@@ -12,6 +12,8 @@ import io.netty.buffer.Unpooled;
 import io.netty.channel.ChannelFutureListener;
 import io.netty.channel.ChannelHandlerContext;
 import io.netty.channel.SimpleChannelInboundHandler;
+import io.netty.handler.ssl.SslHandler;
+import io.netty.handler.ssl.SslHandshakeCompletionEvent;
 import java.nio.charset.CharacterCodingException;
 import java.nio.charset.CodingErrorAction;
 import java.nio.charset.StandardCharsets;
@@ -39,6 +41,10 @@ final class HandshakeHandler extends SimpleChannelInboundHandler<Object> {
   private boolean extendedHeaders;
   /** What the last NBD_OPT_SET_META_CONTEXT chose, or null if it chose nothing. */
   private MetaContexts contexts;
+  /** NBD_OPT_STARTTLS was answered and the SslHandler is (or is about to be) in the pipeline. */
+  private boolean tlsStarted;
+  /** Between the STARTTLS ACK and the SslHandler's insertion: no option may arrive then. */
+  private boolean tlsPending;
 
   HandshakeHandler(ConnectionSettings settings) {
     this.settings = settings;
@@ -52,6 +58,10 @@ final class HandshakeHandler extends SimpleChannelInboundHandler<Object> {
 
   @Override
   protected void channelRead0(ChannelHandlerContext ctx, Object msg) {
+    if (tlsPending) {
+      close(ctx, "plaintext sent before the TLS handshake it asked for");
+      return;
+    }
     if (msg instanceof ClientFlags f) {
       if ((f.flags() & ~KNOWN_CLIENT_FLAGS) != 0) {
         // the spec: the server MUST drop the connection on an unknown client flag
@@ -66,6 +76,10 @@ final class HandshakeHandler extends SimpleChannelInboundHandler<Object> {
 
   private void option(ChannelHandlerContext ctx, OptionRequest o) {
     int opt = o.option();
+    if (settings.tls() != null && !tlsStarted) {
+      beforeTls(ctx, o);
+      return;
+    }
     if (o.tooBig()) {
       if (opt == NBD_OPT_EXPORT_NAME) {
         close(ctx, "NBD_OPT_EXPORT_NAME of " + o.length() + " bytes");
@@ -83,7 +97,14 @@ final class HandshakeHandler extends SimpleChannelInboundHandler<Object> {
         ctx.writeAndFlush(new OptionReply(opt, NBD_REP_ACK)).addListener(ChannelFutureListener.CLOSE);
       }
       case NBD_OPT_LIST -> list(ctx, data);
-      case NBD_OPT_STARTTLS -> error(ctx, opt, NBD_REP_ERR_UNSUP, "TLS is not supported by this server");
+      case NBD_OPT_STARTTLS -> {
+        if (settings.tls() == null) {
+          error(ctx, opt, NBD_REP_ERR_UNSUP, "TLS is not supported by this server");
+        } else {
+          // as QEMU's nbd_negotiate_options once TLS is up: the client may go on over TLS
+          error(ctx, opt, NBD_REP_ERR_INVALID, "TLS already enabled");
+        }
+      }
       case NBD_OPT_INFO, NBD_OPT_GO -> infoOrGo(ctx, opt, data);
       case NBD_OPT_STRUCTURED_REPLY -> {
         if (data.length != 0) {
@@ -113,6 +134,71 @@ final class HandshakeHandler extends SimpleChannelInboundHandler<Object> {
       case NBD_OPT_LIST_META_CONTEXT, NBD_OPT_SET_META_CONTEXT -> metaContext(ctx, opt, data);
       default -> error(ctx, opt, NBD_REP_ERR_UNSUP, optionName(opt) + " is not supported");
     }
+  }
+
+  /**
+   * The options of a server that requires TLS before NBD_OPT_STARTTLS, as QEMU's
+   * nbd_negotiate_options answers them with tls-creds: only STARTTLS and ABORT do anything.
+   */
+  private void beforeTls(ChannelHandlerContext ctx, OptionRequest o) {
+    int opt = o.option();
+    switch (opt) {
+      case NBD_OPT_STARTTLS -> {
+        if (o.length() != 0) {
+          // QEMU drops such a client too: one that cannot even start TLS right gets no second try
+          error(ctx, opt, NBD_REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data");
+          close(ctx, "NBD_OPT_STARTTLS with " + o.length() + " bytes of data");
+        } else {
+          startTls(ctx);
+        }
+      }
+      // no error reply exists for it, so the connection is closed, as QEMU does
+      case NBD_OPT_EXPORT_NAME -> close(ctx, "NBD_OPT_EXPORT_NAME before TLS");
+      // proto.md's FORCEDTLS exempts ABORT from TLS_REQD (QEMU answers TLS_REQD, then closes alike)
+      case NBD_OPT_ABORT -> {
+        ctx.pipeline().get(NbdDecoder.class).stop();
+        ctx.writeAndFlush(new OptionReply(opt, NBD_REP_ACK)).addListener(ChannelFutureListener.CLOSE);
+      }
+      default -> error(ctx, opt, NBD_REP_ERR_TLS_REQD,
+          optionName(opt) + " not permitted before TLS: this server requires NBD_OPT_STARTTLS");
+    }
+  }
+
+  /**
+   * Answers NBD_OPT_STARTTLS and puts the TLS layer under everything else. The ACK goes out in
+   * plaintext, so the SslHandler is added only once it has been written; the client sends its
+   * ClientHello only after reading it. Anything the client sent after STARTTLS and before the
+   * handshake is plaintext it had no right to send, and is never read as if it came over TLS.
+   * proto.md forbids keeping per-export state from before STARTTLS; there is none, as every
+   * option before it was refused.
+   */
+  private void startTls(ChannelHandlerContext ctx) {
+    if (ctx.pipeline().get(NbdDecoder.class).buffered() > 0) {
+      close(ctx, "plaintext sent after NBD_OPT_STARTTLS, before the TLS handshake");
+      return;
+    }
+    tlsStarted = true;
+    tlsPending = true;
+    ctx.writeAndFlush(new OptionReply(NBD_OPT_STARTTLS, NBD_REP_ACK)).addListener(f -> {
+      if (!f.isSuccess()) {
+        ctx.close();
+        return;
+      }
+      SslHandler ssl = settings.tls().newHandler(ctx.alloc());
+      ctx.pipeline().addFirst("tls", ssl);
+      tlsPending = false;
+    });
+  }
+
+  @Override
+  public void userEventTriggered(ChannelHandlerContext ctx, Object evt) {
+    if (evt instanceof SslHandshakeCompletionEvent e && !e.isSuccess()) {
+      // a client's failure (no certificate, one of another CA, no common protocol): one line, no trace
+      LOG.log(System.Logger.Level.INFO, () -> ctx.channel() + ": TLS handshake failed, closing: " + e.cause());
+      ctx.close();
+      return;
+    }
+    ctx.fireUserEventTriggered(evt);
   }
 
   private void exportName(ChannelHandlerContext ctx, byte[] data) {

@@ -66,6 +66,14 @@ final class NbdDecoder extends ByteToMessageDecoder {
     state = State.DEAD;
   }
 
+  /**
+   * Bytes received and not yet framed. After NBD_OPT_STARTTLS this must be 0: anything already
+   * here was sent in plaintext and must not be read as if it came over TLS.
+   */
+  int buffered() {
+    return actualReadableBytes();
+  }
+
   @Override
   protected void decode(ChannelHandlerContext ctx, ByteBuf in, List<Object> out) {
     switch (state) {

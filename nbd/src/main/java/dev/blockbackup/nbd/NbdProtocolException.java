@@ -18,8 +18,11 @@ final class NbdProtocolException extends DecoderException {
    * closed either way; a broken protocol or connection is the client's and only logged at debug
    * level, anything else is a bug of ours and goes on to the pipeline's tail, which reports it.
    */
-  static void closeOn(ChannelHandlerContext ctx, Throwable cause, System.Logger log, String phase) {
+  static void closeOn(ChannelHandlerContext ctx, Throwable thrown, System.Logger log, String phase) {
     ctx.close();
+    // a decoder's I/O failure, e.g. SslHandler's on a TLS record it cannot read, is the peer's too
+    Throwable cause = thrown instanceof DecoderException && !(thrown instanceof NbdProtocolException)
+        && thrown.getCause() instanceof java.io.IOException io ? io : thrown;
     if (cause instanceof NbdProtocolException || cause instanceof java.io.IOException) {
       log.log(System.Logger.Level.DEBUG, () -> ctx.channel() + ": closing" + phase + ": " + cause);
     } else {

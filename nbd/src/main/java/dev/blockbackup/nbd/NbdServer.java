@@ -60,7 +60,9 @@ import java.util.concurrent.atomic.AtomicInteger;
  * the server's work queue holds {@link Builder#maxQueued} requests of all connections. The native
  * epoll transport is used where it loads (a Unix socket needs it); TCP falls back to NIO.
  * {@link #close()} stops accepting, lets requests in flight finish, closes the connections and
- * leaves the exported devices open: they belong to the caller.
+ * leaves the exported devices open: they belong to the caller. With {@link Builder#tls} every
+ * client must start TLS (NBD_OPT_STARTTLS, X.509 credentials in QEMU's layout) before it may do
+ * anything else, as with {@code qemu-nbd --tls-creds}.
  */
 public final class NbdServer implements AutoCloseable {
 
@@ -77,6 +79,8 @@ public final class NbdServer implements AutoCloseable {
   private final long closeTimeoutMillis;
   /** Connections served at once, 0 for no limit (QAPI NbdServerOptions max-connections). */
   private final int maxConnections;
+  /** The TLS every client must start before anything else, or null for plaintext. */
+  private final TlsCredentials tls;
 
   private EventLoopGroup group;
   private ExecutorService workers;
@@ -101,6 +105,7 @@ public final class NbdServer implements AutoCloseable {
     this.maxQueued = b.maxQueued;
     this.closeTimeoutMillis = b.closeTimeoutMillis;
     this.maxConnections = b.maxConnections;
+    this.tls = b.tls;
   }
 
   public static Builder builder() {
@@ -142,7 +147,8 @@ public final class NbdServer implements AutoCloseable {
         });
     workers = pool;
     connections = new DefaultChannelGroup("nbd-connections", GlobalEventExecutor.INSTANCE);
-    ConnectionSettings settings = new ConnectionSettings(exports, new WorkQueue(pool, maxQueued), maxInFlight);
+    ConnectionSettings settings = new ConnectionSettings(exports, new WorkQueue(pool, maxQueued), maxInFlight,
+        tls == null ? null : tls.sslContext());
     try {
       if (unixSocket != null) {
         removeStaleSocket(unixSocket);
@@ -236,6 +242,11 @@ public final class NbdServer implements AutoCloseable {
     return tcpAddress;
   }
 
+  /** The TLS credentials every client must use, or null if the server speaks plaintext. */
+  public TlsCredentials tls() {
+    return tls;
+  }
+
   /** The Unix socket path, or null without one. */
   public Path unixSocket() {
     return unixSocket;
@@ -319,6 +330,7 @@ public final class NbdServer implements AutoCloseable {
     private int maxQueued = 256;
     private long closeTimeoutMillis = 30_000;
     private int maxConnections;
+    private TlsCredentials tls;
 
     private Builder() {}
 
@@ -405,6 +417,27 @@ public final class NbdServer implements AutoCloseable {
       }
       this.maxConnections = n;
       return this;
+    }
+
+    /**
+     * Requires TLS of every client, as {@code qemu-nbd --tls-creds} does: before NBD_OPT_STARTTLS
+     * succeeds, every other option is refused with NBD_REP_ERR_TLS_REQD (NBD_OPT_EXPORT_NAME, which
+     * has no error reply, closes the connection), so no export is reachable in plaintext.
+     */
+    public Builder tls(TlsCredentials credentials) {
+      this.tls = Objects.requireNonNull(credentials, "credentials");
+      return this;
+    }
+
+    /**
+     * {@link #tls(TlsCredentials)} with the credentials of QEMU's {@code tls-creds-x509} directory
+     * {@code dir}; {@code verifyPeer} is QEMU's verify-peer (on by default in QEMU, see
+     * {@link TlsCredentials#load(Path)}).
+     *
+     * @throws TlsCredentialsException if a file of {@code dir} is missing or unusable
+     */
+    public Builder tls(Path dir, boolean verifyPeer) throws TlsCredentialsException {
+      return tls(TlsCredentials.load(dir, verifyPeer));
     }
 
     public NbdServer build() {
