@@ -124,8 +124,17 @@ public final class QemuImg {
    * exports them in the qemu:dirty-bitmap context, read by nbdinfo --map.
    */
   public static java.util.Map<Long, Long> dirtyRanges(Path image, String bitmap) {
-    Result r = run("nbdinfo", "--map=qemu:dirty-bitmap:" + bitmap, "--", "[", "qemu-nbd", "-r",
-        "-f", "qcow2", "-B", bitmap, image.toString(), "]").assertExit(0);
+    return dirtyRanges(run("nbdinfo", "--map=qemu:dirty-bitmap:" + bitmap, "--", "[", "qemu-nbd", "-r",
+        "-f", "qcow2", "-B", bitmap, image.toString(), "]"));
+  }
+
+  /** The dirty ranges (start -> length) an NBD server at {@code uri} offers as qemu:dirty-bitmap:BITMAP. */
+  public static java.util.Map<Long, Long> dirtyRanges(String uri, String bitmap) {
+    return dirtyRanges(run("nbdinfo", "--map=qemu:dirty-bitmap:" + bitmap, uri));
+  }
+
+  private static java.util.Map<Long, Long> dirtyRanges(Result nbdinfo) {
+    Result r = nbdinfo.assertExit(0);
     java.util.Map<Long, Long> out = new java.util.LinkedHashMap<>();
     for (String line : r.out().split("\n")) {
       String[] f = line.trim().split("\\s+");
