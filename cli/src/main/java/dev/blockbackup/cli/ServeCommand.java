@@ -188,8 +188,10 @@ final class ServeCommand implements Callable<Integer> {
         } else {
           NbdExport e = NbdExport.of(img.name(), node).withReadOnly(img.readOnly());
           for (String bm : bitmaps) {
-            if (node.findBitmap(bm).isEmpty()) {
-              throw new UserError("image '" + img.path() + "' has no bitmap '" + bm + "'");
+            try {
+              node.useBitmap(bm).close(); // the server's checks, with QEMU's messages, before it starts
+            } catch (BitmapException missing) {
+              throw new UserError("--bitmap: image '" + img.path() + "': " + missing.getMessage(), missing);
             }
             e = e.withBitmap(node, bm);
             contexts.add("qemu:dirty-bitmap:" + bm + " on " + img.name());

@@ -93,6 +93,16 @@ class CliFleeceTest {
     assertThat(Cli.run("info", img).exit()).isZero();
   }
 
+  @Test
+  void withoutFleeceAMissingBitmapIsRefusedToo() throws Exception {
+    Path img = dir.resolve("disk.qcow2");
+    assertThat(Cli.run("create", "-f", "qcow2", img, "4M").exit()).isZero();
+    Cli.Run r = Cli.run("serve", "--bitmap", "nope", "--nbd", "unix:" + dir.resolve("nbd.sock"), img);
+    assertOneLineExit1(r);
+    assertThat(r.err()).contains("Dirty bitmap 'nope' not found");
+    assertThat(Cli.run("info", img).exit()).isZero();
+  }
+
   private static boolean installed(String tool) {
     String path = System.getenv("PATH");
     return path != null && Stream.of(path.split(File.pathSeparator)).anyMatch(d -> Files.isExecutable(Path.of(d, tool)));
