@@ -70,6 +70,14 @@ public final class BlockDirtyBitmap {
     return bits.isDirty(offset);
   }
 
+  /**
+   * The first run of dirty bytes in [offset, end), or null when there is none (an NBD export's
+   * qemu:dirty-bitmap context reads the bitmap this way while it may still record).
+   */
+  public DirtyBitmap.Area nextDirtyArea(long offset, long end) {
+    return bits.nextDirtyArea(offset, end, end - offset);
+  }
+
   /** A copy of the bits as they are now (to store them, to compare them). */
   public DirtyBitmap copyOfBits() {
     return bits.copy();

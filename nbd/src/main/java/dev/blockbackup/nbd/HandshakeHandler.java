@@ -35,8 +35,8 @@ final class HandshakeHandler extends SimpleChannelInboundHandler<Object> {
   private final ConnectionSettings settings;
   private boolean noZeroes;
   private boolean structuredReplies;
-  /** The export the last NBD_OPT_SET_META_CONTEXT was for, or null if it selected nothing. */
-  private String metaContextExport;
+  /** What the last NBD_OPT_SET_META_CONTEXT chose, or null if it chose nothing. */
+  private MetaContexts contexts;
 
   HandshakeHandler(ConnectionSettings settings) {
     this.settings = settings;
@@ -86,6 +86,9 @@ final class HandshakeHandler extends SimpleChannelInboundHandler<Object> {
       case NBD_OPT_STRUCTURED_REPLY -> {
         if (data.length != 0) {
           error(ctx, opt, NBD_REP_ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY takes no data");
+        } else if (structuredReplies) {
+          // as QEMU: a second request is a client bug, and saying so beats a silent second ACK
+          error(ctx, opt, NBD_REP_ERR_INVALID, "structured reply already negotiated");
         } else {
           structuredReplies = true;
           ctx.writeAndFlush(new OptionReply(opt, NBD_REP_ACK));
@@ -105,7 +108,7 @@ final class HandshakeHandler extends SimpleChannelInboundHandler<Object> {
       return;
     }
     ctx.write(new ExportNameReply(export.device().size(), transmissionFlags(export), noZeroes));
-    enterTransmission(ctx, export, false);
+    enterTransmission(ctx, export, null);
   }
 
   private void list(ChannelHandlerContext ctx, byte[] data) {
@@ -174,14 +177,18 @@ final class HandshakeHandler extends SimpleChannelInboundHandler<Object> {
     }
     ctx.write(new OptionReply(opt, NBD_REP_ACK));
     // contexts chosen for another export do not carry over (the spec ties them to the export name)
-    boolean baseAllocation = metaContextExport != null && metaContextExport.equals(name);
-    enterTransmission(ctx, export, baseAllocation);
+    enterTransmission(ctx, export, contexts != null && contexts.export() == export ? contexts : null);
   }
 
   private void metaContext(ChannelHandlerContext ctx, int opt, byte[] data) {
-    if (!structuredReplies) {
+    boolean list = opt == NBD_OPT_LIST_META_CONTEXT;
+    if (!list && !structuredReplies) {
+      // listing is harmless without structured replies (QEMU allows it); selecting is not
       error(ctx, opt, NBD_REP_ERR_INVALID, optionName(opt) + " needs NBD_OPT_STRUCTURED_REPLY first");
       return;
+    }
+    if (!list) {
+      contexts = null; // a SET replaces the earlier choice, even when it fails
     }
     ByteBuf in = Unpooled.wrappedBuffer(data);
     String name = string(in);
@@ -192,6 +199,11 @@ final class HandshakeHandler extends SimpleChannelInboundHandler<Object> {
     long count = in.readUnsignedInt();
     List<String> queries = new ArrayList<>();
     for (long i = 0; i < count; i++) {
+      if (in.readableBytes() >= 4 && in.getUnsignedInt(in.readerIndex()) > NbdExport.MAX_STRING
+          && in.getUnsignedInt(in.readerIndex()) <= in.readableBytes() - 4) {
+        in.skipBytes(4 + (int) in.readUnsignedInt()); // over the spec's limit: names nothing we have (QEMU skips it too)
+        continue;
+      }
       String q = string(in);
       if (q == null) {
         error(ctx, opt, NBD_REP_ERR_INVALID, optionName(opt) + " has a malformed query");
@@ -203,33 +215,29 @@ final class HandshakeHandler extends SimpleChannelInboundHandler<Object> {
       error(ctx, opt, NBD_REP_ERR_INVALID, optionName(opt) + " has " + in.readableBytes() + " bytes after its queries");
       return;
     }
-    if (settings.find(name) == null) {
+    NbdExport export = settings.find(name);
+    if (export == null) {
       error(ctx, opt, NBD_REP_ERR_UNKNOWN, "export '" + shown(name) + "' not present");
       return;
     }
-    boolean list = opt == NBD_OPT_LIST_META_CONTEXT;
-    boolean match = list && queries.isEmpty();
-    for (String q : queries) {
-      // "base:" alone lists every context of the namespace; selecting needs the full name
-      match |= q.equals(BASE_ALLOCATION) || (list && q.equals("base:"));
+    MetaContexts matched = MetaContexts.match(export, queries, list);
+    for (MetaContexts.Context c : matched.chosen()) {
+      byte[] n = c.name().getBytes(StandardCharsets.UTF_8);
+      ByteBuf b = Unpooled.buffer(4 + n.length);
+      b.writeInt(list ? 0 : c.id()).writeBytes(n); // LIST's ids mean nothing: the spec says send 0
+      ctx.write(new OptionReply(opt, NBD_REP_META_CONTEXT, b.array()));
     }
     if (!list) {
-      metaContextExport = match ? name : null;
-    }
-    if (match) {
-      byte[] n = BASE_ALLOCATION.getBytes(StandardCharsets.US_ASCII);
-      ByteBuf b = Unpooled.buffer(4 + n.length);
-      b.writeInt(list ? 0 : BASE_ALLOCATION_ID).writeBytes(n);
-      ctx.write(new OptionReply(opt, NBD_REP_META_CONTEXT, b.array()));
+      contexts = matched.count() > 0 ? matched : null;
     }
     ctx.writeAndFlush(new OptionReply(opt, NBD_REP_ACK));
   }
 
-  private void enterTransmission(ChannelHandlerContext ctx, NbdExport export, boolean baseAllocation) {
+  private void enterTransmission(ChannelHandlerContext ctx, NbdExport export, MetaContexts chosen) {
     ctx.flush();
     ctx.pipeline().get(NbdDecoder.class).enterTransmission();
     ctx.pipeline().replace(this, "transmission",
-        new TransmissionHandler(export, structuredReplies, baseAllocation, settings));
+        new TransmissionHandler(export, structuredReplies, chosen, settings));
   }
 
   /** The transmission flags of {@code export} for this connection. */

@@ -108,6 +108,8 @@ final class NbdConstants {
   static final String BASE_ALLOCATION = "base:allocation";
   static final int NBD_STATE_HOLE = 1 << 0;
   static final int NBD_STATE_ZERO = 1 << 1;
+  /** qemu:dirty-bitmap:NAME: the range is dirty in the bitmap. */
+  static final int NBD_STATE_DIRTY = 1 << 0;
 
   // ---------------------------------------------------------------- errors
   static final int NBD_EPERM = 1;

@@ -7,14 +7,17 @@ import static dev.blockbackup.nbd.NbdConstants.NBD_REPLY_TYPE_BLOCK_STATUS;
 import static dev.blockbackup.nbd.NbdConstants.NBD_REPLY_TYPE_ERROR;
 import static dev.blockbackup.nbd.NbdConstants.NBD_REPLY_TYPE_NONE;
 import static dev.blockbackup.nbd.NbdConstants.NBD_REPLY_TYPE_OFFSET_DATA;
+import static dev.blockbackup.nbd.NbdConstants.NBD_REPLY_TYPE_OFFSET_HOLE;
 import static dev.blockbackup.nbd.NbdConstants.NBD_REP_MAGIC;
 import static dev.blockbackup.nbd.NbdConstants.NBD_SIMPLE_REPLY_MAGIC;
 import static dev.blockbackup.nbd.NbdConstants.NBD_STRUCTURED_REPLY_MAGIC;
 
 import dev.blockbackup.nbd.NbdMessages.BlockStatusChunk;
+import dev.blockbackup.nbd.NbdMessages.Chunks;
 import dev.blockbackup.nbd.NbdMessages.ErrorChunk;
 import dev.blockbackup.nbd.NbdMessages.ExportNameReply;
 import dev.blockbackup.nbd.NbdMessages.Greeting;
+import dev.blockbackup.nbd.NbdMessages.HoleChunk;
 import dev.blockbackup.nbd.NbdMessages.NoneChunk;
 import dev.blockbackup.nbd.NbdMessages.OptionReply;
 import dev.blockbackup.nbd.NbdMessages.ReadChunk;
@@ -46,12 +49,17 @@ final class NbdEncoder extends MessageToMessageEncoder<Object> {
   public boolean acceptOutboundMessage(Object msg) {
     return msg instanceof Greeting || msg instanceof ExportNameReply || msg instanceof OptionReply
         || msg instanceof SimpleReply || msg instanceof ReadChunk || msg instanceof NoneChunk
-        || msg instanceof ErrorChunk || msg instanceof BlockStatusChunk;
+        || msg instanceof ErrorChunk || msg instanceof BlockStatusChunk || msg instanceof HoleChunk
+        || msg instanceof Chunks;
   }
 
   @Override
   protected void encode(ChannelHandlerContext ctx, Object msg, List<Object> out) {
-    if (msg instanceof SimpleReply r) {
+    if (msg instanceof Chunks c) {
+      for (Object part : c.parts) {
+        encode(ctx, part, out); // the parts' buffers are retained into out; Chunks releases its own
+      }
+    } else if (msg instanceof SimpleReply r) {
       ByteBuf h = ctx.alloc().buffer(16);
       h.writeInt(NBD_SIMPLE_REPLY_MAGIC).writeInt(r.error).writeLong(r.handle);
       out.add(h);
@@ -60,14 +68,19 @@ final class NbdEncoder extends MessageToMessageEncoder<Object> {
       }
     } else if (msg instanceof ReadChunk r) {
       ByteBuf h = ctx.alloc().buffer(28);
-      structuredHeader(h, r.handle, NBD_REPLY_TYPE_OFFSET_DATA, 8 + r.content().readableBytes());
+      structuredHeader(h, r.handle, NBD_REPLY_TYPE_OFFSET_DATA, 8 + r.content().readableBytes(), r.done);
       h.writeLong(r.offset);
       out.add(h);
       out.add(r.content().retain());
+    } else if (msg instanceof HoleChunk r) {
+      ByteBuf h = ctx.alloc().buffer(32);
+      structuredHeader(h, r.handle(), NBD_REPLY_TYPE_OFFSET_HOLE, 12, r.done());
+      h.writeLong(r.offset()).writeInt((int) r.length());
+      out.add(h);
     } else if (msg instanceof BlockStatusChunk r) {
       int n = r.lengths().length;
       ByteBuf h = ctx.alloc().buffer(24 + 8 * n);
-      structuredHeader(h, r.handle(), NBD_REPLY_TYPE_BLOCK_STATUS, 4 + 8 * n);
+      structuredHeader(h, r.handle(), NBD_REPLY_TYPE_BLOCK_STATUS, 4 + 8 * n, r.done());
       h.writeInt(r.contextId());
       for (int i = 0; i < n; i++) {
         h.writeInt((int) r.lengths()[i]).writeInt(r.flags()[i]);
@@ -76,12 +89,12 @@ final class NbdEncoder extends MessageToMessageEncoder<Object> {
     } else if (msg instanceof ErrorChunk r) {
       byte[] m = utf8Prefix(r.message(), MAX_MESSAGE);
       ByteBuf h = ctx.alloc().buffer(26 + m.length);
-      structuredHeader(h, r.handle(), NBD_REPLY_TYPE_ERROR, 6 + m.length);
+      structuredHeader(h, r.handle(), NBD_REPLY_TYPE_ERROR, 6 + m.length, true);
       h.writeInt(r.error()).writeShort(m.length).writeBytes(m);
       out.add(h);
     } else if (msg instanceof NoneChunk r) {
       ByteBuf h = ctx.alloc().buffer(20);
-      structuredHeader(h, r.handle(), NBD_REPLY_TYPE_NONE, 0);
+      structuredHeader(h, r.handle(), NBD_REPLY_TYPE_NONE, 0, true);
       out.add(h);
     } else if (msg instanceof OptionReply r) {
       ByteBuf h = ctx.alloc().buffer(20 + r.data().length);
@@ -101,8 +114,8 @@ final class NbdEncoder extends MessageToMessageEncoder<Object> {
     }
   }
 
-  private static void structuredHeader(ByteBuf h, long handle, int type, int length) {
-    h.writeInt(NBD_STRUCTURED_REPLY_MAGIC).writeShort(NBD_REPLY_FLAG_DONE).writeShort(type).writeLong(handle)
+  private static void structuredHeader(ByteBuf h, long handle, int type, int length, boolean done) {
+    h.writeInt(NBD_STRUCTURED_REPLY_MAGIC).writeShort(done ? NBD_REPLY_FLAG_DONE : 0).writeShort(type).writeLong(handle)
         .writeInt(length);
   }
 

@@ -3,6 +3,10 @@ package dev.blockbackup.nbd;
 import io.netty.buffer.ByteBuf;
 import io.netty.buffer.DefaultByteBufHolder;
 import io.netty.buffer.Unpooled;
+import io.netty.util.AbstractReferenceCounted;
+import io.netty.util.ReferenceCountUtil;
+import io.netty.util.ReferenceCounted;
+import java.util.List;
 
 /** The records the decoder makes of the client's bytes and the replies the encoder writes. */
 final class NbdMessages {
@@ -67,17 +71,22 @@ final class NbdMessages {
     }
   }
 
-  /** A structured reply of one chunk with NBD_REPLY_FLAG_DONE: NBD_REPLY_TYPE_OFFSET_DATA. */
+  /** A structured NBD_REPLY_TYPE_OFFSET_DATA chunk: the last of its reply if {@code done}. */
   static final class ReadChunk extends DefaultByteBufHolder {
     final long handle;
     final long offset;
+    final boolean done;
 
-    ReadChunk(long handle, long offset, ByteBuf data) {
+    ReadChunk(long handle, long offset, ByteBuf data, boolean done) {
       super(data);
       this.handle = handle;
       this.offset = offset;
+      this.done = done;
     }
   }
+
+  /** A structured NBD_REPLY_TYPE_OFFSET_HOLE chunk: {@code length} bytes that read as zeros. */
+  record HoleChunk(long handle, long offset, long length, boolean done) {}
 
   /** A structured reply of one chunk with NBD_REPLY_FLAG_DONE and no payload: NBD_REPLY_TYPE_NONE. */
   record NoneChunk(long handle) {}
@@ -86,8 +95,32 @@ final class NbdMessages {
   record ErrorChunk(long handle, int error, String message) {}
 
   /**
-   * A structured NBD_REPLY_TYPE_BLOCK_STATUS chunk with NBD_REPLY_FLAG_DONE: the context id, then
-   * (length, flags) pairs.
+   * A structured NBD_REPLY_TYPE_BLOCK_STATUS chunk: the context id, then (length, flags) pairs;
+   * the last of its reply if {@code done}.
    */
-  record BlockStatusChunk(long handle, int contextId, long[] lengths, int[] flags) {}
+  record BlockStatusChunk(long handle, int contextId, long[] lengths, int[] flags, boolean done) {}
+
+  /**
+   * The chunks of one structured reply, written as one message so no other reply can come between
+   * them; it owns the buffers of its chunks.
+   */
+  static final class Chunks extends AbstractReferenceCounted {
+    final List<Object> parts;
+
+    Chunks(List<Object> parts) {
+      this.parts = List.copyOf(parts);
+    }
+
+    @Override
+    protected void deallocate() {
+      for (Object p : parts) {
+        ReferenceCountUtil.release(p);
+      }
+    }
+
+    @Override
+    public ReferenceCounted touch(Object hint) {
+      return this;
+    }
+  }
 }

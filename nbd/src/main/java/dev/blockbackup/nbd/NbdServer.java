@@ -1,5 +1,7 @@
 package dev.blockbackup.nbd;
 
+import dev.blockbackup.engine.BitmapException;
+import dev.blockbackup.engine.BlockNode;
 import io.netty.bootstrap.ServerBootstrap;
 import io.netty.channel.Channel;
 import io.netty.channel.ChannelHandlerContext;
@@ -37,7 +39,8 @@ import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
 
 /**
- * An NBD server (fixed newstyle, structured replies, base:allocation block status), as qemu-nbd or
+ * An NBD server (fixed newstyle, structured replies with sparse reads, block status for
+ * base:allocation, qemu:allocation-depth and qemu:dirty-bitmap:NAME), as qemu-nbd or
  * qemu-storage-daemon's NBD export serves a QEMU user: one or more named {@link NbdExport}s of
  * {@code BlockDevice}s, on a Unix socket and/or TCP.
  *
@@ -84,6 +87,8 @@ public final class NbdServer implements AutoCloseable {
   private boolean closed;
   /** Whether the socket file at {@link #unixSocket} is ours to remove. */
   private boolean unixSocketBound;
+  /** The exported bitmaps, busy while the server runs. */
+  private final List<BlockNode.BitmapUse> bitmapUses = new ArrayList<>();
 
   private NbdServer(Builder b) {
     this.exports = Collections.unmodifiableMap(new LinkedHashMap<>(b.exports));
@@ -117,6 +122,7 @@ public final class NbdServer implements AutoCloseable {
       throw new IllegalStateException("the server was started already");
     }
     started = true;
+    useBitmaps();
     boolean epoll = Epoll.isAvailable();
     if (unixSocket != null && !epoll) {
       throw new IOException("a Unix socket needs Netty's native epoll transport, which does not load here: "
@@ -154,6 +160,30 @@ public final class NbdServer implements AutoCloseable {
       close();
       throw e;
     }
+  }
+
+  /**
+   * Marks every exported bitmap busy, as QEMU's block-export-add does, so no job or bitmap
+   * command changes what clients are reading; all or none.
+   */
+  private void useBitmaps() throws IOException {
+    for (NbdExport e : exports.values()) {
+      for (NbdExport.ExportedBitmap b : e.bitmaps()) {
+        try {
+          bitmapUses.add(b.node().useBitmap(b.name()));
+        } catch (BitmapException ex) {
+          releaseBitmaps();
+          started = false;
+          throw new IOException("export '" + e.name() + "': cannot export bitmap '" + b.name() + "' of node '"
+              + b.node().name() + "': " + ex.getMessage(), ex);
+        }
+      }
+    }
+  }
+
+  private void releaseBitmaps() {
+    bitmapUses.forEach(BlockNode.BitmapUse::close);
+    bitmapUses.clear();
   }
 
   private Channel bind(Class<? extends ServerChannel> type, SocketAddress address, ConnectionSettings settings,
@@ -267,6 +297,7 @@ public final class NbdServer implements AutoCloseable {
         Thread.currentThread().interrupt();
       }
     }
+    releaseBitmaps();
     if (unixSocketBound) {
       try {
         Files.deleteIfExists(unixSocket);

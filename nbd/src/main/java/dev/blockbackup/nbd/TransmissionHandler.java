@@ -2,13 +2,16 @@ package dev.blockbackup.nbd;
 
 import static dev.blockbackup.nbd.NbdConstants.*;
 
+import dev.blockbackup.engine.BlockDirtyBitmap;
 import dev.blockbackup.formats.BlockDevice;
 import dev.blockbackup.formats.BlockError;
 import dev.blockbackup.formats.BlockIOException;
 import dev.blockbackup.formats.Extent;
 import dev.blockbackup.formats.WriteFlag;
-import dev.blockbackup.nbd.NbdMessages.BlockStatusChunk;
+import dev.blockbackup.nbd.NbdExport.ExportedBitmap;
+import dev.blockbackup.nbd.NbdMessages.Chunks;
 import dev.blockbackup.nbd.NbdMessages.ErrorChunk;
+import dev.blockbackup.nbd.NbdMessages.HoleChunk;
 import dev.blockbackup.nbd.NbdMessages.NoneChunk;
 import dev.blockbackup.nbd.NbdMessages.ReadChunk;
 import dev.blockbackup.nbd.NbdMessages.Request;
@@ -18,6 +21,7 @@ import io.netty.channel.ChannelFutureListener;
 import io.netty.channel.ChannelHandlerContext;
 import io.netty.channel.ChannelInboundHandlerAdapter;
 import io.netty.util.ReferenceCountUtil;
+import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.RejectedExecutionException;
 
@@ -32,8 +36,6 @@ import java.util.concurrent.RejectedExecutionException;
 final class TransmissionHandler extends ChannelInboundHandlerAdapter {
 
   private static final System.Logger LOG = System.getLogger(TransmissionHandler.class.getName());
-  /** At most this many extents in one NBD_REPLY_TYPE_BLOCK_STATUS chunk; the client asks again for the rest. */
-  static final int MAX_EXTENTS = 1024;
   /** The write flags of NBD_CMD_WRITE, made once: a write is the hottest request. */
   private static final WriteFlag[] NO_FLAGS = {};
   private static final WriteFlag[] FUA = {WriteFlag.FUA};
@@ -41,7 +43,10 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
   private final NbdExport export;
   private final BlockDevice device;
   private final boolean structured;
-  private final boolean baseAllocation;
+  /** The metadata contexts chosen for this export, or null: then block status is refused. */
+  private final MetaContexts contexts;
+  /** The exported bitmaps, by the export's index (found once: they are busy, so they stay). */
+  private final BlockDirtyBitmap[] bitmaps;
   private final ConnectionSettings settings;
   /** Requests handed to the workers and not yet answered; touched on the event loop only. */
   private int inFlight;
@@ -56,11 +61,17 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
   /** This connection asked the full work queue to say when it has room; on the event loop only. */
   private boolean waitingForRoom;
 
-  TransmissionHandler(NbdExport export, boolean structured, boolean baseAllocation, ConnectionSettings settings) {
+  TransmissionHandler(NbdExport export, boolean structured, MetaContexts contexts, ConnectionSettings settings) {
     this.export = export;
     this.device = export.device();
     this.structured = structured;
-    this.baseAllocation = baseAllocation;
+    this.contexts = contexts;
+    List<ExportedBitmap> offered = export.bitmaps();
+    this.bitmaps = new BlockDirtyBitmap[offered.size()];
+    for (int i = 0; i < bitmaps.length; i++) {
+      ExportedBitmap b = offered.get(i);
+      bitmaps[i] = b.node().findBitmap(b.name()).orElse(null);
+    }
     this.settings = settings;
   }
 
@@ -182,35 +193,36 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
     }
   }
 
-  /** The NBD error for a request that must not reach the device, or 0 if it may. */
+  /**
+   * The NBD error for a request that must not reach the device, or 0 if it may. NBD_CMD_FLAG_FUA
+   * is accepted on every command, as the spec requires once NBD_FLAG_SEND_FUA is advertised.
+   */
   int check(Request r) {
-    int allowed;
+    int allowed = NBD_CMD_FLAG_FUA;
     boolean writes = false;
     boolean ranged = true;
+    boolean buffered = false;
     switch (r.type()) {
-      case NBD_CMD_READ -> allowed = structured ? NBD_CMD_FLAG_DF : 0;
+      case NBD_CMD_READ -> {
+        allowed |= structured ? NBD_CMD_FLAG_DF : 0;
+        buffered = true;
+      }
       case NBD_CMD_WRITE -> {
-        allowed = NBD_CMD_FLAG_FUA;
         writes = true;
+        buffered = true;
       }
-      case NBD_CMD_FLUSH -> {
-        allowed = 0;
-        ranged = false;
-      }
-      case NBD_CMD_TRIM -> {
-        allowed = NBD_CMD_FLAG_FUA;
-        writes = true;
-      }
+      case NBD_CMD_FLUSH -> ranged = false;
+      case NBD_CMD_TRIM -> writes = true;
       case NBD_CMD_WRITE_ZEROES -> {
-        allowed = NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO;
+        allowed |= NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO;
         writes = true;
       }
-      case NBD_CMD_CACHE -> allowed = 0;
+      case NBD_CMD_CACHE -> buffered = true;
       case NBD_CMD_BLOCK_STATUS -> {
-        if (!baseAllocation) {
+        if (contexts == null) {
           return NBD_EINVAL; // no metadata context was selected (the spec: SHOULD be EINVAL)
         }
-        allowed = NBD_CMD_FLAG_REQ_ONE;
+        allowed |= NBD_CMD_FLAG_REQ_ONE;
       }
       default -> {
         return NBD_EINVAL;
@@ -222,7 +234,7 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
     if (writes && export.isReadOnly()) {
       return NBD_EPERM;
     }
-    if ((r.type() == NBD_CMD_READ || r.type() == NBD_CMD_WRITE) && r.length() > MAX_BLOCK_SIZE) {
+    if (buffered && r.length() > MAX_BLOCK_SIZE) {
       return NBD_EINVAL; // longer than the maximum block size we advertise
     }
     if (r.type() == NBD_CMD_WRITE && r.payload() == null) {
@@ -235,7 +247,8 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
       long size = device.size();
       // offset is unsigned on the wire: a negative long is past any end
       if (r.offset() < 0 || r.offset() > size || r.length() > size - r.offset()) {
-        return NBD_EINVAL;
+        // the spec: a write past the end SHOULD fail with ENOSPC (as QEMU's does), the rest EINVAL
+        return r.type() == NBD_CMD_WRITE || r.type() == NBD_CMD_WRITE_ZEROES ? NBD_ENOSPC : NBD_EINVAL;
       }
     }
     return 0;
@@ -247,16 +260,22 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
     try {
       switch (r.type()) {
         case NBD_CMD_READ -> {
+          if (r.hasFlag(NBD_CMD_FLAG_FUA)) {
+            device.flush(); // what QEMU makes of FUA on a read: the data read is the data stored
+          }
           int n = (int) r.length();
           if (n == 0) {
             return structured ? new NoneChunk(r.handle()) : new SimpleReply(r.handle(), 0);
           }
           data = ctx.alloc().directBuffer(n, n);
+          if (structured && !r.hasFlag(NBD_CMD_FLAG_DF)) {
+            return sparseRead(r, data);
+          }
           device.read(r.offset(), data.nioBuffer(0, n));
           data.writerIndex(n);
           ByteBuf d = data;
           data = null;
-          return structured ? new ReadChunk(r.handle(), r.offset(), d) : new SimpleReply(r.handle(), 0, d);
+          return structured ? new ReadChunk(r.handle(), r.offset(), d, true) : new SimpleReply(r.handle(), 0, d);
         }
         case NBD_CMD_WRITE -> {
           if (r.length() > 0) {
@@ -312,59 +331,99 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
     return java.util.Arrays.copyOf(f, n);
   }
 
-  /** base:allocation of the range: NBD_STATE_HOLE where no data is stored, NBD_STATE_ZERO where it reads as zeros. */
-  private BlockStatusChunk blockStatus(Request r) throws BlockIOException {
+  /**
+   * A structured read that sends zero ranges as NBD_REPLY_TYPE_OFFSET_HOLE chunks rather than
+   * bytes, as QEMU's server does unless the client set NBD_CMD_FLAG_DF: a sparse image then costs
+   * the wire nothing where it has holes. {@code data} is the request's buffer, released by the
+   * caller; the data chunks are slices of it.
+   */
+  private Object sparseRead(Request r, ByteBuf data) throws BlockIOException {
     long end = r.offset() + r.length();
-    int max = r.hasFlag(NBD_CMD_FLAG_REQ_ONE) ? 1 : MAX_EXTENTS;
-    long[] lengths = new long[Math.min(max, 16)];
-    int[] flags = new int[lengths.length];
-    int n = 0;
+    List<Object> chunks = new ArrayList<>();
+    long runStart = r.offset();
+    boolean runZero = false;
     long pos = r.offset();
-    outer:
-    while (pos < end) {
-      List<Extent> extents = device.blockStatus(pos, end - pos);
-      if (extents.isEmpty()) {
-        break;
-      }
-      for (Extent e : extents) {
-        long from = Math.max(e.offset(), pos);
-        long to = Math.min(e.end(), end);
-        if (from != pos || to <= from) {
-          break outer; // a device that skips or overlaps: report what is certain
-        }
-        int f = (e.data() ? 0 : NBD_STATE_HOLE) | (e.zero() ? NBD_STATE_ZERO : 0);
-        if (n > 0 && flags[n - 1] == f) {
-          lengths[n - 1] += to - from;
-        } else {
-          if (n == max) {
-            break outer;
+    try {
+      while (pos < end) {
+        List<Extent> extents = device.blockStatus(pos, end - pos);
+        long before = pos;
+        for (Extent e : extents) {
+          long from = Math.max(e.offset(), pos);
+          long to = Math.min(e.end(), end);
+          if (from != pos || to <= from) {
+            break; // a device that skips or overlaps: read the rest as data
           }
-          if (n == lengths.length) {
-            lengths = java.util.Arrays.copyOf(lengths, Math.min(max, 2 * n));
-            flags = java.util.Arrays.copyOf(flags, lengths.length);
+          if (e.zero() != runZero && pos > runStart) {
+            chunks.add(readRun(r, data, runStart, pos, runZero, false));
+            runStart = pos;
           }
-          lengths[n] = to - from;
-          flags[n++] = f;
+          runZero = e.zero();
+          pos = to;
         }
-        pos = to;
+        if (pos == before) {
+          if (runZero && pos > runStart) {
+            chunks.add(readRun(r, data, runStart, pos, true, false));
+            runStart = pos;
+          }
+          runZero = false;
+          pos = end;
+        }
       }
+      if (chunks.isEmpty() && !runZero) {
+        // all data, the common case: one chunk, no list
+        device.read(r.offset(), data.nioBuffer(0, (int) r.length()));
+        data.writerIndex((int) r.length());
+        return new ReadChunk(r.handle(), r.offset(), data.retain(), true);
+      }
+      chunks.add(readRun(r, data, runStart, end, runZero, true));
+      return new Chunks(chunks);
+    } catch (BlockIOException | RuntimeException e) {
+      chunks.forEach(ReferenceCountUtil::release);
+      throw e;
     }
-    if (n == 0) {
-      // the device described nothing: "data" is the answer that is never wrong
-      lengths[0] = end - r.offset();
-      flags[0] = 0;
-      n = 1;
-    }
-    return new BlockStatusChunk(r.handle(), BASE_ALLOCATION_ID,
-        java.util.Arrays.copyOf(lengths, n), java.util.Arrays.copyOf(flags, n));
   }
 
-  /** The error reply to {@code r}: structured for reads and block status once negotiated, simple otherwise. */
-  private Object errorReply(Request r, int error, String message) {
-    if (structured && (r.type() == NBD_CMD_READ || r.type() == NBD_CMD_BLOCK_STATUS)) {
-      return new ErrorChunk(r.handle(), error, message);
+  /** One chunk of a sparse read: a hole, or the bytes of [from, to) read into their slice of {@code data}. */
+  private Object readRun(Request r, ByteBuf data, long from, long to, boolean zero, boolean done)
+      throws BlockIOException {
+    if (zero) {
+      return new HoleChunk(r.handle(), from, to - from, done);
     }
-    return new SimpleReply(r.handle(), error);
+    int rel = (int) (from - r.offset());
+    int len = (int) (to - from);
+    device.read(from, data.nioBuffer(rel, len));
+    return new ReadChunk(r.handle(), from, data.retainedSlice(rel, len), done);
+  }
+
+  /** One chunk per chosen context, in id order; the last says NBD_REPLY_FLAG_DONE. */
+  private Object blockStatus(Request r) throws BlockIOException {
+    int max = r.hasFlag(NBD_CMD_FLAG_REQ_ONE) ? 1 : BlockStatusReply.MAX_EXTENTS;
+    int left = contexts.count();
+    List<Object> chunks = new ArrayList<>(left);
+    if (contexts.baseAllocation()) {
+      chunks.add(BlockStatusReply.baseAllocation(device, r.handle(), r.offset(), r.length(), max, --left == 0));
+    }
+    if (contexts.allocationDepth()) {
+      chunks.add(BlockStatusReply.allocationDepth(device, r.handle(), r.offset(), r.length(), max, --left == 0));
+    }
+    for (int i = 0; i < bitmaps.length; i++) {
+      if (contexts.bitmap(i)) {
+        if (bitmaps[i] == null) {
+          throw new BlockIOException(BlockError.EIO, "bitmap '" + export.bitmaps().get(i).name() + "' is gone");
+        }
+        chunks.add(BlockStatusReply.dirtyBitmap(bitmaps[i], MetaContexts.FIRST_BITMAP_ID + i, r.handle(),
+            r.offset(), r.length(), max, --left == 0));
+      }
+    }
+    return chunks.size() == 1 ? chunks.get(0) : new Chunks(chunks);
+  }
+
+  /**
+   * The error reply to {@code r}: once structured replies are negotiated an error chunk for every
+   * command, which carries a message, as QEMU's server sends; a simple reply otherwise.
+   */
+  private Object errorReply(Request r, int error, String message) {
+    return structured ? new ErrorChunk(r.handle(), error, message) : new SimpleReply(r.handle(), error);
   }
 
   /**

@@ -10,6 +10,7 @@ import static dev.blockbackup.nbd.Wire.out;
 import static org.assertj.core.api.Assertions.assertThat;
 
 import dev.blockbackup.nbd.Wire.OptReply;
+import dev.blockbackup.engine.BlockNode;
 import io.netty.buffer.ByteBuf;
 import io.netty.buffer.Unpooled;
 import io.netty.channel.embedded.EmbeddedChannel;
@@ -25,8 +26,12 @@ class NbdHandshakeTest {
 
   @BeforeEach
   void connect() {
+    BlockNode node = BlockNode.of("n", disk);
+    node.addBitmap("b1");
+    node.addBitmap("b2");
     ch = Wire.channel(Wire.settings(Runnable::run,
-        NbdExport.of("disk", disk).withDescription("the disk"), NbdExport.of("ro", disk).withReadOnly(true)));
+        NbdExport.of("disk", disk).withDescription("the disk"), NbdExport.of("ro", disk).withReadOnly(true),
+        NbdExport.of("node", node).withBitmap(node, "b1").withBitmap(node, "b2").withAllocationDepth(true)));
   }
 
   /** Reads the greeting and sends the client flags. */
@@ -103,6 +108,7 @@ class NbdHandshakeTest {
     ByteBuf b = out(ch);
     OptReply first = optReply(b);
     OptReply second = optReply(b);
+    assertThat(optReply(b).text()).endsWith("node");
     assertThat(optReply(b).type()).isEqualTo(NBD_REP_ACK);
     assertThat(first.type()).isEqualTo(NBD_REP_SERVER);
     ByteBuf d = Unpooled.wrappedBuffer(first.data());
@@ -243,10 +249,54 @@ class NbdHandshakeTest {
   }
 
   @Test
-  void metaContextsNeedStructuredRepliesFirst() {
+  void settingMetaContextsNeedsStructuredRepliesFirstListingDoesNot() {
     greeted(NBD_FLAG_C_FIXED_NEWSTYLE);
     assertThat(ask(NBD_OPT_SET_META_CONTEXT, metaData("disk", BASE_ALLOCATION)).type())
         .isEqualTo(NBD_REP_ERR_INVALID);
+    assertThat(ask(NBD_OPT_LIST_META_CONTEXT, metaData("disk", BASE_ALLOCATION)).type())
+        .isEqualTo(NBD_REP_META_CONTEXT);
+  }
+
+  @Test
+  void structuredRepliesTwiceIsRefusedAsQemuDoes() {
+    greeted(NBD_FLAG_C_FIXED_NEWSTYLE);
+    assertThat(ask(NBD_OPT_STRUCTURED_REPLY, new byte[0]).type()).isEqualTo(NBD_REP_ACK);
+    OptReply again = ask(NBD_OPT_STRUCTURED_REPLY, new byte[0]);
+    assertThat(again.type()).isEqualTo(NBD_REP_ERR_INVALID);
+    assertThat(again.text()).contains("already negotiated");
+  }
+
+  /** The context names and ids one LIST or SET option answers with, as "id name". */
+  private java.util.List<String> contexts(int opt, String export, String... queries) {
+    ch.writeInbound(option(opt, metaData(export, queries)));
+    ByteBuf b = out(ch);
+    java.util.List<String> found = new java.util.ArrayList<>();
+    for (OptReply r; (r = optReply(b)).type() == NBD_REP_META_CONTEXT; ) {
+      found.add(Unpooled.wrappedBuffer(r.data()).readInt() + " "
+          + new String(r.data(), 4, r.data().length - 4, StandardCharsets.UTF_8));
+    }
+    assertThat(b.isReadable()).isFalse();
+    return found;
+  }
+
+  @Test
+  void qemuContextsAreListedByNamespaceAndSelectedByFullName() {
+    greeted(NBD_FLAG_C_FIXED_NEWSTYLE);
+    ask(NBD_OPT_STRUCTURED_REPLY, new byte[0]);
+    int list = NBD_OPT_LIST_META_CONTEXT;
+    assertThat(contexts(list, "node")).containsExactly("0 base:allocation", "0 qemu:allocation-depth",
+        "0 qemu:dirty-bitmap:b1", "0 qemu:dirty-bitmap:b2");
+    assertThat(contexts(list, "node", "qemu:")).containsExactly("0 qemu:allocation-depth",
+        "0 qemu:dirty-bitmap:b1", "0 qemu:dirty-bitmap:b2");
+    assertThat(contexts(list, "node", "qemu:dirty-bitmap:")).containsExactly("0 qemu:dirty-bitmap:b1",
+        "0 qemu:dirty-bitmap:b2");
+    assertThat(contexts(list, "disk", "qemu:")).isEmpty(); // an export offers only what it was given
+    int set = NBD_OPT_SET_META_CONTEXT;
+    assertThat(contexts(set, "node", "qemu:", "qemu:dirty-bitmap:", "qemu:dirty-bitmap:nope")).isEmpty();
+    assertThat(contexts(set, "node", "qemu:dirty-bitmap:b2", BASE_ALLOCATION, "qemu:allocation-depth"))
+        .containsExactly(BASE_ALLOCATION_ID + " base:allocation",
+            MetaContexts.ALLOCATION_DEPTH_ID + " qemu:allocation-depth",
+            (MetaContexts.FIRST_BITMAP_ID + 1) + " qemu:dirty-bitmap:b2");
   }
 
   @Test
