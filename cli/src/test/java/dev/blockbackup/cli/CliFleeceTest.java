@@ -22,7 +22,6 @@ import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.stream.Stream;
-import org.junit.jupiter.api.Disabled;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -247,7 +246,6 @@ class CliFleeceTest {
    */
   @Test
   @Tag("interop")
-  @Disabled("until NbdServer serves the qemu:dirty-bitmap contexts NbdExport names (the integrator's work)")
   void onlyTheFrozenBitmapsDirtyRangesOfTheSnapshotOnTheFullCopyGiveTheImageAtStart() throws Exception {
     assumeTrue(installed("nbdinfo") && installed("qemu-io") && installed("qemu-img") && installed("qemu-nbd"),
         "nbdinfo, qemu-io, qemu-img, qemu-nbd");
