@@ -181,6 +181,25 @@ class FleecingExportTest {
   }
 
   @Test
+  void aServerOfBothExportsHoldsTheFrozenBitmapUntilItCloses() throws Exception {
+    BlockNode node = disk();
+    node.addBitmap("b0");
+    FleecingExport fleece = FleecingExport.start(jobs, node, "drive0", fleeceDir, List.of("b0"));
+    BlockNode snapshotNode = fleece.snapshotExport().bitmaps().get(0).node();
+    NbdServer server = NbdServer.builder().export(fleece.liveExport()).export(fleece.snapshotExport())
+        .tcp("127.0.0.1", 0).build();
+    server.start();
+    assertThat(server.exports()).containsOnlyKeys("drive0", "drive0-snapshot");
+    assertThat(snapshotNode.findBitmap("b0").orElseThrow().isBusy()).isTrue();
+    assertThat(node.findBitmap("b0").orElseThrow().isBusy()).as("the live bitmap is not exported").isFalse();
+    server.close();
+    fleece.close();
+    assertThat(snapshotNode.findBitmap("b0")).isEmpty();
+    assertThat(fleeceFiles()).isEmpty();
+    node.close();
+  }
+
+  @Test
   void aMissingBitmapIsRefusedAndLeavesNothingBehind() throws Exception {
     BlockNode node = disk();
     assertThatThrownBy(() -> FleecingExport.start(jobs, node, "drive0", fleeceDir, List.of("nope")))
