@@ -1,12 +1,16 @@
 package dev.blockbackup.cli;
 
+import dev.blockbackup.engine.BitmapException;
 import dev.blockbackup.engine.BlockNode;
+import dev.blockbackup.engine.JobException;
+import dev.blockbackup.engine.JobManager;
 import dev.blockbackup.formats.BlockDevice;
 import dev.blockbackup.formats.BlockIOException;
 import dev.blockbackup.formats.CacheMode;
 import dev.blockbackup.formats.ImageFormat;
 import dev.blockbackup.formats.qcow2.Qcow2CreateOptions;
 import dev.blockbackup.formats.qcow2.Qcow2Image;
+import dev.blockbackup.nbd.FleecingExport;
 import dev.blockbackup.nbd.NbdExport;
 import dev.blockbackup.nbd.NbdServer;
 import dev.blockbackup.nbd.TlsCredentials;
@@ -33,6 +37,12 @@ import picocli.CommandLine.Spec;
  * {@code blockbackup serve}: exports images over NBD, as qemu-storage-daemon with an nbd-server
  * and one block-export per image, until SIGTERM or SIGINT; then lets requests in flight finish and
  * closes every image (which stores a qcow2's persistent bitmaps).
+ *
+ * <p>With {@code --fleece} each image is fleeced as libvirt's pull-mode backup does it: the image
+ * is exported writable as NAME and its point in time read-only as NAME-snapshot (see
+ * {@link FleecingExport}); {@code --bitmap} bitmaps then go, frozen at that instant, on the
+ * snapshot export. At the end the server closes first (it holds the frozen bitmaps), then the
+ * fleeces (their temporary images are deleted), then the images.
  */
 @Command(name = "serve", description = "Export images over NBD until SIGTERM/SIGINT, printing one URI per"
     + " export and address (as qemu-img and nbdinfo take them). With no IMAGE, serves a demo disk.")
@@ -64,17 +74,25 @@ final class ServeCommand implements Callable<Integer> {
       description = "Connections served at once, 0 for unlimited (default " + DEFAULT_MAX_CONNECTIONS + ").")
   int maxConnections = DEFAULT_MAX_CONNECTIONS;
 
-  @Option(names = {"-B", "--bitmap"}, paramLabel = "NAME",
-      description = "Offer the images' dirty bitmap NAME as the qemu:dirty-bitmap:NAME metadata context"
-          + " (as qemu-nbd -B); may be repeated. Every image must have it; it is busy while served.")
-  List<String> bitmaps = new ArrayList<>();
-
   @Option(names = {"-A", "--allocation-depth"},
       description = "Offer the qemu:allocation-depth metadata context (as qemu-nbd -A).")
   boolean allocationDepth;
 
   @Option(names = "-f", paramLabel = "FORMAT", description = "The images' format (default: probed).")
   String format;
+
+  @Option(names = {"-B", "--bitmap"}, paramLabel = "NAME", description = "Offer the image's dirty bitmap NAME as"
+      + " the metadata context qemu:dirty-bitmap:NAME, as qemu-nbd -B (single IMAGE; may be repeated; busy while"
+      + " served). With --fleece it goes, frozen at the point in time, on the snapshot export.")
+  List<String> bitmaps = new ArrayList<>();
+
+  @Option(names = "--fleece", description = "Pull-mode fleecing: export each image writable as NAME and its"
+      + " point in time (a backup job with sync=none) read-only as NAME" + FleecingExport.SNAPSHOT_SUFFIX + ".")
+  boolean fleece;
+
+  @Option(names = "--fleece-dir", paramLabel = "DIR", description = "Where --fleece keeps its temporary qcow2"
+      + " images, deleted at the end (default: each image's directory).")
+  Path fleeceDir;
 
   @Option(names = {"-U", "--force-share"}, description = "Open the images without the locks that would"
       + " conflict with a writer such as QEMU (read-only exports only), as qemu-img -U.")
@@ -101,7 +119,7 @@ final class ServeCommand implements Callable<Integer> {
   }
 
   @Override
-  public Integer call() throws BlockIOException, IOException, InterruptedException {
+  public Integer call() throws IOException, InterruptedException {
     PrintWriter out = spec.commandLine().getOut();
     // Everything is checked before any image is opened or the demo disk made.
     List<Address> listen = new ArrayList<>();
@@ -114,12 +132,6 @@ final class ServeCommand implements Callable<Integer> {
     if (maxConnections < 0) {
       throw new UserError("invalid --max-connections '" + maxConnections + "': must be 0 (unlimited) or more");
     }
-    if (bitmaps.stream().distinct().count() != bitmaps.size()) {
-      throw new UserError("--bitmap: a bitmap is named twice");
-    }
-    if (!bitmaps.isEmpty() && images.isEmpty()) {
-      throw new UserError("--bitmap names a bitmap of the IMAGEs served; the demo disk has none");
-    }
     if (exportName != null && images.size() != 1) {
       throw new UserError("--export-name names the export of a single IMAGE; use IMAGE,name=N for several");
     }
@@ -127,6 +139,18 @@ final class ServeCommand implements Callable<Integer> {
       Images.driver(Path.of("-f"), format);
     }
     TlsCredentials tls = tls();
+    if (!bitmaps.isEmpty() && images.size() != 1) {
+      throw new UserError("--bitmap names bitmaps of a single IMAGE");
+    }
+    if (bitmaps.stream().distinct().count() != bitmaps.size()) {
+      throw new UserError("--bitmap: a bitmap is named twice");
+    }
+    if (fleeceDir != null && !fleece) {
+      throw new UserError("--fleece-dir is only for --fleece");
+    }
+    if (fleeceDir != null) {
+      checkFleeceDir(fleeceDir);
+    }
     List<Image> parsed = new ArrayList<>();
     Set<String> names = new HashSet<>();
     for (String arg : images) {
@@ -137,6 +161,13 @@ final class ServeCommand implements Callable<Integer> {
       }
       if (!names.add(img.name())) {
         throw new UserError("export name '" + img.name() + "' is given twice (set one with ,name=N)");
+      }
+      if (fleece && !names.add(img.name() + FleecingExport.SNAPSHOT_SUFFIX)) {
+        throw new UserError("export name '" + img.name() + FleecingExport.SNAPSHOT_SUFFIX + "' is given twice: --fleece"
+            + " names the snapshot of '" + img.name() + "' so");
+      }
+      if (fleece && fleeceDir == null) {
+        checkFleeceDir(img.path().toAbsolutePath().getParent());
       }
       parsed.add(img);
     }
@@ -155,25 +186,38 @@ final class ServeCommand implements Callable<Integer> {
       parsed.add(new Image(demo, "demo", readOnly, ImageFormat.QCOW2));
     }
     List<BlockDevice> opened = new ArrayList<>();
+    List<FleecingExport> fleeces = new ArrayList<>();
+    List<String> contexts = new ArrayList<>();
     try {
       NbdServer.Builder b = NbdServer.builder().maxConnections(maxConnections);
       if (tls != null) {
         b.tls(tls);
       }
+      JobManager jobs = new JobManager();
       for (Image img : parsed) {
         BlockDevice dev = Images.open(img.path(), img.format(), img.readOnly(), CacheMode.WRITEBACK, forceShare);
         opened.add(dev);
         BlockNode node = BlockNode.of(img.name(), dev);
-        NbdExport export = NbdExport.of(img.name(), node).withReadOnly(img.readOnly())
-            .withAllocationDepth(allocationDepth);
-        for (String bitmap : bitmaps) {
-          if (node.findBitmap(bitmap).isEmpty()) {
-            throw new UserError("'" + img.path() + "' has no bitmap '" + bitmap + "'"
-                + " (qemu-img info lists an image's bitmaps; qemu-img bitmap --add makes one)");
+        if (fleece) {
+          FleecingExport f = fleece(jobs, node, img);
+          fleeces.add(f);
+          b.export(f.liveExport().withReadOnly(img.readOnly()));
+          b.export(f.snapshotExport());
+          f.bitmapContexts().forEach(c -> contexts.add(c + " on " + f.snapshotExport().name()));
+        } else {
+          NbdExport e = NbdExport.of(img.name(), node).withReadOnly(img.readOnly())
+              .withAllocationDepth(allocationDepth);
+          for (String bm : bitmaps) {
+            try {
+              node.useBitmap(bm).close(); // the server's checks, with QEMU's messages, before it starts
+            } catch (BitmapException missing) {
+              throw new UserError("--bitmap: image '" + img.path() + "': " + missing.getMessage(), missing);
+            }
+            e = e.withBitmap(node, bm);
+            contexts.add("qemu:dirty-bitmap:" + bm + " on " + img.name());
           }
-          export = export.withBitmap(node, bitmap);
+          b.export(e);
         }
-        b.export(export);
       }
       for (Address a : listen) {
         if (a.unix() != null) {
@@ -182,19 +226,46 @@ final class ServeCommand implements Callable<Integer> {
           b.tcp(a.host(), a.port());
         }
       }
-      serve(b.build(), parsed, listen, out, opened);
+      serve(b.build(), parsed, listen, contexts, out, fleeces, opened);
     } finally {
-      closeAll(opened);
+      closeAll(fleeces, opened);
     }
     return 0;
+  }
+
+  /** Fleeces {@code node}, with the mistakes a user can make told as such. */
+  private FleecingExport fleece(JobManager jobs, BlockNode node, Image img) throws IOException {
+    Path dir = fleeceDir != null ? fleeceDir : img.path().toAbsolutePath().getParent();
+    try {
+      return FleecingExport.start(jobs, node, img.name(), dir, bitmaps);
+    } catch (BitmapException e) {
+      throw new UserError("--bitmap: image '" + img.path() + "': " + e.getMessage(), e);
+    } catch (JobException e) {
+      throw new UserError("--fleece: image '" + img.path() + "': " + e.getMessage(), e);
+    } catch (BlockIOException e) {
+      throw e;
+    } catch (IOException e) {
+      throw new UserError("--fleece: cannot create a temporary image in '" + dir + "': " + Images.reason(e), e);
+    }
+  }
+
+  /** The fleecing images' directory must exist and take new files. */
+  private static void checkFleeceDir(Path dir) {
+    if (!Files.isDirectory(dir)) {
+      throw new UserError("--fleece-dir '" + dir + "': no such directory");
+    }
+    if (!Files.isWritable(dir)) {
+      throw new UserError("--fleece: cannot create a temporary image in '" + dir + "': permission denied"
+          + " (choose another with --fleece-dir)");
+    }
   }
 
   /**
    * Starts the server, prints the URIs and waits for SIGTERM/SIGINT; returns once the server and
    * the {@code opened} devices are closed.
    */
-  private static void serve(NbdServer server, List<Image> images, List<Address> listen, PrintWriter out,
-      List<BlockDevice> opened) throws InterruptedException, BlockIOException {
+  private void serve(NbdServer server, List<Image> images, List<Address> listen, List<String> contexts,
+      PrintWriter out, List<FleecingExport> fleeces, List<BlockDevice> opened) throws InterruptedException, IOException {
     CountDownLatch stop = new CountDownLatch(1);
     CountDownLatch done = new CountDownLatch(1);
     AtomicInteger status = new AtomicInteger(1);
@@ -221,7 +292,13 @@ final class ServeCommand implements Callable<Integer> {
         Address bound = a.unix() != null ? a : new Address(null, a.host(), server.tcpAddress().getPort());
         for (Image img : images) {
           out.println(bound.uri(img.name()));
+          if (fleece) {
+            out.println(bound.uri(img.name() + FleecingExport.SNAPSHOT_SUFFIX));
+          }
         }
+      }
+      for (String c : contexts) {
+        out.println("bitmap context " + c);
       }
       if (server.tls() != null) {
         // the URIs stay nbd:// as qemu-img takes them; QEMU's TLS goes in a separate object
@@ -233,7 +310,7 @@ final class ServeCommand implements Callable<Integer> {
       out.flush();
       stop.await();
       server.close();
-      closeAll(opened);
+      closeAll(fleeces, opened);
       status.set(0);
     } finally {
       out.flush();
@@ -265,8 +342,24 @@ final class ServeCommand implements Callable<Integer> {
     }
   }
 
-  private static void closeAll(List<BlockDevice> devices) throws BlockIOException {
-    BlockIOException first = null;
+  /**
+   * Closes the fleeces, then the devices (a fleece's job must be off its node before the node
+   * closes); each list is emptied, so a second call does nothing.
+   */
+  private static void closeAll(List<FleecingExport> fleeces, List<BlockDevice> devices) throws IOException {
+    IOException first = null;
+    List<FleecingExport> ended = new ArrayList<>(fleeces);
+    fleeces.clear();
+    for (FleecingExport f : ended) {
+      try {
+        f.close();
+      } catch (IOException e) {
+        first = first == null ? e : suppress(first, e);
+      } catch (RuntimeException e) {
+        IOException io = new IOException("cannot end the fleece of '" + f.liveExport().name() + "': " + e.getMessage(), e);
+        first = first == null ? io : suppress(first, io);
+      }
+    }
     List<BlockDevice> all = new ArrayList<>(devices);
     devices.clear();
     for (BlockDevice d : all) {
@@ -284,6 +377,11 @@ final class ServeCommand implements Callable<Integer> {
     if (first != null) {
       throw first;
     }
+  }
+
+  private static IOException suppress(IOException first, IOException next) {
+    first.addSuppressed(next);
+    return first;
   }
 
   /** An --nbd address: unix:PATH or tcp:HOST:PORT ([v6]:PORT too). */

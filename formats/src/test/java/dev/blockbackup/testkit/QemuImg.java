@@ -152,13 +152,22 @@ public final class QemuImg {
    * exports them in the qemu:dirty-bitmap context, read by nbdinfo --map.
    */
   public static java.util.Map<Long, Long> dirtyRanges(Path image, String bitmap) {
+    return dirtyRangesOf(bitmap, "[", "qemu-nbd", "-r", "-f", "qcow2", "-B", bitmap, image.toString(), "]");
+  }
+
+  /** The dirty ranges (start -> length) an NBD server at {@code uri} offers as qemu:dirty-bitmap:BITMAP. */
+  public static java.util.Map<Long, Long> dirtyRanges(String uri, String bitmap) {
+    return dirtyRangesOf(bitmap, uri);
+  }
+
+  private static java.util.Map<Long, Long> dirtyRangesOf(String bitmap, String... target) {
     java.util.Map<Long, Long> out = new java.util.LinkedHashMap<>();
-    for (NbdExtent e : nbdMap("qemu:dirty-bitmap:" + bitmap, "[", "qemu-nbd", "-r", "-f", "qcow2", "-B", bitmap,
-        image.toString(), "]")) {
+    for (NbdExtent e : nbdMap("qemu:dirty-bitmap:" + bitmap, target)) {
       if (e.type() == 1) {
         out.put(e.offset(), e.length());
       }
     }
     return out;
   }
+
 }
