@@ -62,6 +62,11 @@ final class ServeCommand implements Callable<Integer> {
       description = "Connections served at once, 0 for unlimited (default " + DEFAULT_MAX_CONNECTIONS + ").")
   int maxConnections = DEFAULT_MAX_CONNECTIONS;
 
+  @Option(names = "--handshake-max-seconds", paramLabel = "N",
+      description = "Seconds a client has from connecting to finishing its handshake before it is disconnected,"
+          + " 0 for no limit (default " + NbdServer.DEFAULT_HANDSHAKE_MAX_SECONDS + ", as QEMU).")
+  int handshakeMaxSeconds = NbdServer.DEFAULT_HANDSHAKE_MAX_SECONDS;
+
   @Option(names = "-f", paramLabel = "FORMAT", description = "The images' format (default: probed).")
   String format;
 
@@ -93,6 +98,10 @@ final class ServeCommand implements Callable<Integer> {
     }
     if (maxConnections < 0) {
       throw new UserError("invalid --max-connections '" + maxConnections + "': must be 0 (unlimited) or more");
+    }
+    if (handshakeMaxSeconds < 0) {
+      throw new UserError("invalid --handshake-max-seconds '" + handshakeMaxSeconds
+          + "': must be 0 (no limit) or more");
     }
     if (exportName != null && images.size() != 1) {
       throw new UserError("--export-name names the export of a single IMAGE; use IMAGE,name=N for several");
@@ -129,7 +138,8 @@ final class ServeCommand implements Callable<Integer> {
     }
     List<BlockDevice> opened = new ArrayList<>();
     try {
-      NbdServer.Builder b = NbdServer.builder().maxConnections(maxConnections);
+      NbdServer.Builder b = NbdServer.builder().maxConnections(maxConnections)
+          .handshakeMaxSeconds(handshakeMaxSeconds);
       for (Image img : parsed) {
         BlockDevice dev = Images.open(img.path(), img.format(), img.readOnly(), CacheMode.WRITEBACK, forceShare);
         opened.add(dev);

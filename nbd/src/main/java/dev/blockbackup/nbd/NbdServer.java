@@ -62,6 +62,8 @@ import java.util.concurrent.atomic.AtomicInteger;
 public final class NbdServer implements AutoCloseable {
 
   private static final System.Logger LOG = System.getLogger(NbdServer.class.getName());
+  /** QEMU's default for nbd-server-start's handshake-max-seconds. */
+  public static final int DEFAULT_HANDSHAKE_MAX_SECONDS = 10;
 
   private final Map<String, NbdExport> exports;
   private final Path unixSocket;
@@ -74,6 +76,8 @@ public final class NbdServer implements AutoCloseable {
   private final long closeTimeoutMillis;
   /** Connections served at once, 0 for no limit (QAPI NbdServerOptions max-connections). */
   private final int maxConnections;
+  /** Seconds from connect to transmission before a client is dropped, 0 for no limit. */
+  private final int handshakeMaxSeconds;
 
   private EventLoopGroup group;
   private ExecutorService workers;
@@ -96,6 +100,7 @@ public final class NbdServer implements AutoCloseable {
     this.maxQueued = b.maxQueued;
     this.closeTimeoutMillis = b.closeTimeoutMillis;
     this.maxConnections = b.maxConnections;
+    this.handshakeMaxSeconds = b.handshakeMaxSeconds;
   }
 
   public static Builder builder() {
@@ -136,7 +141,8 @@ public final class NbdServer implements AutoCloseable {
         });
     workers = pool;
     connections = new DefaultChannelGroup("nbd-connections", GlobalEventExecutor.INSTANCE);
-    ConnectionSettings settings = new ConnectionSettings(exports, new WorkQueue(pool, maxQueued), maxInFlight);
+    ConnectionSettings settings = new ConnectionSettings(exports, new WorkQueue(pool, maxQueued), maxInFlight,
+        handshakeMaxSeconds);
     try {
       if (unixSocket != null) {
         removeStaleSocket(unixSocket);
@@ -288,6 +294,7 @@ public final class NbdServer implements AutoCloseable {
     private int maxQueued = 256;
     private long closeTimeoutMillis = 30_000;
     private int maxConnections;
+    private int handshakeMaxSeconds = DEFAULT_HANDSHAKE_MAX_SECONDS;
 
     private Builder() {}
 
@@ -373,6 +380,20 @@ public final class NbdServer implements AutoCloseable {
         throw new IllegalArgumentException("maxConnections (" + n + ") must not be negative");
       }
       this.maxConnections = n;
+      return this;
+    }
+
+    /**
+     * Seconds a client has from connecting to entering transmission (NBD_OPT_GO or
+     * NBD_OPT_EXPORT_NAME done) before it is disconnected, 0 for no limit (default 10, as QAPI's
+     * NbdServerOptions handshake-max-seconds). A client that connects and stays silent otherwise
+     * holds a connection, and with {@link #maxConnections} a slot, for ever.
+     */
+    public Builder handshakeMaxSeconds(int seconds) {
+      if (seconds < 0) {
+        throw new IllegalArgumentException("handshakeMaxSeconds (" + seconds + ") must not be negative");
+      }
+      this.handshakeMaxSeconds = seconds;
       return this;
     }
 
