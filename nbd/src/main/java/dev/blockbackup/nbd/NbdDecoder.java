@@ -10,7 +10,10 @@ import dev.blockbackup.nbd.NbdMessages.ClientFlags;
 import dev.blockbackup.nbd.NbdMessages.OptionRequest;
 import dev.blockbackup.nbd.NbdMessages.Request;
 import io.netty.buffer.ByteBuf;
+import io.netty.buffer.Unpooled;
 import io.netty.channel.ChannelHandlerContext;
+import io.netty.channel.ChannelOutboundHandler;
+import io.netty.channel.ChannelOutboundHandlerAdapter;
 import io.netty.handler.codec.ByteToMessageDecoder;
 import java.util.List;
 
@@ -19,7 +22,13 @@ import java.util.List;
  * handshake handler has {@link #enterTransmission() switched} it, {@link Request}s. It never holds
  * more than one frame: an option payload over {@link NbdConstants#MAX_OPTION_LENGTH} and a write
  * payload over {@link NbdConstants#MAX_BLOCK_SIZE} are skipped as they arrive, not buffered, so a
- * hostile length costs time, never memory. A bad magic throws {@link NbdProtocolException}.
+ * hostile length costs time, never memory; a length far over those closes the connection.
+ *
+ * <p>In transmission it decodes no new request while the channel does not read (the handler's
+ * back-pressure): one socket read can hold thousands of small requests, and without this pause
+ * each would still reach the handler after it had stopped reading, past its in-flight limit. The
+ * bytes wait here instead (at most one read's worth), and are decoded once reading is asked for
+ * again, which the {@link #resumer()} in the same pipeline sees. A bad magic throws {@link NbdProtocolException}.
  */
 final class NbdDecoder extends ByteToMessageDecoder {
 
@@ -28,6 +37,14 @@ final class NbdDecoder extends ByteToMessageDecoder {
    * allows either), so a client cannot keep a connection busy discarding 4 GiB.
    */
   static final long MAX_SKIPPED_OPTION = 16 << 20;
+
+  /**
+   * A write payload longer than this (twice the maximum block size) closes the connection rather
+   * than being skipped: the spec lets a server treat a payload over 2^25 bytes as an attack, and
+   * skipping a 4 GiB write would tie the connection up for as long as the client likes to send.
+   * Between the maximum block size and this, the payload is skipped and the write answered EINVAL.
+   */
+  static final long MAX_SKIPPED_WRITE = 2L * MAX_BLOCK_SIZE;
 
   private enum State { CLIENT_FLAGS, OPTION_HEADER, OPTION_DATA, REQUEST_HEADER, WRITE_DATA, SKIP, DEAD }
 
@@ -43,6 +60,8 @@ final class NbdDecoder extends ByteToMessageDecoder {
   private long toSkip;
   private Object afterSkip;
   private State skipThen;
+  /** A request is due but the channel does not read: decoding waits for {@link #resume}. */
+  private boolean paused;
 
   /** Called by the handshake handler on a successful NBD_OPT_GO or NBD_OPT_EXPORT_NAME. */
   void enterTransmission() {
@@ -86,6 +105,10 @@ final class NbdDecoder extends ByteToMessageDecoder {
       }
       case OPTION_DATA -> optionData(in, out);
       case REQUEST_HEADER -> {
+        if (!ctx.channel().config().isAutoRead()) {
+          paused = true;
+          return;
+        }
         if (in.readableBytes() >= 28) {
           int magic = in.readInt();
           if (magic != NBD_REQUEST_MAGIC) {
@@ -99,6 +122,9 @@ final class NbdDecoder extends ByteToMessageDecoder {
           length = in.readUnsignedInt();
           if (type != NBD_CMD_WRITE) {
             out.add(new Request(flags, type, handle, offset, length, null));
+          } else if (length > MAX_SKIPPED_WRITE) {
+            state = State.DEAD;
+            throw new NbdProtocolException("NBD_CMD_WRITE payload of " + length + " bytes");
           } else if (length > MAX_BLOCK_SIZE) {
             // too long to buffer: drop the payload as it comes, then let the handler answer EINVAL
             skip(length, new Request(flags, type, handle, offset, length, null), State.REQUEST_HEADER);
@@ -144,6 +170,50 @@ final class NbdDecoder extends ByteToMessageDecoder {
     afterSkip = then;
     skipThen = next;
     state = State.SKIP;
+  }
+
+  @Override
+  public void channelReadComplete(ChannelHandlerContext ctx) throws Exception {
+    if (paused) {
+      // ByteToMessageDecoder would ask for one more read to complete a frame when reading is
+      // off; while paused, that would pile up the client's bytes here without bound
+      discardSomeReadBytes();
+      ctx.fireChannelReadComplete();
+      return;
+    }
+    super.channelReadComplete(ctx);
+  }
+
+  /**
+   * The outbound handler to add after this decoder: a read asked for (autoRead turned back on)
+   * while the decoder is paused decodes the requests it holds, in a task of their own rather than
+   * inside whatever turned reading on.
+   */
+  ChannelOutboundHandler resumer() {
+    return new ChannelOutboundHandlerAdapter() {
+      @Override
+      public void read(ChannelHandlerContext ctx) {
+        if (paused) {
+          ChannelHandlerContext decoder = ctx.pipeline().context(NbdDecoder.this);
+          ctx.executor().execute(() -> resume(decoder));
+        }
+        ctx.read();
+      }
+    };
+  }
+
+  private void resume(ChannelHandlerContext ctx) {
+    if (!paused || ctx == null || ctx.isRemoved() || !ctx.channel().isActive()
+        || !ctx.channel().config().isAutoRead()) {
+      return;
+    }
+    paused = false;
+    try {
+      channelRead(ctx, Unpooled.EMPTY_BUFFER); // decodes what is held, as if it had just arrived
+      channelReadComplete(ctx);
+    } catch (Exception e) {
+      ctx.fireExceptionCaught(e);
+    }
   }
 
   @Override

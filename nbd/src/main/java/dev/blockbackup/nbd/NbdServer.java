@@ -83,6 +83,7 @@ public final class NbdServer implements AutoCloseable {
   private ExecutorService workers;
   private final List<Channel> listeners = new ArrayList<>();
   private ChannelGroup connections;
+  private WorkQueue workQueue;
   private InetSocketAddress tcpAddress;
   private boolean started;
   private boolean closed;
@@ -141,8 +142,8 @@ public final class NbdServer implements AutoCloseable {
         });
     workers = pool;
     connections = new DefaultChannelGroup("nbd-connections", GlobalEventExecutor.INSTANCE);
-    ConnectionSettings settings = new ConnectionSettings(exports, new WorkQueue(pool, maxQueued), maxInFlight,
-        handshakeMaxSeconds);
+    workQueue = new WorkQueue(pool, maxQueued);
+    ConnectionSettings settings = new ConnectionSettings(exports, workQueue, maxInFlight, handshakeMaxSeconds);
     try {
       if (unixSocket != null) {
         removeStaleSocket(unixSocket);
@@ -179,7 +180,9 @@ public final class NbdServer implements AutoCloseable {
               }
               connections.add(ch);
             }
-            ch.pipeline().addLast("decoder", new NbdDecoder())
+            NbdDecoder decoder = new NbdDecoder();
+            ch.pipeline().addLast("decoder", decoder)
+                .addLast("resumer", decoder.resumer())
                 .addLast("encoder", NbdEncoder.INSTANCE)
                 .addLast("handshake", new HandshakeHandler(settings));
           }
@@ -225,6 +228,12 @@ public final class NbdServer implements AutoCloseable {
   public int connectionCount() {
     ChannelGroup c = connections;
     return c == null ? 0 : c.size();
+  }
+
+  /** Requests of all connections handed to the workers and not yet done (for tests of back-pressure). */
+  int queuedRequests() {
+    WorkQueue q = workQueue;
+    return q == null ? 0 : q.queued();
   }
 
   /**

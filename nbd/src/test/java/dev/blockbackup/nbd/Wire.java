@@ -11,6 +11,7 @@ import java.io.IOException;
 import java.net.InetSocketAddress;
 import java.net.Socket;
 import java.net.SocketTimeoutException;
+import java.nio.channels.SocketChannel;
 import java.nio.charset.StandardCharsets;
 import java.util.concurrent.Executor;
 
@@ -67,7 +68,8 @@ final class Wire {
 
   /** An EmbeddedChannel with the server's pipeline; block I/O runs on {@code workers}. */
   static EmbeddedChannel channel(ConnectionSettings settings) {
-    return new EmbeddedChannel(new NbdDecoder(), NbdEncoder.INSTANCE, new HandshakeHandler(settings));
+    NbdDecoder decoder = new NbdDecoder();
+    return new EmbeddedChannel(decoder, decoder.resumer(), NbdEncoder.INSTANCE, new HandshakeHandler(settings));
   }
 
   static ConnectionSettings settings(Executor workers, NbdExport... exports) {
@@ -144,6 +146,8 @@ final class Wire {
    * out after 20 s, so a server that neither answers nor closes fails the test instead of hanging it.
    */
   static final class Client implements AutoCloseable {
+    /** Blocking while {@link #in} and {@link #out} are used; a test may switch it to non-blocking for a flood. */
+    final SocketChannel ch;
     final Socket s;
     final DataInputStream in;
     final DataOutputStream out;
@@ -157,10 +161,13 @@ final class Wire {
 
     /** Connected only: nothing read, nothing sent. */
     Client(InetSocketAddress address) throws IOException {
-      s = new Socket(address.getAddress(), address.getPort());
+      ch = SocketChannel.open(address);
+      s = ch.socket();
       s.setSoTimeout(20_000);
+      s.setTcpNoDelay(true);
       in = new DataInputStream(s.getInputStream());
-      out = new DataOutputStream(s.getOutputStream());
+      // buffered: a request goes out in one segment when flushed, not field by field behind Nagle
+      out = new DataOutputStream(new java.io.BufferedOutputStream(s.getOutputStream(), 1 << 16));
     }
 
     /** Reads the server's greeting; returns its handshake flags. */
@@ -208,11 +215,46 @@ final class Wire {
       }
     }
 
+    /**
+     * NBD_OPT_STRUCTURED_REPLY, then, if {@code baseAllocation}, NBD_OPT_SET_META_CONTEXT of
+     * base:allocation, then NBD_OPT_GO.
+     */
+    Client goStructured(String export, boolean baseAllocation) throws IOException {
+      option(NBD_OPT_STRUCTURED_REPLY, new byte[0]);
+      expect(optReply(), NBD_REP_ACK);
+      if (baseAllocation) {
+        option(NBD_OPT_SET_META_CONTEXT, metaData(export, BASE_ALLOCATION));
+        expect(optReply(), NBD_REP_META_CONTEXT);
+        expect(optReply(), NBD_REP_ACK);
+      }
+      return go(export);
+    }
+
+    private static void expect(OptReply r, int type) {
+      if (r.type() != type) {
+        throw new AssertionError("option " + r.option() + " answered " + r.type() + ", expected " + type);
+      }
+    }
+
+    /** Reads one simple reply header (no payload) or structured reply chunk (with its payload). */
+    Reply anyReply() throws IOException {
+      out.flush();
+      int magic = in.readInt();
+      ByteBuf b = Unpooled.buffer().writeInt(magic);
+      if (magic == NBD_SIMPLE_REPLY_MAGIC) {
+        b.writeBytes(in.readNBytes(12));
+      } else {
+        byte[] head = in.readNBytes(16);
+        b.writeBytes(head).writeBytes(in.readNBytes(Unpooled.wrappedBuffer(head).getInt(12)));
+      }
+      return Wire.reply(b);
+    }
+
     void request(int type, long handle, long offset, long length) throws IOException {
       request(0, type, handle, offset, length);
     }
 
-    /** Sends a request header (not flushed; {@link #reply} flushes). */
+    /** Sends a request header (buffered; {@link #reply} and {@link #closedByServer} flush). */
     void request(int flags, int type, long handle, long offset, long length) throws IOException {
       out.writeInt(NBD_REQUEST_MAGIC);
       out.writeShort(flags);
