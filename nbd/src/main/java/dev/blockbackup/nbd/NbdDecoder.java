@@ -19,16 +19,17 @@ import java.util.List;
 
 /**
  * Frames the client's bytes into {@link ClientFlags}, {@link OptionRequest}s and, once the
- * handshake handler has {@link #enterTransmission() switched} it, {@link Request}s. It never holds
- * more than one frame: an option payload over {@link NbdConstants#MAX_OPTION_LENGTH} and a write
- * payload over {@link NbdConstants#MAX_BLOCK_SIZE} are skipped as they arrive, not buffered, so a
- * hostile length costs time, never memory; a length far over those closes the connection.
+ * handshake handler has {@link #enterTransmission() switched} it, {@link Request}s. It holds at
+ * most one frame (or, while paused, one socket read): an option payload over
+ * {@link NbdConstants#MAX_OPTION_LENGTH} and a write payload over {@link NbdConstants#MAX_BLOCK_SIZE}
+ * are skipped as they arrive, not buffered, so a hostile length costs time, never memory; a length
+ * far over those closes the connection. A bad magic throws {@link NbdProtocolException}.
  *
  * <p>In transmission it decodes no new request while the channel does not read (the handler's
  * back-pressure): one socket read can hold thousands of small requests, and without this pause
  * each would still reach the handler after it had stopped reading, past its in-flight limit. The
- * bytes wait here instead (at most one read's worth), and are decoded once reading is asked for
- * again, which the {@link #resumer()} in the same pipeline sees. A bad magic throws {@link NbdProtocolException}.
+ * bytes wait here instead, and are decoded once reading is asked for again, which the
+ * {@link #resumer()} in the same pipeline sees.
  */
 final class NbdDecoder extends ByteToMessageDecoder {
 

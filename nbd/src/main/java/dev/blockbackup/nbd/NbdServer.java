@@ -54,8 +54,10 @@ import java.util.concurrent.atomic.AtomicInteger;
  *
  * <p>Netty's event loops only decode and encode; block I/O runs on a bounded worker pool, and a
  * connection stops reading while it has {@link Builder#maxInFlight} requests in flight, or while
- * the server's work queue holds {@link Builder#maxQueued} requests of all connections. The native
- * epoll transport is used where it loads (a Unix socket needs it); TCP falls back to NIO.
+ * the server's work queue holds {@link Builder#maxQueued} requests of all connections; a client
+ * that has not finished its handshake {@link Builder#handshakeMaxSeconds} after connecting is
+ * disconnected. The native epoll transport is used where it loads (a Unix socket needs it); TCP
+ * falls back to NIO.
  * {@link #close()} stops accepting, lets requests in flight finish, closes the connections and
  * leaves the exported devices open: they belong to the caller.
  */
