@@ -78,6 +78,11 @@ final class ServeCommand implements Callable<Integer> {
       description = "Offer the qemu:allocation-depth metadata context (as qemu-nbd -A).")
   boolean allocationDepth;
 
+  @Option(names = "--handshake-max-seconds", paramLabel = "N",
+      description = "Seconds a client has from connecting to finishing its handshake before it is disconnected,"
+          + " 0 for no limit (default " + NbdServer.DEFAULT_HANDSHAKE_MAX_SECONDS + ", as QEMU).")
+  int handshakeMaxSeconds = NbdServer.DEFAULT_HANDSHAKE_MAX_SECONDS;
+
   @Option(names = "-f", paramLabel = "FORMAT", description = "The images' format (default: probed).")
   String format;
 
@@ -131,6 +136,10 @@ final class ServeCommand implements Callable<Integer> {
     }
     if (maxConnections < 0) {
       throw new UserError("invalid --max-connections '" + maxConnections + "': must be 0 (unlimited) or more");
+    }
+    if (handshakeMaxSeconds < 0) {
+      throw new UserError("invalid --handshake-max-seconds '" + handshakeMaxSeconds
+          + "': must be 0 (no limit) or more");
     }
     if (exportName != null && images.size() != 1) {
       throw new UserError("--export-name names the export of a single IMAGE; use IMAGE,name=N for several");
@@ -189,7 +198,8 @@ final class ServeCommand implements Callable<Integer> {
     List<FleecingExport> fleeces = new ArrayList<>();
     List<String> contexts = new ArrayList<>();
     try {
-      NbdServer.Builder b = NbdServer.builder().maxConnections(maxConnections);
+      NbdServer.Builder b = NbdServer.builder().maxConnections(maxConnections)
+          .handshakeMaxSeconds(handshakeMaxSeconds);
       if (tls != null) {
         b.tls(tls);
       }

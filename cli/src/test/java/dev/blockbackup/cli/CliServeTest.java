@@ -18,7 +18,8 @@ class CliServeTest {
   @TempDir Path dir;
 
   @ParameterizedTest
-  @ValueSource(strings = {"--nbd=tcp:127.0.0.1:99999", "--nbd=bogus", "--max-connections=-1", "-f=vmdk"})
+  @ValueSource(strings = {"--nbd=tcp:127.0.0.1:99999", "--nbd=bogus", "--max-connections=-1",
+      "--handshake-max-seconds=-1", "-f=vmdk"})
   void badArgumentsAreOneLineAndExit1(String arg) throws Exception {
     Path img = dir.resolve("a.raw");
     Files.write(img, new byte[4096]);

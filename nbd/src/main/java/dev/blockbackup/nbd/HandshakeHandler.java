@@ -14,11 +14,13 @@ import io.netty.channel.ChannelHandlerContext;
 import io.netty.channel.SimpleChannelInboundHandler;
 import io.netty.handler.ssl.SslHandler;
 import io.netty.handler.ssl.SslHandshakeCompletionEvent;
+import io.netty.util.concurrent.ScheduledFuture;
 import java.nio.charset.CharacterCodingException;
 import java.nio.charset.CodingErrorAction;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.concurrent.TimeUnit;
 
 /**
  * The fixed-newstyle handshake of one connection, as a state machine over the decoded client
@@ -45,6 +47,8 @@ final class HandshakeHandler extends SimpleChannelInboundHandler<Object> {
   private boolean tlsStarted;
   /** Between the STARTTLS ACK and the SslHandler's insertion: no option may arrive then. */
   private boolean tlsPending;
+  /** Closes the connection when the handshake outlasts handshake-max-seconds; null without a limit. */
+  private ScheduledFuture<?> handshakeTimer;
 
   HandshakeHandler(ConnectionSettings settings) {
     this.settings = settings;
@@ -52,8 +56,27 @@ final class HandshakeHandler extends SimpleChannelInboundHandler<Object> {
 
   @Override
   public void channelActive(ChannelHandlerContext ctx) {
+    int limit = settings.handshakeMaxSeconds();
+    if (limit > 0) {
+      // counted from connect, whatever the client sends meanwhile: a slow trickle of options must not keep it alive
+      handshakeTimer = ctx.executor().schedule(
+          () -> close(ctx, "the handshake took over " + limit + " s (handshake-max-seconds)"), limit, TimeUnit.SECONDS);
+    }
     ctx.writeAndFlush(new Greeting(NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES));
     ctx.fireChannelActive();
+  }
+
+  @Override
+  public void channelInactive(ChannelHandlerContext ctx) throws Exception {
+    cancelHandshakeTimer();
+    super.channelInactive(ctx);
+  }
+
+  private void cancelHandshakeTimer() {
+    if (handshakeTimer != null) {
+      handshakeTimer.cancel(false);
+      handshakeTimer = null;
+    }
   }
 
   @Override
@@ -336,6 +359,7 @@ final class HandshakeHandler extends SimpleChannelInboundHandler<Object> {
   }
 
   private void enterTransmission(ChannelHandlerContext ctx, NbdExport export, MetaContexts chosen) {
+    cancelHandshakeTimer();
     ctx.flush();
     ctx.pipeline().get(NbdDecoder.class).enterTransmission(extendedHeaders);
     ctx.pipeline().replace(this, "transmission",

@@ -57,8 +57,10 @@ import java.util.concurrent.atomic.AtomicInteger;
  *
  * <p>Netty's event loops only decode and encode; block I/O runs on a bounded worker pool, and a
  * connection stops reading while it has {@link Builder#maxInFlight} requests in flight, or while
- * the server's work queue holds {@link Builder#maxQueued} requests of all connections. The native
- * epoll transport is used where it loads (a Unix socket needs it); TCP falls back to NIO.
+ * the server's work queue holds {@link Builder#maxQueued} requests of all connections; a client
+ * that has not finished its handshake {@link Builder#handshakeMaxSeconds} after connecting is
+ * disconnected. The native epoll transport is used where it loads (a Unix socket needs it); TCP
+ * falls back to NIO.
  * {@link #close()} stops accepting, lets requests in flight finish, closes the connections and
  * leaves the exported devices open: they belong to the caller. With {@link Builder#tls} every
  * client must start TLS (NBD_OPT_STARTTLS, X.509 credentials in QEMU's layout) before it may do
@@ -67,6 +69,8 @@ import java.util.concurrent.atomic.AtomicInteger;
 public final class NbdServer implements AutoCloseable {
 
   private static final System.Logger LOG = System.getLogger(NbdServer.class.getName());
+  /** QEMU's default for nbd-server-start's handshake-max-seconds. */
+  public static final int DEFAULT_HANDSHAKE_MAX_SECONDS = 10;
 
   private final Map<String, NbdExport> exports;
   private final Path unixSocket;
@@ -81,11 +85,14 @@ public final class NbdServer implements AutoCloseable {
   private final int maxConnections;
   /** The TLS every client must start before anything else, or null for plaintext. */
   private final TlsCredentials tls;
+  /** Seconds from connect to transmission before a client is dropped, 0 for no limit. */
+  private final int handshakeMaxSeconds;
 
   private EventLoopGroup group;
   private ExecutorService workers;
   private final List<Channel> listeners = new ArrayList<>();
   private ChannelGroup connections;
+  private WorkQueue workQueue;
   private InetSocketAddress tcpAddress;
   private boolean started;
   private boolean closed;
@@ -106,6 +113,7 @@ public final class NbdServer implements AutoCloseable {
     this.closeTimeoutMillis = b.closeTimeoutMillis;
     this.maxConnections = b.maxConnections;
     this.tls = b.tls;
+    this.handshakeMaxSeconds = b.handshakeMaxSeconds;
   }
 
   public static Builder builder() {
@@ -147,7 +155,8 @@ public final class NbdServer implements AutoCloseable {
         });
     workers = pool;
     connections = new DefaultChannelGroup("nbd-connections", GlobalEventExecutor.INSTANCE);
-    ConnectionSettings settings = new ConnectionSettings(exports, new WorkQueue(pool, maxQueued), maxInFlight,
+    workQueue = new WorkQueue(pool, maxQueued);
+    ConnectionSettings settings = new ConnectionSettings(exports, workQueue, maxInFlight, handshakeMaxSeconds,
         tls == null ? null : tls.sslContext());
     try {
       if (unixSocket != null) {
@@ -209,7 +218,9 @@ public final class NbdServer implements AutoCloseable {
               }
               connections.add(ch);
             }
-            ch.pipeline().addLast("decoder", new NbdDecoder())
+            NbdDecoder decoder = new NbdDecoder();
+            ch.pipeline().addLast("decoder", decoder)
+                .addLast("resumer", decoder.resumer())
                 .addLast("encoder", NbdEncoder.INSTANCE)
                 .addLast("handshake", new HandshakeHandler(settings));
           }
@@ -260,6 +271,12 @@ public final class NbdServer implements AutoCloseable {
   public int connectionCount() {
     ChannelGroup c = connections;
     return c == null ? 0 : c.size();
+  }
+
+  /** Requests of all connections handed to the workers and not yet done (for tests of back-pressure). */
+  int queuedRequests() {
+    WorkQueue q = workQueue;
+    return q == null ? 0 : q.queued();
   }
 
   /**
@@ -331,6 +348,7 @@ public final class NbdServer implements AutoCloseable {
     private long closeTimeoutMillis = 30_000;
     private int maxConnections;
     private TlsCredentials tls;
+    private int handshakeMaxSeconds = DEFAULT_HANDSHAKE_MAX_SECONDS;
 
     private Builder() {}
 
@@ -438,6 +456,20 @@ public final class NbdServer implements AutoCloseable {
      */
     public Builder tls(Path dir, boolean verifyPeer) throws TlsCredentialsException {
       return tls(TlsCredentials.load(dir, verifyPeer));
+    }
+
+    /**
+     * Seconds a client has from connecting to entering transmission (NBD_OPT_GO or
+     * NBD_OPT_EXPORT_NAME done) before it is disconnected, 0 for no limit (default 10, as QAPI's
+     * NbdServerOptions handshake-max-seconds). A client that connects and stays silent otherwise
+     * holds a connection, and with {@link #maxConnections} a slot, for ever.
+     */
+    public Builder handshakeMaxSeconds(int seconds) {
+      if (seconds < 0) {
+        throw new IllegalArgumentException("handshakeMaxSeconds (" + seconds + ") must not be negative");
+      }
+      this.handshakeMaxSeconds = seconds;
+      return this;
     }
 
     public NbdServer build() {

@@ -21,6 +21,10 @@ final class MemoryDevice implements BlockDevice {
   volatile BlockError failWith;
   volatile boolean closed;
   int flushes;
+  /** While set and not counted down, writes wait for it (they hold no lock meanwhile). */
+  volatile java.util.concurrent.CountDownLatch writeGate;
+  /** Writes waiting at {@link #writeGate}. */
+  final java.util.concurrent.atomic.AtomicInteger gatedWrites = new java.util.concurrent.atomic.AtomicInteger();
 
   MemoryDevice(int size) {
     bytes = new byte[size];
@@ -55,9 +59,23 @@ final class MemoryDevice implements BlockDevice {
   }
 
   @Override
-  public synchronized void write(long offset, ByteBuffer src, WriteFlag... flags) throws BlockIOException {
-    check(offset, src.remaining());
-    src.get(bytes, (int) offset, src.remaining());
+  public void write(long offset, ByteBuffer src, WriteFlag... flags) throws BlockIOException {
+    java.util.concurrent.CountDownLatch gate = writeGate;
+    if (gate != null) {
+      gatedWrites.incrementAndGet();
+      try {
+        gate.await();
+      } catch (InterruptedException e) {
+        Thread.currentThread().interrupt();
+        throw new BlockIOException(BlockError.EIO, "interrupted at the write gate");
+      } finally {
+        gatedWrites.decrementAndGet();
+      }
+    }
+    synchronized (this) {
+      check(offset, src.remaining());
+      src.get(bytes, (int) offset, src.remaining());
+    }
   }
 
   @Override

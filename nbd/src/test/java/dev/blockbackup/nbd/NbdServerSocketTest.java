@@ -4,9 +4,8 @@ import static dev.blockbackup.nbd.NbdConstants.*;
 import static org.assertj.core.api.Assertions.assertThat;
 import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
-import java.io.DataInputStream;
-import java.io.DataOutputStream;
-import java.io.EOFException;
+import dev.blockbackup.nbd.Wire.Client;
+
 import java.io.IOException;
 import java.net.Socket;
 import java.nio.charset.StandardCharsets;
@@ -21,7 +20,10 @@ import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 
-/** Protocol misuse over a real TCP socket: each abuse is answered or closes that connection only. */
+/**
+ * The server over real sockets: read-only exports, connection limits, close, Unix sockets, the
+ * shared work queue. Hostile clients are {@link NbdHostileClientTest}'s.
+ */
 @Timeout(30)
 class NbdServerSocketTest {
 
@@ -45,100 +47,9 @@ class NbdServerSocketTest {
     server.close();
   }
 
-  /** A raw client: handshake by NBD_OPT_GO (no structured replies), then requests. */
-  final class Client implements AutoCloseable {
-    final Socket s;
-    final DataInputStream in;
-    final DataOutputStream out;
-
-    Client() throws IOException {
-      s = new Socket("127.0.0.1", server.tcpAddress().getPort());
-      s.setSoTimeout(20_000);
-      in = new DataInputStream(s.getInputStream());
-      out = new DataOutputStream(s.getOutputStream());
-      assertThat(in.readLong()).isEqualTo(NBDMAGIC);
-      assertThat(in.readLong()).isEqualTo(IHAVEOPT);
-      in.readUnsignedShort();
-      out.writeInt(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
-    }
-
-    Client go(String export) throws IOException {
-      byte[] d = Wire.goData(export);
-      out.writeLong(IHAVEOPT);
-      out.writeInt(NBD_OPT_GO);
-      out.writeInt(d.length);
-      out.write(d);
-      out.flush();
-      while (true) {
-        assertThat(in.readLong()).isEqualTo(NBD_REP_MAGIC);
-        in.readInt();
-        int type = in.readInt();
-        in.skipNBytes(in.readInt());
-        if (type == NBD_REP_ACK) {
-          return this;
-        }
-        assertThat(type).isEqualTo(NBD_REP_INFO);
-      }
-    }
-
-    void request(int type, long handle, long offset, long length) throws IOException {
-      out.writeInt(NBD_REQUEST_MAGIC);
-      out.writeShort(0);
-      out.writeShort(type);
-      out.writeLong(handle);
-      out.writeLong(offset);
-      out.writeInt((int) length);
-    }
-
-    /** Reads a simple reply's header; returns its error. */
-    int reply(long handle) throws IOException {
-      out.flush();
-      assertThat(in.readInt()).isEqualTo(NBD_SIMPLE_REPLY_MAGIC);
-      int error = in.readInt();
-      assertThat(in.readLong()).isEqualTo(handle);
-      return error;
-    }
-
-    boolean closedByServer() {
-      try {
-        out.flush();
-        return in.read() < 0;
-      } catch (IOException e) {
-        return true;
-      }
-    }
-
-    @Override
-    public void close() throws IOException {
-      s.close();
-    }
-  }
-
-  @Test
-  void outOfRangeAndOversizedRequestsGetEinvalAndTheConnectionStaysUsable() throws IOException {
-    try (Client c = new Client().go("disk")) {
-      c.request(NBD_CMD_READ, 1, SIZE - 1, 2);
-      assertThat(c.reply(1)).isEqualTo(NBD_EINVAL);
-      c.request(NBD_CMD_READ, 2, 0, MAX_BLOCK_SIZE + 1L);
-      assertThat(c.reply(2)).isEqualTo(NBD_EINVAL);
-      // an oversized write: its payload is read and dropped
-      c.request(NBD_CMD_WRITE, 3, 0, MAX_BLOCK_SIZE + 4096L);
-      byte[] chunk = new byte[1 << 20];
-      for (long left = MAX_BLOCK_SIZE + 4096L; left > 0; left -= chunk.length) {
-        c.out.write(chunk, 0, (int) Math.min(left, chunk.length));
-      }
-      assertThat(c.reply(3)).isEqualTo(NBD_EINVAL);
-      c.request(NBD_CMD_READ, 4, 0, 4096);
-      assertThat(c.reply(4)).isZero();
-      c.in.skipNBytes(4096);
-      c.request(99, 5, 0, 0);
-      assertThat(c.reply(5)).isEqualTo(NBD_EINVAL);
-    }
-  }
-
   @Test
   void writesToAReadOnlyExportGetEperm() throws IOException {
-    try (Client c = new Client().go("ro")) {
+    try (Client c = new Client(server).go("ro")) {
       c.request(NBD_CMD_WRITE, 1, 0, 3);
       c.out.write(new byte[] {1, 2, 3});
       assertThat(c.reply(1)).isEqualTo(NBD_EPERM);
@@ -147,60 +58,11 @@ class NbdServerSocketTest {
   }
 
   @Test
-  void badRequestMagicClosesThatConnectionOnly() throws IOException {
-    try (Client bad = new Client().go("disk"); Client good = new Client().go("disk")) {
-      bad.out.writeInt(0x12345678);
-      bad.out.write(new byte[24]);
-      assertThat(bad.closedByServer()).isTrue();
-      good.request(NBD_CMD_FLUSH, 1, 0, 0);
-      assertThat(good.reply(1)).isZero();
-    }
-  }
-
-  @Test
-  void aHugeOptionLengthClosesTheConnection() throws IOException {
-    try (Client c = new Client()) {
-      c.out.writeLong(IHAVEOPT);
-      c.out.writeInt(NBD_OPT_GO);
-      c.out.writeInt(-1);
-      assertThat(c.closedByServer()).isTrue();
-    }
-  }
-
-  @Test
-  void aClientThatNeverReadsItsRepliesIsStoppedNotBufferedFor() throws Exception {
-    try (Client c = new Client().go("disk")) {
-      // 1 TiB of read requests (28 MiB of them), never reading a reply: the server must stop reading rather than
-      // queue the replies; our writes then block once the socket buffers are full
-      Thread writer = new Thread(() -> {
-        try {
-          for (int i = 0; i < (1 << 20); i++) {
-            c.request(NBD_CMD_READ, i, 0, SIZE);
-          }
-          c.out.flush();
-        } catch (IOException e) {
-          // the test closes the socket under us
-        }
-      });
-      writer.setDaemon(true);
-      writer.start();
-      writer.join(3000);
-      assertThat(writer.isAlive()).as("the client is blocked by the server's back-pressure").isTrue();
-      try (Client other = new Client().go("disk")) {
-        other.request(NBD_CMD_FLUSH, 1, 0, 0);
-        assertThat(other.reply(1)).isZero();
-      }
-      c.close();
-      writer.join(5000);
-    }
-  }
-
-  @Test
   void connectionsBeyondMaxConnectionsAreClosedAtAcceptAndTheOthersKeepWorking() throws Exception {
     server.close();
     server = NbdServer.builder().export(NbdExport.of("disk", disk)).tcp("127.0.0.1", 0).maxConnections(2).build();
     server.start();
-    try (Client a = new Client().go("disk"); Client b = new Client()) {
+    try (Client a = new Client(server).go("disk"); Client b = new Client(server)) {
       try (Socket third = new Socket("127.0.0.1", server.tcpAddress().getPort())) {
         third.setSoTimeout(20_000);
         int first;
@@ -221,7 +83,7 @@ class NbdServerSocketTest {
     while (server.connectionCount() > 0 && System.nanoTime() < deadline) {
       Thread.sleep(5);
     }
-    try (Client c = new Client().go("disk")) {
+    try (Client c = new Client(server).go("disk")) {
       c.request(NBD_CMD_FLUSH, 3, 0, 0);
       assertThat(c.reply(3)).isZero();
     }
@@ -229,15 +91,15 @@ class NbdServerSocketTest {
 
   @Test
   void closeAnswersInFlightRequestsAndLeavesTheDeviceOpen() throws Exception {
-    Client c = new Client().go("disk");
+    Client c = new Client(server).go("disk");
     c.request(NBD_CMD_FLUSH, 1, 0, 0);
     assertThat(c.reply(1)).isZero();
-    Client handshaking = new Client();
+    Client handshaking = new Client(server);
     server.close();
     assertThat(c.closedByServer()).isTrue();
     assertThat(handshaking.closedByServer()).isTrue();
     assertThat(disk.closed).isFalse();
-    assertThatThrownBy(() -> new Client()).isInstanceOf(IOException.class);
+    assertThatThrownBy(() -> new Client(server)).isInstanceOf(IOException.class);
     c.close();
     handshaking.close();
   }
@@ -277,6 +139,7 @@ class NbdServerSocketTest {
     assertThatThrownBy(() -> NbdServer.builder().export(NbdExport.of("a", disk)).export(NbdExport.of("a", disk)))
         .hasMessageContaining("given twice");
     assertThatThrownBy(() -> NbdExport.of("x".repeat(4097), disk)).hasMessageContaining("4096");
+    assertThatThrownBy(() -> NbdServer.builder().handshakeMaxSeconds(-1)).hasMessageContaining("must not be negative");
     assertThat("x".getBytes(StandardCharsets.UTF_8)).hasSize(1);
   }
 
@@ -294,7 +157,7 @@ class NbdServerSocketTest {
     List<Client> clients = new ArrayList<>();
     try {
       for (int c = 0; c < 3; c++) {
-        clients.add(new Client().go("disk"));
+        clients.add(new Client(server).go("disk"));
       }
       for (Client c : clients) {
         for (int i = 0; i < 64; i++) {

@@ -201,7 +201,8 @@ class NbdTlsTest {
 
   ConnectionSettings tlsSettings() throws IOException {
     ConnectionSettings s = Wire.settings(Runnable::run, NbdExport.of("disk", new MemoryDevice(1 << 20)));
-    return new ConnectionSettings(s.exports(), s.workers(), s.maxInFlight(), TlsCredentials.load(certs.server()).sslContext());
+    return new ConnectionSettings(s.exports(), s.workers(), s.maxInFlight(), 0,
+        TlsCredentials.load(certs.server()).sslContext());
   }
 
   // ---- raw clients over TCP

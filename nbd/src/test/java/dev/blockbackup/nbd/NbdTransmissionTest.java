@@ -369,6 +369,27 @@ class NbdTransmissionTest {
   }
 
   @Test
+  void requestsReadTogetherPastTheInFlightLimitWaitUndecodedUntilThereIsRoom() {
+    ArrayDeque<Runnable> queued = new ArrayDeque<>();
+    connect("disk", false, queued::add);
+    // 40 requests in one read: the 8 past the limit must not reach the workers
+    ByteBuf all = Unpooled.buffer();
+    for (int i = 0; i < 40; i++) {
+      all.writeBytes(Wire.bytes(request(0, NBD_CMD_FLUSH, i, 0, 0, null)));
+    }
+    ch.writeInbound(all);
+    assertThat(queued).hasSize(32);
+    queued.poll().run();
+    ch.runPendingTasks(); // one answered: reading resumes and exactly one held request is decoded
+    assertThat(queued).hasSize(32);
+    while (!queued.isEmpty()) {
+      queued.poll().run();
+      ch.runPendingTasks();
+    }
+    assertThat(out(ch).readableBytes()).isEqualTo(40 * 16);
+  }
+
+  @Test
   void disconnectAnswersWhatIsInFlightThenCloses() {
     ArrayDeque<Runnable> queued = new ArrayDeque<>();
     connect("disk", false, queued::add);
