@@ -11,7 +11,8 @@
 # MiB/s and IOPS). Ours is `bin/blockbackup serve`, built by ./mvnw -B -ntp -DskipTests package.
 # qemu-nbd gets -e 16 (as many connections as nbdcopy opens) and --cache=writeback --aio=threads,
 # its defaults spelled out; nbdkit its defaults (16 threads). Each server runs the copies with
-# multi-conn as it advertises it.
+# multi-conn as it advertises it. Each server gets one untimed pass (a whole read, a fio write)
+# before it is measured.
 #
 # Environment: RUNS (default 3), SIZE_MIB (default 2048), RUNTIME (fio seconds, default 10),
 # BENCH_DIR (default /var/tmp/blockbackup-bench-nbd), SERVERS (default "ours qemu-nbd nbdkit"),
@@ -85,8 +86,8 @@ timed() {
 }
 fio_iops() {
   fio --name=nbd --ioengine=nbd --uri="$uri" --rw="$1" --bs=4k --iodepth=16 --runtime="$runtime" \
-    --time_based --size="${size_mib}M" --randrepeat=0 --output-format=terse --terse-version=3 \
-    | awk -F';' -v rw="$1" '{print (rw == "randread") ? $8 : $49}'
+    --time_based --randrepeat=0 --output-format=terse --terse-version=3 \
+    | awk -F';' -v rw="$1" '$1 == "3" {print (rw == "randread") ? $8 : $49}'
 }
 
 metrics="read-extents read-bytes write randread randwrite"
@@ -100,6 +101,10 @@ for run in $(seq "$runs"); do
   order=("${order[@]:shift_by}" "${order[@]:0:shift_by}")
   for s in "${order[@]}"; do
     start_server "$s"
+    # one untimed pass each way first, the same for every server: a long-running server is
+    # measured warm (our JIT compiles its hot paths in the first second or so)
+    nbdcopy "$uri" null: >/dev/null
+    fio_iops randwrite >/dev/null
     settle
     echo "$s read-extents $(mibps "$(timed nbdcopy "$uri" null:)")" >>"$results"
     echo "$s read-bytes $(mibps "$(timed nbdcopy --no-extents "$uri" null:)")" >>"$results"

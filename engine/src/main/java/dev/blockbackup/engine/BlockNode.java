@@ -39,8 +39,15 @@ public final class BlockNode implements BlockDevice {
 
   private final ReentrantLock lock = new ReentrantLock();
   private final Condition changed = lock.newCondition();
-  private int inFlight;
-  private int drainCount;
+  /**
+   * Requests admitted and not yet finished. Admission is lock-free: a request counts itself in,
+   * then looks at {@link #drainCount}; a drain counts itself in, then waits for this to reach 0.
+   * Both are sequentially consistent, so either the request sees the drain and backs out, or the
+   * drain sees the request and waits for it (the lock is only for waiting and waking).
+   */
+  private final java.util.concurrent.atomic.AtomicInteger inFlight = new java.util.concurrent.atomic.AtomicInteger();
+  /** Drains in progress; changed under {@link #lock} only. */
+  private volatile int drainCount;
   /** Why the node cannot take another job (QEMU's op blocker reason), or null. */
   private String blocker;
 
@@ -88,12 +95,7 @@ public final class BlockNode implements BlockDevice {
 
   /** Requests admitted and not yet finished. */
   public int inFlight() {
-    lock.lock();
-    try {
-      return inFlight;
-    } finally {
-      lock.unlock();
-    }
+    return inFlight.get();
   }
 
   // ---------------------------------------------------------------- drain
@@ -106,7 +108,7 @@ public final class BlockNode implements BlockDevice {
     lock.lock();
     try {
       drainCount++;
-      while (inFlight > 0) {
+      while (inFlight.get() > 0) {
         changed.awaitUninterruptibly();
       }
     } finally {
@@ -138,12 +140,7 @@ public final class BlockNode implements BlockDevice {
 
   /** Whether a drain is in progress. */
   public boolean isDrained() {
-    lock.lock();
-    try {
-      return drainCount > 0;
-    } finally {
-      lock.unlock();
-    }
+    return drainCount > 0;
   }
 
   // ---------------------------------------------------------------- dirty bitmaps
@@ -332,12 +329,17 @@ public final class BlockNode implements BlockDevice {
   // ---------------------------------------------------------------- requests
 
   private BlockDevice enter() {
+    inFlight.incrementAndGet();
+    if (drainCount == 0) {
+      return top; // the common case: no lock, so requests of many threads do not queue on it
+    }
+    leave(); // a drain has begun: back out, so it can finish, and wait for its end
     lock.lock();
     try {
       while (drainCount > 0) {
         changed.awaitUninterruptibly();
       }
-      inFlight++;
+      inFlight.incrementAndGet(); // under the lock: no drain can begin between the look and this
       return top;
     } finally {
       lock.unlock();
@@ -345,13 +347,15 @@ public final class BlockNode implements BlockDevice {
   }
 
   private void leave() {
-    lock.lock();
-    try {
-      if (--inFlight == 0) {
+    if (inFlight.decrementAndGet() == 0 && drainCount > 0) {
+      // a drain may wait for this: wake it under the lock, so the wake cannot fall between its
+      // look at inFlight and its wait
+      lock.lock();
+      try {
         changed.signalAll();
+      } finally {
+        lock.unlock();
       }
-    } finally {
-      lock.unlock();
     }
   }
 
@@ -400,6 +404,17 @@ public final class BlockNode implements BlockDevice {
   @Override
   public void read(long offset, ByteBuffer dst) throws BlockIOException {
     run(d -> d.read(offset, dst));
+  }
+
+  /** As the device on top does; never waits, not even for a drain (then it says it can't). */
+  @Override
+  public boolean readNoWait(long offset, ByteBuffer dst) throws BlockIOException {
+    inFlight.incrementAndGet();
+    try {
+      return drainCount == 0 && top.readNoWait(offset, dst);
+    } finally {
+      leave();
+    }
   }
 
   @Override

@@ -80,6 +80,9 @@ class BlockNodeTest {
     w.result().get(10, TimeUnit.SECONDS);
     assertThat(node.inFlight()).isZero();
     assertThat(node.isDrained()).isTrue();
+    // a caller that must not block is told "not now" at once, and nothing stays admitted
+    assertThat(node.readNoWait(0, ByteBuffer.allocateDirect(1))).isFalse();
+    assertThat(node.inFlight()).isZero();
 
     // while drained, a new request waits: its thread parks on the way in, before the device
     Running r = Running.start("reader", () -> {

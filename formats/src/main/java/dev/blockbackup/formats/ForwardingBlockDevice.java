@@ -46,6 +46,11 @@ public abstract class ForwardingBlockDevice implements BlockDevice {
   }
 
   @Override
+  public boolean readNoWait(long offset, ByteBuffer dst) throws BlockIOException {
+    return delegate.readNoWait(offset, dst);
+  }
+
+  @Override
   public void write(long offset, ByteBuffer src, WriteFlag... flags) throws BlockIOException {
     delegate.write(offset, src, flags);
   }

@@ -40,6 +40,9 @@ final class LibC {
 
   static native int fcntl(int fd, int cmd, Pointer arg);
 
+  /** preadv2(2): {@code iov} points to {@code iovcnt} struct iovec (base, length: 16 bytes each). */
+  static native long preadv2(int fd, Pointer iov, int iovcnt, long offset, int flags);
+
   static native String strerror(int errnum);
 
   /** The message of {@code errno}, or its number where the C library has none to give. */

@@ -2,6 +2,7 @@ package dev.blockbackup.formats;
 
 import java.io.Closeable;
 import java.io.IOException;
+import java.nio.ByteBuffer;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.concurrent.locks.ReentrantReadWriteLock;
@@ -119,6 +120,47 @@ final class SparseFile implements Closeable {
     } finally {
       inUse.readLock().unlock();
     }
+  }
+
+  /** preadv2's flag: fail with EAGAIN rather than wait for the disk. */
+  private static final int RWF_NOWAIT = 0x08;
+  private static final int EAGAIN = 11;
+  /** Whether preadv2 with RWF_NOWAIT works here (off once the kernel refuses it). */
+  private static volatile boolean noWaitWorks = true;
+  /** One struct iovec per thread: the callers are a few event loops, each calling often. */
+  private static final ThreadLocal<com.sun.jna.Memory> IOVEC = ThreadLocal.withInitial(() -> new com.sun.jna.Memory(16));
+
+  /**
+   * Reads {@code dst.remaining()} bytes at {@code pos} into the direct buffer {@code dst} only if
+   * the page cache holds them all (preadv2 with RWF_NOWAIT); true with {@code dst} filled, or
+   * false with {@code dst} as it was when the read would wait for the disk, was short, or this
+   * kernel cannot say.
+   */
+  boolean readNoWait(long pos, ByteBuffer dst) throws BlockIOException {
+    if (!noWaitWorks || !dst.isDirect()) {
+      return false;
+    }
+    int want = dst.remaining();
+    com.sun.jna.Memory iov = IOVEC.get();
+    iov.setPointer(0, com.sun.jna.Native.getDirectBufferPointer(dst).share(dst.position()));
+    iov.setLong(8, want);
+    long r;
+    int errno;
+    inUse.readLock().lock();
+    try {
+      r = LibC.preadv2(descriptor(), iov, 1, pos, RWF_NOWAIT);
+      errno = r < 0 ? LibC.errno() : 0;
+    } finally {
+      inUse.readLock().unlock();
+    }
+    if (r == want) {
+      dst.position(dst.position() + want);
+      return true;
+    }
+    if (r < 0 && errno != EAGAIN && errno != EINTR) {
+      noWaitWorks = false; // ENOSYS, EOPNOTSUPP, EINVAL: the slow path is the only one here
+    }
+    return false;
   }
 
   /**

@@ -45,6 +45,45 @@ class RawImageHolesTest {
   }
 
   @Test
+  void aFileOpenedWithoutHolesIsDataUntilWeMakeOne() throws Exception {
+    Path p = dir.resolve("full.raw");
+    byte[] ones = new byte[(int) (2 * MIB)];
+    java.util.Arrays.fill(ones, (byte) 1);
+    java.nio.file.Files.write(p, ones);
+    try (RawImage img = RawImage.open(p, false)) {
+      assertThat(img.blockStatus(0, 2 * MIB)).containsExactly(Extent.data(0, 2 * MIB));
+      // the hole we punch must show at once, though the opened file had none
+      img.discard(MIB, MIB);
+      assertThat(img.blockStatus(0, 2 * MIB)).containsExactly(Extent.data(0, MIB), Extent.zero(MIB, MIB, true));
+    }
+    try (RawImage img = RawImage.open(p, false)) {
+      img.writeZeroes(0, 65536, WriteFlag.MAY_UNMAP);
+      assertThat(img.blockStatus(0, 65536)).containsExactly(Extent.zero(0, 65536, true));
+    }
+  }
+
+  @Test
+  void readNoWaitGivesTheBytesOrLeavesTheBufferAsItWas() throws Exception {
+    Path p = dir.resolve("c.raw");
+    byte[] data = new byte[65536];
+    new java.util.Random(7).nextBytes(data);
+    java.nio.file.Files.write(p, data); // just written: in the page cache
+    try (RawImage img = RawImage.open(p, true)) {
+      ByteBuffer dst = ByteBuffer.allocateDirect(4096);
+      if (img.readNoWait(8192, dst)) {
+        assertThat(dst.position()).isEqualTo(4096);
+        byte[] got = new byte[4096];
+        dst.flip().get(got);
+        assertThat(got).isEqualTo(java.util.Arrays.copyOfRange(data, 8192, 12288));
+      } else {
+        assertThat(dst.position()).isZero(); // a kernel without RWF_NOWAIT: the caller reads
+      }
+      // a heap buffer cannot be read into natively: always "not now"
+      assertThat(img.readNoWait(0, ByteBuffer.allocate(16))).isFalse();
+    }
+  }
+
+  @Test
   void anEmptyEightTebibyteFileIsOneZeroExtent() throws Exception {
     long size = 8L << 40;
     try (RawImage img = RawImage.create(dir.resolve("big.raw"), size)) {

@@ -6,17 +6,13 @@ import dev.blockbackup.engine.BlockDirtyBitmap;
 import dev.blockbackup.formats.BlockDevice;
 import dev.blockbackup.formats.BlockError;
 import dev.blockbackup.formats.BlockIOException;
-import dev.blockbackup.formats.Extent;
 import dev.blockbackup.formats.WriteFlag;
 import dev.blockbackup.nbd.NbdExport.ExportedBitmap;
 import dev.blockbackup.nbd.NbdMessages.Chunks;
 import dev.blockbackup.nbd.NbdMessages.ErrorChunk;
-import dev.blockbackup.nbd.NbdMessages.HoleChunk;
 import dev.blockbackup.nbd.NbdMessages.NoneChunk;
-import dev.blockbackup.nbd.NbdMessages.ReadChunk;
 import dev.blockbackup.nbd.NbdMessages.Request;
 import dev.blockbackup.nbd.NbdMessages.SimpleReply;
-import io.netty.buffer.ByteBuf;
 import io.netty.channel.ChannelFutureListener;
 import io.netty.channel.ChannelHandlerContext;
 import io.netty.channel.ChannelInboundHandlerAdapter;
@@ -50,6 +46,8 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
   /** The exported bitmaps, by the export's index (found once: they are busy, so they stay). */
   private final BlockDirtyBitmap[] bitmaps;
   private final ConnectionSettings settings;
+  /** Makes the replies to reads (set once the handler is in its pipeline, which has the allocator). */
+  private ReadReply reads;
   /** Requests handed to the workers and not yet answered; touched on the event loop only. */
   private int inFlight;
   /** Their payload and reply bytes (reads and writes), bounded by {@link #MAX_IN_FLIGHT_BYTES}. */
@@ -77,6 +75,11 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
       bitmaps[i] = b.node().findBitmap(b.name()).orElse(null);
     }
     this.settings = settings;
+  }
+
+  @Override
+  public void handlerAdded(ChannelHandlerContext ctx) {
+    reads = new ReadReply(device, ctx.alloc(), structured);
   }
 
   @Override
@@ -115,12 +118,20 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
       updateAutoRead(ctx);
       return;
     }
+    if (r.type() == NBD_CMD_READ) {
+      Object now = reads.tryNow(r);
+      if (now != null) {
+        write(ctx, wrap(r, now)); // from the page cache: no worker, no hop back
+        updateAutoRead(ctx);
+        return;
+      }
+    }
     long bytes = r.type() == NBD_CMD_READ || r.type() == NBD_CMD_WRITE ? r.length() : 0;
     inFlight++;
     inFlightBytes += bytes;
     try {
       settings.workers().execute(() -> {
-        Object reply = wrap(req, perform(ctx, req, wanted));
+        Object reply = wrap(req, perform(req, wanted));
         try {
           ctx.executor().execute(() -> replied(ctx, reply, bytes));
         } catch (RejectedExecutionException e) {
@@ -291,27 +302,11 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
   }
 
   /** On a worker: does the request and makes its reply. */
-  private Object perform(ChannelHandlerContext ctx, Request r, MetaContexts wanted) {
-    ByteBuf data = null;
+  private Object perform(Request r, MetaContexts wanted) {
     try {
       switch (r.type()) {
         case NBD_CMD_READ -> {
-          if (r.hasFlag(NBD_CMD_FLAG_FUA)) {
-            device.flush(); // what QEMU makes of FUA on a read: the data read is the data stored
-          }
-          int n = (int) r.length();
-          if (n == 0) {
-            return structured ? new NoneChunk(r.handle()) : new SimpleReply(r.handle(), 0);
-          }
-          data = ctx.alloc().directBuffer(n, n);
-          if (structured && !r.hasFlag(NBD_CMD_FLAG_DF)) {
-            return sparseRead(r, data);
-          }
-          device.read(r.offset(), data.nioBuffer(0, n));
-          data.writerIndex(n);
-          ByteBuf d = data;
-          data = null;
-          return structured ? new ReadChunk(r.handle(), r.offset(), d, true) : new SimpleReply(r.handle(), 0, d);
+          return reads.read(r);
         }
         case NBD_CMD_WRITE -> {
           if (r.length() > 0) {
@@ -346,9 +341,6 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
       return errorReply(r, NBD_EIO, String.valueOf(e));
     } finally {
       release(r);
-      if (data != null) {
-        data.release();
-      }
     }
   }
 
@@ -365,70 +357,6 @@ final class TransmissionHandler extends ChannelInboundHandlerAdapter {
       f[n++] = WriteFlag.NO_FALLBACK;
     }
     return java.util.Arrays.copyOf(f, n);
-  }
-
-  /**
-   * A structured read that sends zero ranges as NBD_REPLY_TYPE_OFFSET_HOLE chunks rather than
-   * bytes, as QEMU's server does unless the client set NBD_CMD_FLAG_DF: a sparse image then costs
-   * the wire nothing where it has holes. {@code data} is the request's buffer, released by the
-   * caller; the data chunks are slices of it.
-   */
-  private Object sparseRead(Request r, ByteBuf data) throws BlockIOException {
-    long end = r.offset() + r.length();
-    List<Object> chunks = new ArrayList<>();
-    long runStart = r.offset();
-    boolean runZero = false;
-    long pos = r.offset();
-    try {
-      while (pos < end) {
-        List<Extent> extents = device.blockStatus(pos, end - pos);
-        long before = pos;
-        for (Extent e : extents) {
-          long from = Math.max(e.offset(), pos);
-          long to = Math.min(e.end(), end);
-          if (from != pos || to <= from) {
-            break; // a device that skips or overlaps: read the rest as data
-          }
-          if (e.zero() != runZero && pos > runStart) {
-            chunks.add(readRun(r, data, runStart, pos, runZero, false));
-            runStart = pos;
-          }
-          runZero = e.zero();
-          pos = to;
-        }
-        if (pos == before) {
-          if (runZero && pos > runStart) {
-            chunks.add(readRun(r, data, runStart, pos, true, false));
-            runStart = pos;
-          }
-          runZero = false;
-          pos = end;
-        }
-      }
-      if (chunks.isEmpty() && !runZero) {
-        // all data, the common case: one chunk, no list
-        device.read(r.offset(), data.nioBuffer(0, (int) r.length()));
-        data.writerIndex((int) r.length());
-        return new ReadChunk(r.handle(), r.offset(), data.retain(), true);
-      }
-      chunks.add(readRun(r, data, runStart, end, runZero, true));
-      return new Chunks(chunks);
-    } catch (BlockIOException | RuntimeException e) {
-      chunks.forEach(ReferenceCountUtil::release);
-      throw e;
-    }
-  }
-
-  /** One chunk of a sparse read: a hole, or the bytes of [from, to) read into their slice of {@code data}. */
-  private Object readRun(Request r, ByteBuf data, long from, long to, boolean zero, boolean done)
-      throws BlockIOException {
-    if (zero) {
-      return new HoleChunk(r.handle(), from, to - from, done);
-    }
-    int rel = (int) (from - r.offset());
-    int len = (int) (to - from);
-    device.read(from, data.nioBuffer(rel, len));
-    return new ReadChunk(r.handle(), from, data.retainedSlice(rel, len), done);
   }
 
   /** One chunk per chosen context, in id order; the last says NBD_REPLY_FLAG_DONE. */
