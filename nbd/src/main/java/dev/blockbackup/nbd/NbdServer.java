@@ -3,6 +3,7 @@ package dev.blockbackup.nbd;
 import dev.blockbackup.engine.BitmapException;
 import dev.blockbackup.engine.BlockNode;
 import io.netty.bootstrap.ServerBootstrap;
+import io.netty.channel.AdaptiveRecvByteBufAllocator;
 import io.netty.channel.Channel;
 import io.netty.channel.ChannelHandlerContext;
 import io.netty.channel.ChannelInitializer;
@@ -225,6 +226,10 @@ public final class NbdServer implements AutoCloseable {
                 .addLast("handshake", new HandshakeHandler(settings));
           }
         });
+    // Reads of up to 1 MiB rather than Netty's 64 KiB: a write's payload then mostly arrives in
+    // the buffer it is decoded from, and the decoder slices it there instead of copying it into a
+    // growing cumulation piece by piece.
+    b.childOption(ChannelOption.RCVBUF_ALLOCATOR, new AdaptiveRecvByteBufAllocator(512, 64 << 10, 1 << 20));
     if (tcp) {
       b.childOption(ChannelOption.TCP_NODELAY, true);
     }
