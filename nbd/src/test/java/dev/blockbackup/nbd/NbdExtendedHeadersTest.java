@@ -7,7 +7,6 @@ import dev.blockbackup.formats.RawImage;
 import java.io.DataInputStream;
 import java.io.DataOutputStream;
 import java.io.IOException;
-import java.net.Socket;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Arrays;
@@ -52,44 +51,31 @@ class NbdExtendedHeadersTest {
     }
   }
 
-  /** A client that negotiates extended headers (and optionally meta contexts), then sends requests. */
-  final class Client implements AutoCloseable {
-    final Socket s;
-    final DataInputStream in;
-    final DataOutputStream out;
+  /** A raw client (the shared one) that speaks extended headers once they are negotiated. */
+  static final class Client implements AutoCloseable {
+    final Wire.Client c;
 
-    Client() throws IOException {
-      s = new Socket("127.0.0.1", server.tcpAddress().getPort());
-      s.setSoTimeout(20_000);
-      in = new DataInputStream(s.getInputStream());
-      out = new DataOutputStream(s.getOutputStream());
-      assertThat(in.readLong()).isEqualTo(NBDMAGIC);
-      assertThat(in.readLong()).isEqualTo(IHAVEOPT);
-      in.readUnsignedShort();
-      out.writeInt(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+    Client(NbdServer server) throws IOException {
+      c = new Wire.Client(server);
     }
 
     /** Sends an option and returns the types of its replies up to the final one. */
     List<Integer> option(int opt, byte[] data) throws IOException {
-      out.writeLong(IHAVEOPT);
-      out.writeInt(opt);
-      out.writeInt(data.length);
-      out.write(data);
-      out.flush();
+      c.option(opt, data);
       List<Integer> types = new ArrayList<>();
       while (true) {
-        assertThat(in.readLong()).isEqualTo(NBD_REP_MAGIC);
-        assertThat(in.readInt()).isEqualTo(opt);
-        int type = in.readInt();
-        in.skipNBytes(in.readInt());
-        types.add(type);
-        if (type != NBD_REP_INFO && type != NBD_REP_META_CONTEXT && type != NBD_REP_SERVER) {
+        Wire.OptReply r = c.optReply();
+        assertThat(r.option()).isEqualTo(opt);
+        types.add(r.type());
+        if (r.type() != NBD_REP_INFO && r.type() != NBD_REP_META_CONTEXT && r.type() != NBD_REP_SERVER) {
           return types;
         }
       }
     }
 
+    /** An extended request: 32 bytes, the length in 64 bits, then the payload if any. */
     void request(int flags, int type, long handle, long offset, long length, byte[] payload) throws IOException {
+      DataOutputStream out = c.out;
       out.writeInt(NBD_EXTENDED_REQUEST_MAGIC);
       out.writeShort(flags);
       out.writeShort(type);
@@ -103,6 +89,7 @@ class NbdExtendedHeadersTest {
     }
 
     Chunk chunk() throws IOException {
+      DataInputStream in = c.in;
       assertThat(in.readInt()).as("extended reply magic").isEqualTo(NBD_EXTENDED_REPLY_MAGIC);
       int flags = in.readUnsignedShort();
       int type = in.readUnsignedShort();
@@ -118,22 +105,22 @@ class NbdExtendedHeadersTest {
     /** Every chunk of one reply, the last with NBD_REPLY_FLAG_DONE. */
     List<Chunk> reply() throws IOException {
       List<Chunk> all = new ArrayList<>();
-      Chunk c;
+      Chunk ch;
       do {
-        c = chunk();
-        all.add(c);
-      } while ((c.flags() & NBD_REPLY_FLAG_DONE) == 0);
+        ch = chunk();
+        all.add(ch);
+      } while ((ch.flags() & NBD_REPLY_FLAG_DONE) == 0);
       return all;
     }
 
     @Override
     public void close() throws IOException {
-      s.close();
+      c.close();
     }
   }
 
   private Client extended(String... contexts) throws IOException {
-    Client c = new Client();
+    Client c = new Client(server);
     assertThat(c.option(NBD_OPT_EXTENDED_HEADERS, new byte[0])).containsExactly(NBD_REP_ACK);
     if (contexts.length > 0) {
       assertThat(c.option(NBD_OPT_SET_META_CONTEXT, Wire.metaData("big", contexts)))
@@ -145,7 +132,7 @@ class NbdExtendedHeadersTest {
 
   @Test
   void extendedHeadersImplyStructuredRepliesAndAreRefusedTwice() throws IOException {
-    try (Client c = new Client()) {
+    try (Client c = new Client(server)) {
       assertThat(c.option(NBD_OPT_EXTENDED_HEADERS, new byte[0])).containsExactly(NBD_REP_ACK);
       assertThat(c.option(NBD_OPT_EXTENDED_HEADERS, new byte[0])).containsExactly(NBD_REP_ERR_INVALID);
       assertThat(c.option(NBD_OPT_STRUCTURED_REPLY, new byte[0])).containsExactly(NBD_REP_ERR_EXT_HEADER_REQD);
