@@ -1,19 +1,11 @@
 package dev.blockbackup.engine;
 
-import dev.blockbackup.engine.JobEvent.ErrorAction;
-import dev.blockbackup.engine.JobEvent.IoOperation;
 import dev.blockbackup.formats.BlockDevice;
 import dev.blockbackup.formats.BlockIOException;
 import dev.blockbackup.formats.DirtyBitmap;
-import dev.blockbackup.formats.Extent;
-import java.util.List;
 import java.util.Objects;
-import java.util.concurrent.ExecutorService;
-import java.util.concurrent.Executors;
-import java.util.concurrent.Semaphore;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
-import java.util.concurrent.atomic.AtomicReference;
 
 /**
  * QEMU's backup job (blockdev-backup): a point-in-time copy of a node that keeps being written.
@@ -38,9 +30,6 @@ public final class BackupJob extends Job {
   /** The smallest job cluster: QEMU's BACKUP_CLUSTER_SIZE_DEFAULT. */
   public static final int MIN_CLUSTER_SIZE = 64 * 1024;
 
-  /** Upper bound on background worker threads: blocking file I/O on more only contends. */
-  private static final int MAX_THREADS = Math.max(2, 2 * Runtime.getRuntime().availableProcessors());
-
   private static final AtomicInteger FILTER_NAMES = new AtomicInteger();
 
   private final BlockNode node;
@@ -53,14 +42,8 @@ public final class BackupJob extends Job {
   private final BlockCopy bcs;
   private final CopyBeforeWrite cbw;
 
-  private final RateLimit rateLimit = new RateLimit();
-  /** A new speed for the body to apply (-1 for none): set-speed comes from other threads. */
-  private final java.util.concurrent.atomic.AtomicLong newSpeed = new java.util.concurrent.atomic.AtomicLong(-1);
-  private final int threads;
-  private final Semaphore slots;
-  private final ExecutorService workers;
-  /** The first failure of a background copy since the body last looked. */
-  private final AtomicReference<BlockCopyException> backgroundError = new AtomicReference<>();
+  /** The body: the background copier with its workers and rate limit. */
+  private final BackupLoop loop;
   private volatile boolean filterRemoved;
   /** The sync bitmap and its bitmap-mode (frozen while the job runs). */
   private final BackupBitmap bitmap;
@@ -88,14 +71,7 @@ public final class BackupJob extends Job {
         });
     this.cbw = new CopyBeforeWrite(filterNodeName, source, bcs, options.onCbwError(),
         TimeUnit.SECONDS.toNanos(options.cbwTimeoutSeconds()), this::wake);
-    this.threads = Math.min(options.maxWorkers(), MAX_THREADS);
-    this.slots = new Semaphore(threads);
-    this.workers = Executors.newFixedThreadPool(threads, r -> {
-      Thread t = new Thread(r, "backup-" + id + "-worker");
-      t.setDaemon(true);
-      return t;
-    });
-    rateLimit.setSpeed(options.speed());
+    this.loop = new BackupLoop(this, id, source, target, options, bcs, cbw);
     this.bitmap = bitmap;
   }
 
@@ -220,247 +196,16 @@ public final class BackupJob extends Job {
 
   @Override
   protected void onSpeedChanged(long bytesPerSecond) {
-    newSpeed.set(bytesPerSecond);
-    wake();
+    loop.setSpeed(bytesPerSecond);
   }
 
   @Override
   protected void run() throws Exception {
     try {
-      body();
+      loop.run();
     } catch (BlockIOException e) {
       // QEMU's job_update_rc: a job that fails with -errno reports strerror, whatever failed.
       throw new BlockIOException(e.error(), e.error().strerror(), e);
-    }
-  }
-
-  private void body() throws Exception {
-    applySpeed();
-    bcs.updateRemaining();
-    switch (options.sync()) {
-      case none -> waitForCancel();
-      case top -> {
-        bcs.setSkipUnallocated(true);
-        try {
-          dropUnallocated();
-        } finally {
-          bcs.setSkipUnallocated(false);
-        }
-        bcs.updateRemaining();
-        backgroundCopy();
-      }
-      default -> backgroundCopy();
-    }
-    checkSnapshot();
-    target.flush();
-  }
-
-  /**
-   * sync=none: nothing to do in the background; copy-before-write goes on until cancel. The body
-   * waits for what can change that: a cancel or a pause (each wakes the job) or a broken snapshot
-   * (copy-before-write wakes the job after it set the error).
-   */
-  private void waitForCancel() throws BlockIOException {
-    while (true) {
-      checkSnapshot();
-      pausePoint();
-      sleepUntil(() -> cbw.snapshotError() != null, Long.MAX_VALUE);
-    }
-  }
-
-  /**
-   * sync=top's scan (backup_run's skip-unallocated pass): clears the clusters that the source's
-   * top layer does not allocate at all; a cluster with any allocated byte is kept.
-   */
-  private void dropUnallocated() throws BlockIOException {
-    long len = bcs.size();
-    long pos = 0;
-    // Neighbouring unallocated extents (a backing file's data beside its holes) are one run: a
-    // cluster they share between them is unallocated too.
-    long runStart = -1;
-    while (pos < len) {
-      pausePoint();
-      checkSnapshot();
-      // The whole rest at once: the driver answers as many extents as it will, and an empty
-      // multi-TiB top layer is one answer.
-      List<Extent> extents = source.blockStatus(pos, len - pos);
-      for (Extent e : extents) {
-        if (!e.allocated() && runStart < 0) {
-          runStart = e.offset();
-        } else if (e.allocated() && runStart >= 0) {
-          resetWholeClusters(runStart, e.offset());
-          runStart = -1;
-        }
-        pos = e.end();
-      }
-      if (extents.isEmpty()) {
-        break;
-      }
-    }
-    if (runStart >= 0) {
-      resetWholeClusters(runStart, pos);
-    }
-  }
-
-  /** Clears the clusters wholly inside {@code [from, to)}; the last one counts as whole at the end. */
-  private void resetWholeClusters(long from, long to) {
-    long len = bcs.size();
-    int c = bcs.clusterSize();
-    long s = (from + c - 1) / c * c;
-    long end = to == len ? len : to / c * c;
-    if (end > s) {
-      bcs.resetRange(s, end - s);
-    }
-  }
-
-  private void applySpeed() {
-    long s = newSpeed.getAndSet(-1);
-    if (s >= 0) {
-      rateLimit.setSpeed(s);
-    }
-  }
-
-  /**
-   * The background copy's first pass: what the source's block status reports as zero goes to the
-   * target as write-zeroes, a whole dirty run per request, before the chunk by chunk copy of the
-   * rest; so an empty disk costs its metadata, not a block status call and a copy per chunk (the
-   * chunk copy would zero the same clusters, a chunk at a time). Under a speed limit the pass stops:
-   * there, as in QEMU, zeroed bytes count against the limit chunk by chunk. A failed zeroing stops
-   * it too, and its clusters, dirty again, go to the chunk copy and its error policy.
-   */
-  private void copyZeroExtents() throws BlockIOException {
-    long len = bcs.size();
-    int c = bcs.clusterSize();
-    long pos = 0;
-    while (pos < len) {
-      checkSnapshot();
-      pausePoint();
-      applySpeed();
-      if (rateLimit.isLimited()) {
-        return;
-      }
-      List<Extent> extents = source.blockStatus(pos, len - pos);
-      if (extents.isEmpty()) {
-        return;
-      }
-      for (Extent e : extents) {
-        if (e.zero()) {
-          long s = (e.offset() + c - 1) / c * c;
-          long end = e.end() == len ? len : e.end() / c * c;
-          if (end > s) {
-            try {
-              bcs.copyZeroes(s, end);
-            } catch (BlockCopyException failed) {
-              return;
-            }
-            bcs.updateRemaining();
-          }
-        }
-        pos = e.end();
-      }
-    }
-  }
-
-  /** The background copier: claims dirty runs in order and copies them on the worker threads. */
-  private void backgroundCopy() throws BlockIOException {
-    copyZeroExtents();
-    long len = bcs.size();
-    long pos = 0;
-    try {
-      while (true) {
-        checkSnapshot();
-        if (isPaused()) {
-          // a pause stops the background copy: let what runs finish, then stop (copy-before-write
-          // goes on meanwhile)
-          awaitWorkers();
-          pausePoint();
-          pos = 0;
-          continue;
-        }
-        pausePoint();
-        BlockCopyException err = backgroundError.get();
-        if (err != null) {
-          awaitWorkers();
-          backgroundError.set(null);
-          handleError(err);
-          pos = 0;
-          continue;
-        }
-        applySpeed();
-        long delay = rateLimit.delayNanos(System.nanoTime());
-        if (delay > 0) {
-          sleep(delay);
-          continue;
-        }
-        if (!slots.tryAcquire()) {
-          // every worker is busy: wait until one is done (each wakes the job when it ends) or
-          // something else needs the body (a pause, a cancel, a failed copy)
-          sleepUntil(() -> slots.availablePermits() > 0 || backgroundError.get() != null, Long.MAX_VALUE);
-          if (Thread.interrupted()) {
-            throw new InterruptedException(); // a sleep that ends at once would spin
-          }
-          continue;
-        }
-        BlockCopy.Task t = bcs.claim(pos, len);
-        if (t == null) {
-          slots.release();
-          if (pos > 0) {
-            pos = 0; // failed copies may have left dirty clusters behind us
-            continue;
-          }
-          awaitWorkers();
-          bcs.awaitIdle(0, len); // copy-before-write copies too: one may fail and leave work
-          if (backgroundError.get() == null && bcs.remainingBytes() == 0) {
-            return;
-          }
-          continue;
-        }
-        pos = t.end();
-        rateLimit.account(t.length);
-        workers.execute(() -> {
-          try {
-            bcs.run(t);
-          } catch (BlockCopyException e) {
-            backgroundError.compareAndSet(null, e);
-          } finally {
-            slots.release();
-            wake(); // after the release: a body waiting for a free worker must see it
-          }
-        });
-      }
-    } catch (InterruptedException e) {
-      Thread.currentThread().interrupt();
-      throw new BlockIOException(dev.blockbackup.formats.BlockError.ECANCELED, "interrupted");
-    } finally {
-      awaitWorkers();
-    }
-  }
-
-  private void awaitWorkers() {
-    slots.acquireUninterruptibly(threads);
-    slots.release(threads);
-  }
-
-  /**
-   * block_job_error_action for a failed background copy: BLOCK_JOB_ERROR always; then fail
-   * (report), retry (ignore), or pause until job-resume and retry (stop).
-   */
-  private void handleError(BlockCopyException err) throws BlockIOException {
-    BlockdevOnError policy = err.isRead() ? options.onSourceError() : options.onTargetError();
-    ErrorAction action = policy.actionFor(err.error());
-    blockJobError(err.isRead() ? IoOperation.read : IoOperation.write, action);
-    switch (action) {
-      case report -> throw new BlockIOException(err.error(), err.error().strerror(), err);
-      case stop -> pausePoint(); // blockJobError user-paused us; job-resume retries
-      case ignore -> { }
-    }
-  }
-
-  /** Fails the job once copy-before-write has broken the snapshot (on-cbw-error=break-snapshot). */
-  private void checkSnapshot() throws BlockIOException {
-    BlockIOException broken = cbw.snapshotError();
-    if (broken != null) {
-      throw new BlockIOException(broken.error(), broken.error().strerror(), broken);
     }
   }
 
@@ -501,7 +246,7 @@ public final class BackupJob extends Job {
       }
       node.unblock("block device is in use by block job: backup");
     }
-    workers.shutdown();
+    loop.shutDown();
     if (ownsTarget) {
       try {
         target.close();

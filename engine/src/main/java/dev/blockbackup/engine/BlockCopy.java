@@ -5,10 +5,6 @@ import dev.blockbackup.formats.BlockIOException;
 import dev.blockbackup.formats.DirtyBitmap;
 import dev.blockbackup.formats.Extent;
 import dev.blockbackup.formats.RangeLock;
-import dev.blockbackup.formats.WriteFlag;
-import dev.blockbackup.formats.Zeros;
-import java.nio.ByteBuffer;
-import java.util.List;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.locks.ReentrantLock;
 
@@ -24,9 +20,8 @@ import java.util.concurrent.locks.ReentrantLock;
  * cluster is copied exactly once by whoever reaches it first, and a guest write that meets a
  * background copy waits for it only.
  *
- * <p>Per copy, block status picks the method: an unallocated run in top mode is skipped, a zero
- * run is written as write-zeroes, data is read and written, except that clusters whose content is
- * all zeros are written as write-zeroes too, so the target stays sparse. The background copier
+ * <p>Per copy, block status picks the method ({@link BlockCopyMethod}): an unallocated run in top
+ * mode is skipped, a zero run is written as write-zeroes, data is read and written. The background copier
  * first zeroes what block status reports as zero through {@link #copyZeroes}, a whole dirty run per
  * request, so an empty disk costs its metadata rather than a copy per chunk.
  */
@@ -80,8 +75,6 @@ final class BlockCopy {
   private final BlockDevice target;
   private final long len;
   private final int clusterSize;
-  private final boolean compress;
-  private final boolean discardSource;
   private final int chunkCap;
   private final Progress progress;
 
@@ -97,7 +90,8 @@ final class BlockCopy {
   /** sync=top: skip what the source's top layer does not allocate (until its scan is done). */
   private volatile boolean skipUnallocated;
 
-  private final ThreadLocal<ByteBuffer> buffers;
+  /** Moves the bytes of each claimed run. */
+  private final BlockCopyMethod method;
 
   BlockCopy(BlockDevice source, BlockDevice target, int clusterSize, long maxChunk, boolean compress,
       boolean discardSource, Progress progress) {
@@ -105,8 +99,6 @@ final class BlockCopy {
     this.target = target;
     this.len = source.size();
     this.clusterSize = clusterSize;
-    this.compress = compress;
-    this.discardSource = discardSource;
     long chunk = compress ? clusterSize : Math.max(clusterSize, DEFAULT_CHUNK);
     if (maxChunk > 0) {
       chunk = Math.min(chunk, maxChunk);
@@ -116,8 +108,7 @@ final class BlockCopy {
     this.copyBitmap = new DirtyBitmap(len, clusterSize);
     this.copied = new DirtyBitmap(len, clusterSize);
     copyBitmap.setAll(); // everything needs copying until the job narrows it (QEMU's block_copy_state_new)
-    int bufSize = chunkCap;
-    this.buffers = ThreadLocal.withInitial(() -> ByteBuffer.allocateDirect(bufSize));
+    this.method = new BlockCopyMethod(source, target, clusterSize, chunkCap, compress, discardSource);
   }
 
   int clusterSize() {
@@ -317,7 +308,7 @@ final class BlockCopy {
       }
       boolean ok = false;
       try {
-        writeZeroes(t.offset, t.length);
+        method.writeZeroes(t.offset, t.length);
         ok = true;
       } finally {
         if (!ok) {
@@ -408,7 +399,7 @@ final class BlockCopy {
   /** Returns the bytes copied once the task is finished as a success. */
   private long copy(Task t) throws BlockCopyException {
     long off = t.offset;
-    Extent e = firstExtent(off, t.length);
+    Extent e = method.firstExtent(off, t.length);
     boolean statusKnown = e != null;
     long keep = t.length;
     if (statusKnown && e.end() < t.end()) {
@@ -428,17 +419,9 @@ final class BlockCopy {
       return 0;
     }
     if (statusKnown && e.zero() && !e.data()) {
-      writeZeroes(off, n);
+      method.writeZeroes(off, n);
     } else {
-      ByteBuffer buf = buffers.get();
-      buf.clear().limit((int) n);
-      try {
-        source.read(off, buf);
-      } catch (BlockIOException ex) {
-        throw new BlockCopyException(ex, true);
-      }
-      buf.flip();
-      writeData(off, buf);
+      method.readAndWrite(off, n);
     }
     copiedAndFinished(t);
     return n;
@@ -453,76 +436,7 @@ final class BlockCopy {
       lock.unlock();
     }
     finish(t, true, t.length);
-    if (discardSource) {
-      try {
-        source.discard(t.offset, t.length);
-      } catch (BlockIOException ignored) {
-        // discard-source only frees space; the copy itself succeeded
-      }
-    }
-  }
-
-  private Extent firstExtent(long off, long n) {
-    try {
-      List<Extent> ext = source.blockStatus(off, n);
-      return ext.isEmpty() ? null : ext.get(0);
-    } catch (BlockIOException e) {
-      return null; // an error here only costs us the shortcut: copy as data
-    }
-  }
-
-  /** Writes {@code buf} at {@code off}, turning runs of all-zero clusters into write-zeroes. */
-  private void writeData(long off, ByteBuffer buf) throws BlockCopyException {
-    int total = buf.remaining();
-    int pos = 0;
-    while (pos < total) {
-      int step = Math.min(clusterSize, total - pos);
-      boolean zero = Zeros.isZero(buf, pos, step);
-      int runEnd = pos + step;
-      while (runEnd < total) {
-        int s = Math.min(clusterSize, total - runEnd);
-        if (Zeros.isZero(buf, runEnd, s) != zero) {
-          break;
-        }
-        runEnd += s;
-      }
-      if (zero) {
-        writeZeroes(off + pos, runEnd - pos);
-      } else {
-        ByteBuffer slice = buf.duplicate();
-        slice.position(pos).limit(runEnd);
-        try {
-          if (compress) {
-            writeCompressed(off + pos, slice);
-          } else {
-            target.write(off + pos, slice);
-          }
-        } catch (BlockIOException ex) {
-          throw new BlockCopyException(ex, false);
-        }
-      }
-      pos = runEnd;
-    }
-  }
-
-  private void writeCompressed(long off, ByteBuffer data) throws BlockIOException {
-    int tc = target.alignment();
-    int pos = data.position();
-    while (pos < data.limit()) {
-      int n = Math.min(tc, data.limit() - pos);
-      ByteBuffer one = data.duplicate();
-      one.position(pos).limit(pos + n);
-      target.writeCompressed(off + (pos - data.position()), one);
-      pos += n;
-    }
-  }
-
-  private void writeZeroes(long off, long n) throws BlockCopyException {
-    try {
-      target.writeZeroes(off, n, WriteFlag.MAY_UNMAP);
-    } catch (BlockIOException ex) {
-      throw new BlockCopyException(ex, false);
-    }
+    method.discardCopied(t.offset, t.length);
   }
 
   private long roundUp(long v) {

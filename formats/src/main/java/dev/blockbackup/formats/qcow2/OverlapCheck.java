@@ -10,7 +10,7 @@ import java.util.concurrent.ConcurrentSkipListMap;
  * check in its default {@code overlap-check=cached} mode (the header, the active L1 table and the
  * L2 tables it points to, the refcount table and its blocks, the snapshot table and the snapshots'
  * L1 tables; not the snapshots' L2 tables, which would have to be read from disk), and the
- * persistent bitmaps' directory, tables and data clusters ({@link Qcow2Bitmaps} adds them). A data write is
+ * persistent bitmaps' directory, tables and data clusters ({@link Qcow2BitmapList} adds them). A data write is
  * checked against every kind; a metadata writer names the kind it writes, which is not checked.
  * {@link HostFile} asks before every write, and a hit marks the image corrupt.
  *

@@ -11,8 +11,6 @@ import java.io.IOException;
 import java.io.RandomAccessFile;
 import java.io.UncheckedIOException;
 import java.nio.ByteBuffer;
-import java.nio.channels.AsynchronousCloseException;
-import java.nio.channels.ClosedChannelException;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.HashSet;
@@ -29,13 +27,9 @@ import java.util.List;
  * refcount decrease ({@link ClusterFrees}), and a new L2 table is on disk before the L1 entry that
  * points to it. A crash may leak clusters, never corrupt. Lazy refcounts are never used.
  *
- * <p>Overlapping requests are ordered by one {@link RangeLock} on guest bytes, QEMU's tracked
- * requests, and never fail because they overlap: each completes as if the overlapping ones ran in
- * some serial order. Reads hold their bytes shared. A write holds its bytes exclusively when every
- * cluster under it is writable in place (the fast path: no mapping changes), and otherwise, like
- * compressed writes, write-zeroes and discards, the whole clusters it touches, since it may
- * allocate, copy or free them. So a read never sees a host cluster that is being freed or reused,
- * two writers never allocate one guest cluster, and requests that do not overlap run in parallel.
+ * <p>Overlapping requests never fail because they overlap: each completes as if the overlapping
+ * ones ran in some serial order ({@link TrackedRequests}), and requests that do not overlap run in
+ * parallel.
  *
  * <p>API CONTRACT:
  * <ul>
@@ -81,14 +75,9 @@ public final class Qcow2Image implements BlockDevice {
   private final boolean readOnly;
   private final Qcow2Metadata md;
   private final BlockDevice backing;
-  private final ClusterReader reader;
-  private final ClusterAllocator allocator;
-  private final CompressedClusters compressed;
-  private final ZeroAndDiscard zeroes;
+  /** The requests in flight, and whether the image is closed. */
+  private final TrackedRequests requests;
   private final Qcow2BlockStatus status;
-  /** Guest byte ranges held by requests in flight. */
-  private final RangeLock ranges = new RangeLock();
-  private volatile boolean closed;
   /** The dirty bit as it is on disk now (a read-write open rebuilds the refcounts and clears it). */
   private final boolean dirty;
   /** The persistent dirty bitmaps: marked by every mutating call, stored on close. */
@@ -105,10 +94,7 @@ public final class Qcow2Image implements BlockDevice {
     this.md = md;
     this.backing = backing;
     this.dirty = dirty;
-    this.reader = new ClusterReader(md, backing);
-    this.allocator = new ClusterAllocator(md, reader);
-    this.compressed = new CompressedClusters(md);
-    this.zeroes = new ZeroAndDiscard(md, backing, allocator);
+    this.requests = new TrackedRequests(md, backing);
     this.status = new Qcow2BlockStatus(md, backing);
   }
 
@@ -170,7 +156,7 @@ public final class Qcow2Image implements BlockDevice {
     Qcow2Header header = md.header;
     md.lock.lock();
     try {
-      long inUse = closed ? 0 : md.refcounts.countInUse();
+      long inUse = requests.isClosed() ? 0 : md.refcounts.countInUse();
       return new Qcow2Info(md.version, md.size, md.clusterSize, header.backingFile, header.backingFormat,
           dirty,
           (header.incompatible & Qcow2Header.INCOMPAT_CORRUPT) != 0 || md.file.isCorrupt(),
@@ -214,12 +200,7 @@ public final class Qcow2Image implements BlockDevice {
   public void read(long offset, ByteBuffer dst) throws BlockIOException {
     checkOpen();
     BlockIOException.checkRange(offset, dst.remaining(), md.size);
-    try (RangeLock.Held held = ranges.acquire(offset, dst.remaining(), RangeLock.Mode.SHARED)) {
-      checkOpen(); // close may have run while we waited
-      reader.read(offset, dst);
-    } catch (IOException e) {
-      throw failure("read", offset, e);
-    }
+    requests.read(offset, dst);
   }
 
   @Override
@@ -228,38 +209,7 @@ public final class Qcow2Image implements BlockDevice {
     int length = src.remaining();
     BlockIOException.checkRange(offset, length, md.size);
     bitmaps.mark(offset, length);
-    long clustersStart = offset & -md.clusterSize;
-    long clustersEnd = Qcow2Header.ceilDiv(offset + length, md.clusterSize) * md.clusterSize;
-    try {
-      boolean done = false;
-      if (clustersStart != offset || clustersEnd != offset + length) {
-        // a write inside clusters it may overwrite in place holds only its own bytes, so that
-        // writes to different sectors of one cluster run in parallel
-        try (RangeLock.Held held = ranges.acquire(offset, length, RangeLock.Mode.EXCLUSIVE)) {
-          checkOpen();
-          if (length == 0 || allocator.allInPlace(offset, length)) {
-            writeHeld(offset, src, flags);
-            done = true;
-          }
-        }
-      }
-      if (!done) {
-        try (RangeLock.Held held = ranges.acquire(clustersStart, clustersEnd - clustersStart, RangeLock.Mode.EXCLUSIVE)) {
-          checkOpen();
-          writeHeld(offset, src, flags);
-        }
-      }
-    } catch (IOException e) {
-      throw failure("write", offset, e);
-    }
-  }
-
-  private void writeHeld(long offset, ByteBuffer src, WriteFlag... flags) throws IOException {
-    allocator.write(offset, src);
-    src.position(src.limit()); // consumed, as a channel write (and RawImage) leaves it
-    if (WriteFlag.isSet(flags, WriteFlag.FUA)) {
-      flushMetadata();
-    }
+    requests.write(offset, src, flags);
   }
 
   @Override
@@ -294,15 +244,7 @@ public final class Qcow2Image implements BlockDevice {
       throw new BlockIOException(BlockError.EINVAL, "compressed write of " + cluster.remaining() + " bytes at "
           + offset + ": it must be exactly one cluster (" + expect + " bytes here)");
     }
-    try (RangeLock.Held held = ranges.acquire(offset, clusterSize, RangeLock.Mode.EXCLUSIVE)) {
-      checkOpen();
-      if (!compressed.write(offset >>> md.clusterBits, cluster, expect)) {
-        allocator.write(offset, cluster.duplicate());
-      }
-      cluster.position(cluster.limit()); // consumed, like write
-    } catch (IOException e) {
-      throw failure("compressed write", offset, e);
-    }
+    requests.writeCompressed(offset, cluster, expect);
   }
 
   @Override
@@ -313,18 +255,7 @@ public final class Qcow2Image implements BlockDevice {
     if (length == 0) {
       return;
     }
-    long clustersStart = offset & -md.clusterSize;
-    long clustersEnd = Qcow2Header.ceilDiv(offset + length, md.clusterSize) * md.clusterSize;
-    try (RangeLock.Held held = ranges.acquire(clustersStart, clustersEnd - clustersStart, RangeLock.Mode.EXCLUSIVE)) {
-      checkOpen();
-      zeroes.writeZeroes(offset, length, WriteFlag.isSet(flags, WriteFlag.NO_FALLBACK),
-          WriteFlag.isSet(flags, WriteFlag.MAY_UNMAP));
-      if (WriteFlag.isSet(flags, WriteFlag.FUA)) {
-        flushMetadata();
-      }
-    } catch (IOException e) {
-      throw failure("write zeroes", offset, e);
-    }
+    requests.writeZeroes(offset, length, flags);
   }
 
   /**
@@ -342,14 +273,7 @@ public final class Qcow2Image implements BlockDevice {
     if (length == 0 || first >= end) {
       return;
     }
-    int clusterBits = md.clusterBits;
-    try (RangeLock.Held held = ranges.acquire(first << clusterBits, (end - first) << clusterBits,
-        RangeLock.Mode.EXCLUSIVE)) {
-      checkOpen();
-      zeroes.discard(first, end);
-    } catch (IOException e) {
-      throw failure("discard", offset, e);
-    }
+    requests.discard(offset, first, end);
   }
 
   @Override
@@ -359,19 +283,9 @@ public final class Qcow2Image implements BlockDevice {
       return;
     }
     try {
-      flushMetadata();
+      requests.flushMetadata();
     } catch (IOException e) {
       throw failure("flush", 0, e);
-    }
-  }
-
-  /** Everything written so far becomes durable, in crash-safe order. */
-  private void flushMetadata() throws IOException {
-    md.lock.lock();
-    try {
-      md.frees.flush();
-    } finally {
-      md.lock.unlock();
     }
   }
 
@@ -392,24 +306,24 @@ public final class Qcow2Image implements BlockDevice {
   /** Waits for the requests in flight, flushes, and closes the image and its backing chain. */
   @Override
   public void close() throws BlockIOException {
-    if (closed) {
+    if (requests.isClosed()) {
       return;
     }
-    RangeLock.Held everything = ranges.acquire(0, Long.MAX_VALUE, RangeLock.Mode.EXCLUSIVE);
+    RangeLock.Held everything = requests.holdAll();
     try {
-      if (closed) {
+      if (requests.isClosed()) {
         return;
       }
       if (!readOnly) {
-        flushMetadata();
+        requests.flushMetadata();
         bitmaps.store(); // QEMU stores persistent bitmaps when it inactivates the image
-        flushMetadata();
+        requests.flushMetadata();
       }
     } catch (IOException e) {
       throw failure("flush on close", 0, e);
     } finally {
-      if (!closed) {
-        closed = true;
+      if (!requests.isClosed()) {
+        requests.setClosed();
         try {
           raf.close();
         } catch (IOException ignored) {
@@ -481,9 +395,7 @@ public final class Qcow2Image implements BlockDevice {
   }
 
   private void checkOpen() throws BlockIOException {
-    if (closed) {
-      throw new BlockIOException(BlockError.ESHUTDOWN, where + " is closed");
-    }
+    requests.checkOpen();
   }
 
   private void checkWritable() throws BlockIOException {
@@ -494,9 +406,6 @@ public final class Qcow2Image implements BlockDevice {
   }
 
   private BlockIOException failure(String what, long offset, IOException e) {
-    if (e instanceof ClosedChannelException || e instanceof AsynchronousCloseException) {
-      return new BlockIOException(BlockError.ESHUTDOWN, where + " is closed", e);
-    }
-    return BlockIOException.fromHost(what + " at " + offset + " in " + where, e);
+    return requests.failure(what, offset, e);
   }
 }
