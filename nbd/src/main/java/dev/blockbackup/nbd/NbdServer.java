@@ -4,6 +4,7 @@ import dev.blockbackup.engine.BitmapException;
 import dev.blockbackup.engine.BlockNode;
 import io.netty.bootstrap.ServerBootstrap;
 import io.netty.channel.AdaptiveRecvByteBufAllocator;
+import io.netty.channel.WriteBufferWaterMark;
 import io.netty.channel.Channel;
 import io.netty.channel.ChannelHandlerContext;
 import io.netty.channel.ChannelInitializer;
@@ -230,6 +231,10 @@ public final class NbdServer implements AutoCloseable {
     // the buffer it is decoded from, and the decoder slices it there instead of copying it into a
     // growing cumulation piece by piece.
     b.childOption(ChannelOption.RCVBUF_ALLOCATOR, new AdaptiveRecvByteBufAllocator(512, 64 << 10, 1 << 20));
+    // Replies the client has not taken yet, above which the connection stops reading: Netty's 64
+    // KiB would stop it after every 256 KiB read reply and start it again (two epoll_ctl calls a
+    // request); requests in flight are bounded anyway (maxInFlight, MAX_IN_FLIGHT_BYTES).
+    b.childOption(ChannelOption.WRITE_BUFFER_WATER_MARK, new WriteBufferWaterMark(2 << 20, 8 << 20));
     if (tcp) {
       b.childOption(ChannelOption.TCP_NODELAY, true);
     }
