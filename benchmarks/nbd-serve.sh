@@ -11,10 +11,11 @@
 # MiB/s and IOPS). Ours is `bin/blockbackup serve`, built by ./mvnw -B -ntp -DskipTests package.
 # qemu-nbd gets -e 16 (as many connections as nbdcopy opens) and --cache=writeback --aio=threads,
 # its defaults spelled out; nbdkit its defaults (16 threads). Each server runs the copies with
-# multi-conn as it advertises it. Each server gets one untimed pass (a whole read, a fio write)
-# before it is measured.
+# multi-conn as it advertises it. Each server gets WARMUP untimed passes (a whole read and a whole
+# write each) and a fio write before it is measured.
 #
-# Environment: RUNS (default 3), SIZE_MIB (default 2048), RUNTIME (fio seconds, default 10),
+# Environment: RUNS (default 3), SIZE_MIB (default 2048), RUNTIME (fio seconds, default 10), WARMUP
+# (passes, default 3),
 # BENCH_DIR (default /var/tmp/blockbackup-bench-nbd), SERVERS (default "ours qemu-nbd nbdkit"),
 # SETTLE_MIB (lib.sh). Run it under `flock /tmp/bench.lock` on a shared machine.
 set -euo pipefail
@@ -22,6 +23,7 @@ root="$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)"
 runs="${RUNS:-3}"
 size_mib="${SIZE_MIB:-2048}"
 runtime="${RUNTIME:-10}"
+warmup="${WARMUP:-3}"
 dir="${BENCH_DIR:-/var/tmp/blockbackup-bench-nbd}"
 servers="${SERVERS:-ours qemu-nbd nbdkit}"
 # shellcheck source=lib.sh
@@ -101,9 +103,12 @@ for run in $(seq "$runs"); do
   order=("${order[@]:shift_by}" "${order[@]:0:shift_by}")
   for s in "${order[@]}"; do
     start_server "$s"
-    # one untimed pass each way first, the same for every server: a long-running server is
-    # measured warm (our JIT compiles its hot paths in the first second or so)
-    nbdcopy "$uri" null: >/dev/null
+    # untimed passes first, the same for every server: a long-running server is measured warm
+    # (our JIT compiles its hot paths over the first few GiB; C servers need no warm-up)
+    for _ in $(seq "$warmup"); do
+      nbdcopy "$uri" null: >/dev/null
+      nbdcopy "$src" "$uri" >/dev/null
+    done
     fio_iops randwrite >/dev/null
     settle
     echo "$s read-extents $(mibps "$(timed nbdcopy "$uri" null:)")" >>"$results"
