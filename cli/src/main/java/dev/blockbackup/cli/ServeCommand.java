@@ -211,8 +211,8 @@ final class ServeCommand implements Callable<Integer> {
         if (fleece) {
           FleecingExport f = fleece(jobs, node, img);
           fleeces.add(f);
-          b.export(f.liveExport().withReadOnly(img.readOnly()));
-          b.export(f.snapshotExport());
+          b.export(f.liveExport().withReadOnly(img.readOnly()).withAllocationDepth(allocationDepth));
+          b.export(f.snapshotExport().withAllocationDepth(allocationDepth));
           f.bitmapContexts().forEach(c -> contexts.add(c + " on " + f.snapshotExport().name()));
         } else {
           NbdExport e = NbdExport.of(img.name(), node).withReadOnly(img.readOnly())

@@ -66,8 +66,8 @@ public interface BlockDevice extends Closeable {
    * Reads as {@link #read} does, but only if that needs no wait for the disk (the bytes are in the
    * host's page cache): for a caller on a thread that must not block, such as an NBD server's
    * event loop, which then answers at once instead of handing the read to a worker. Returns false,
-   * with {@code dst} as it was, when it would wait or cannot tell; the caller then calls {@link
-   * #read}. By default it always can't.
+   * with {@code dst}'s position as it was (its bytes past it may have changed), when it would wait
+   * or cannot tell; the caller then calls {@link #read}. By default it always can't.
    */
   default boolean readNoWait(long offset, ByteBuffer dst) throws BlockIOException {
     return false;

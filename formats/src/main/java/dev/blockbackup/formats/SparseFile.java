@@ -133,8 +133,8 @@ final class SparseFile implements Closeable {
   /**
    * Reads {@code dst.remaining()} bytes at {@code pos} into the direct buffer {@code dst} only if
    * the page cache holds them all (preadv2 with RWF_NOWAIT); true with {@code dst} filled, or
-   * false with {@code dst} as it was when the read would wait for the disk, was short, or this
-   * kernel cannot say.
+   * false with {@code dst}'s position as it was (a short read may have filled part of it) when
+   * the read would wait for the disk, was short, or this kernel cannot say.
    */
   boolean readNoWait(long pos, ByteBuffer dst) throws BlockIOException {
     if (!noWaitWorks || !dst.isDirect()) {
