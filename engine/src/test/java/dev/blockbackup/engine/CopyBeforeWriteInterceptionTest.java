@@ -43,7 +43,7 @@ class CopyBeforeWriteInterceptionTest {
 
   /** The calls that change no data, by signature; every other call of BlockDevice must be intercepted. */
   static final Set<String> NON_MUTATING = Set.of(
-      "size()", "alignment()", "isReadOnly()", "read(long,ByteBuffer)", "flush()",
+      "size()", "alignment()", "isReadOnly()", "read(long,ByteBuffer)", "readNoWait(long,ByteBuffer)", "flush()",
       "supportsCompressedWrites()", "blockStatus(long,long)", "close()");
 
   @TempDir Path dir;
