@@ -225,6 +225,12 @@ final class HandshakeHandler extends SimpleChannelInboundHandler<Object> {
   }
 
   private void exportName(ChannelHandlerContext ctx, byte[] data) {
+    if (extendedHeaders) {
+      // the spec: a client that negotiated extended headers uses NBD_OPT_GO; as QEMU, one that
+      // does not gets the connection closed (the old option has no way to say so)
+      close(ctx, "NBD_OPT_EXPORT_NAME after NBD_OPT_EXTENDED_HEADERS");
+      return;
+    }
     String name = utf8(data, 0, data.length);
     NbdExport export = name == null ? null : settings.find(name);
     if (export == null) {
@@ -258,6 +264,12 @@ final class HandshakeHandler extends SimpleChannelInboundHandler<Object> {
       return;
     }
     long nameLength = in.readUnsignedInt();
+    if (nameLength > NbdExport.MAX_STRING) {
+      // no export has such a name, and the spec caps strings there (QEMU: "Invalid name length")
+      error(ctx, opt, NBD_REP_ERR_INVALID, optionName(opt) + " name length " + nameLength + " is over "
+          + NbdExport.MAX_STRING);
+      return;
+    }
     if (nameLength > in.readableBytes() - 2) {
       error(ctx, opt, NBD_REP_ERR_INVALID, optionName(opt) + " name length " + nameLength + " exceeds the data");
       return;
@@ -378,7 +390,11 @@ final class HandshakeHandler extends SimpleChannelInboundHandler<Object> {
       f |= NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES | NBD_FLAG_SEND_FAST_ZERO;
     }
     if (structuredReplies) {
-      f |= NBD_FLAG_SEND_DF; // every read is answered in one chunk, so "don't fragment" always holds
+      f |= NBD_FLAG_SEND_DF; // a DF read is answered in one chunk
+    }
+    if (extendedHeaders && contexts != null && contexts.export() == export) {
+      // block status may name its contexts in a payload (MetaContexts.filtered), as QEMU offers it
+      f |= NBD_FLAG_BLOCK_STAT_PAYLOAD;
     }
     return f;
   }

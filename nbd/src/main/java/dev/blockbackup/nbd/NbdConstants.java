@@ -37,6 +37,8 @@ final class NbdConstants {
   static final int NBD_FLAG_SEND_RESIZE = 1 << 9;
   static final int NBD_FLAG_SEND_CACHE = 1 << 10;
   static final int NBD_FLAG_SEND_FAST_ZERO = 1 << 11;
+  /** Extended headers: NBD_CMD_BLOCK_STATUS may carry a payload naming the contexts wanted. */
+  static final int NBD_FLAG_BLOCK_STAT_PAYLOAD = 1 << 12;
 
   // ---------------------------------------------------------------- options
   static final int NBD_OPT_EXPORT_NAME = 1;

@@ -137,7 +137,34 @@ class NbdExtendedHeadersTest {
       assertThat(c.option(NBD_OPT_EXTENDED_HEADERS, new byte[0])).containsExactly(NBD_REP_ERR_INVALID);
       assertThat(c.option(NBD_OPT_STRUCTURED_REPLY, new byte[0])).containsExactly(NBD_REP_ERR_EXT_HEADER_REQD);
       assertThat(c.option(NBD_OPT_EXTENDED_HEADERS, new byte[1])).containsExactly(NBD_REP_ERR_INVALID);
+      // the old way into transmission has no place after extended headers: closed, as QEMU does
+      c.c.option(NBD_OPT_EXPORT_NAME, "big".getBytes(java.nio.charset.StandardCharsets.UTF_8));
+      assertThat(c.c.closedByServer()).isTrue();
     }
+  }
+
+  @Test
+  void blockStatusPayloadsAreAdvertisedOnceContextsAreChosen() throws IOException {
+    try (Client c = new Client(server)) {
+      c.option(NBD_OPT_EXTENDED_HEADERS, new byte[0]);
+      assertThat(transmissionFlags(c) & NBD_FLAG_BLOCK_STAT_PAYLOAD).as("no context chosen").isZero();
+      c.option(NBD_OPT_SET_META_CONTEXT, Wire.metaData("big", BASE_ALLOCATION));
+      assertThat(transmissionFlags(c) & NBD_FLAG_BLOCK_STAT_PAYLOAD).isNotZero();
+    }
+  }
+
+  /** The transmission flags NBD_OPT_INFO reports for "big". */
+  private static int transmissionFlags(Client c) throws IOException {
+    c.c.option(NBD_OPT_INFO, Wire.goData("big"));
+    int flags = -1;
+    for (Wire.OptReply r; (r = c.c.optReply()).type() != NBD_REP_ACK; ) {
+      java.nio.ByteBuffer b = java.nio.ByteBuffer.wrap(r.data());
+      if (b.getShort() == NBD_INFO_EXPORT) {
+        b.getLong();
+        flags = Short.toUnsignedInt(b.getShort());
+      }
+    }
+    return flags;
   }
 
   @Test
