@@ -150,13 +150,7 @@ class ServeInteropTest {
   private static List<NbdExtent> fromMap(List<MapEntry> map, java.util.function.ToLongFunction<MapEntry> type) {
     List<NbdExtent> out = new ArrayList<>();
     for (MapEntry e : map) {
-      long t = type.applyAsLong(e);
-      NbdExtent last = out.isEmpty() ? null : out.get(out.size() - 1);
-      if (last != null && last.type() == t && last.offset() + last.length() == e.start()) {
-        out.set(out.size() - 1, new NbdExtent(last.offset(), last.length() + e.length(), t));
-      } else {
-        out.add(new NbdExtent(e.start(), e.length(), t));
-      }
+      QemuImg.append(out, new NbdExtent(e.start(), e.length(), type.applyAsLong(e)));
     }
     return out;
   }

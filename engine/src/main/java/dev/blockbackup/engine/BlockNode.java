@@ -329,12 +329,11 @@ public final class BlockNode implements BlockDevice {
   // ---------------------------------------------------------------- requests
 
   private BlockDevice enter() {
-    inFlight.incrementAndGet();
-    if (drainCount == 0) {
-      return top; // the common case: no lock, so requests of many threads do not queue on it
+    BlockDevice d = tryEnter();
+    if (d != null) {
+      return d;
     }
-    leave(); // a drain has begun: back out, so it can finish, and wait for its end
-    lock.lock();
+    lock.lock(); // a drain is on: wait for its end
     try {
       while (drainCount > 0) {
         changed.awaitUninterruptibly();
@@ -344,6 +343,20 @@ public final class BlockNode implements BlockDevice {
     } finally {
       lock.unlock();
     }
+  }
+
+  /**
+   * Admits a request without the lock and returns the device on top, or backs out and returns
+   * null while a drain is on (the common case takes no lock, so requests of many threads do not
+   * queue on it).
+   */
+  private BlockDevice tryEnter() {
+    inFlight.incrementAndGet();
+    if (drainCount == 0) {
+      return top;
+    }
+    leave(); // back out, so the drain can finish
+    return null;
   }
 
   private void leave() {
@@ -409,9 +422,12 @@ public final class BlockNode implements BlockDevice {
   /** As the device on top does; never waits, not even for a drain (then it says it can't). */
   @Override
   public boolean readNoWait(long offset, ByteBuffer dst) throws BlockIOException {
-    inFlight.incrementAndGet();
+    BlockDevice d = tryEnter();
+    if (d == null) {
+      return false;
+    }
     try {
-      return drainCount == 0 && top.readNoWait(offset, dst);
+      return d.readNoWait(offset, dst);
     } finally {
       leave();
     }

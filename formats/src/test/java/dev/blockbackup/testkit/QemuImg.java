@@ -136,15 +136,19 @@ public final class QemuImg {
       if (f.length < 3) {
         continue;
       }
-      NbdExtent e = new NbdExtent(Long.parseLong(f[0]), Long.parseLong(f[1]), Long.parseLong(f[2]));
-      NbdExtent last = out.isEmpty() ? null : out.get(out.size() - 1);
-      if (last != null && last.type() == e.type() && last.offset() + last.length() == e.offset()) {
-        out.set(out.size() - 1, new NbdExtent(last.offset(), last.length() + e.length(), e.type()));
-      } else {
-        out.add(e);
-      }
+      append(out, new NbdExtent(Long.parseLong(f[0]), Long.parseLong(f[1]), Long.parseLong(f[2])));
     }
     return out;
+  }
+
+  /** Adds {@code e} to {@code out}, joined to the last extent when it continues it with the same type. */
+  public static void append(List<NbdExtent> out, NbdExtent e) {
+    NbdExtent last = out.isEmpty() ? null : out.get(out.size() - 1);
+    if (last != null && last.type() == e.type() && last.offset() + last.length() == e.offset()) {
+      out.set(out.size() - 1, new NbdExtent(last.offset(), last.length() + e.length(), e.type()));
+    } else {
+      out.add(e);
+    }
   }
 
   /**

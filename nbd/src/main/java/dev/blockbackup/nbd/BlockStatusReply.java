@@ -10,11 +10,9 @@ import dev.blockbackup.engine.BlockNode;
 import dev.blockbackup.formats.BlockDevice;
 import dev.blockbackup.formats.BlockIOException;
 import dev.blockbackup.formats.DirtyBitmap;
-import dev.blockbackup.formats.Extent;
 import dev.blockbackup.formats.qcow2.Qcow2Image;
 import dev.blockbackup.nbd.NbdMessages.BlockStatusChunk;
 import java.util.Arrays;
-import java.util.List;
 
 /**
  * The extents of one metadata context over one NBD_CMD_BLOCK_STATUS range: runs of equal flags,
@@ -80,26 +78,9 @@ final class BlockStatusReply {
   static BlockStatusChunk baseAllocation(BlockDevice device, long handle, long offset, long length, int max,
       boolean done) throws BlockIOException {
     BlockStatusReply r = new BlockStatusReply(max);
-    long end = offset + length;
-    long pos = offset;
-    outer:
-    while (pos < end) {
-      List<Extent> extents = device.blockStatus(pos, end - pos);
-      if (extents.isEmpty()) {
-        break;
-      }
-      for (Extent e : extents) {
-        long from = Math.max(e.offset(), pos);
-        long to = Math.min(e.end(), end);
-        if (from != pos || to <= from) {
-          break outer; // a device that skips or overlaps: report what is certain
-        }
-        if (!r.add(to - from, (e.data() ? 0 : NBD_STATE_HOLE) | (e.zero() ? NBD_STATE_ZERO : 0))) {
-          break outer;
-        }
-        pos = to;
-      }
-    }
+    // where the device skips or overlaps the walk stops: the reply says what is certain
+    ExtentWalk.walk(device, offset, offset + length,
+        (from, to, e) -> r.add(to - from, (e.data() ? 0 : NBD_STATE_HOLE) | (e.zero() ? NBD_STATE_ZERO : 0)));
     return r.chunk(handle, BASE_ALLOCATION_ID, length, done);
   }
 
@@ -117,33 +98,16 @@ final class BlockStatusReply {
 
   /** Adds the depths of [pos, end) with {@code device} at {@code level}; false once full or unsure. */
   private boolean depth(BlockDevice device, long pos, long end, int level) throws BlockIOException {
-    while (pos < end) {
-      List<Extent> extents = device.blockStatus(pos, end - pos);
-      if (extents.isEmpty()) {
-        return false;
+    return ExtentWalk.walk(device, pos, end, (from, to, e) -> {
+      if (e.allocated()) {
+        return add(to - from, level);
       }
-      for (Extent e : extents) {
-        long from = Math.max(e.offset(), pos);
-        long to = Math.min(e.end(), end);
-        if (from != pos || to <= from) {
-          return false;
-        }
-        boolean more;
-        if (e.allocated()) {
-          more = add(to - from, level);
-        } else {
-          BlockDevice backing = backingOf(device);
-          long inBacking = backing == null ? from : Math.min(to, Math.max(from, backing.size()));
-          more = (inBacking == from || depth(backing, from, inBacking, level + 1)) && add(to - inBacking, 0);
-        }
-        if (!more) {
-          return false;
-        }
-        pos = to;
-      }
-    }
-    return true;
+      BlockDevice backing = backingOf(device);
+      long inBacking = backing == null ? from : Math.min(to, Math.max(from, backing.size()));
+      return (inBacking == from || depth(backing, from, inBacking, level + 1)) && add(to - inBacking, 0);
+    }) == end;
   }
+
 
   /** The backing file below {@code device}'s image, or null: through a node to its image. */
   private static BlockDevice backingOf(BlockDevice device) {

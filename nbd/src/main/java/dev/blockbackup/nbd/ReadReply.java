@@ -5,7 +5,6 @@ import static dev.blockbackup.nbd.NbdConstants.NBD_CMD_FLAG_FUA;
 
 import dev.blockbackup.formats.BlockDevice;
 import dev.blockbackup.formats.BlockIOException;
-import dev.blockbackup.formats.Extent;
 import dev.blockbackup.nbd.NbdMessages.Chunks;
 import dev.blockbackup.nbd.NbdMessages.HoleChunk;
 import dev.blockbackup.nbd.NbdMessages.NoneChunk;
@@ -98,50 +97,44 @@ final class ReadReply {
    */
   private Object sparse(Request r, ByteBuf data, boolean filled) throws BlockIOException {
     long end = r.offset() + r.length();
-    List<Object> chunks = new ArrayList<>();
-    long runStart = r.offset();
-    boolean runZero = false;
-    long pos = r.offset();
+    // runs of data and of zeros, neighbours of one kind joined: {from, to, zero ? 1 : 0}
+    List<long[]> runs = new ArrayList<>();
+    long stop = ExtentWalk.walk(device, r.offset(), end, (from, to, e) -> {
+      addRun(runs, from, to, e.zero());
+      return true;
+    });
+    if (stop < end) {
+      addRun(runs, stop, end, false); // where the device was not certain: read it as data
+    }
+    if (runs.size() == 1 && runs.get(0)[2] == 0) {
+      // all data, the common case: one chunk, no list
+      if (!filled) {
+        device.read(r.offset(), data.nioBuffer(0, (int) r.length()));
+      }
+      return whole(r, data.retain());
+    }
+    List<Object> chunks = new ArrayList<>(runs.size());
     try {
-      while (pos < end) {
-        List<Extent> extents = device.blockStatus(pos, end - pos);
-        long before = pos;
-        for (Extent e : extents) {
-          long from = Math.max(e.offset(), pos);
-          long to = Math.min(e.end(), end);
-          if (from != pos || to <= from) {
-            break; // a device that skips or overlaps: read the rest as data
-          }
-          if (e.zero() != runZero && pos > runStart) {
-            chunks.add(run(r, data, runStart, pos, runZero, filled, false));
-            runStart = pos;
-          }
-          runZero = e.zero();
-          pos = to;
-        }
-        if (pos == before) {
-          if (runZero && pos > runStart) {
-            chunks.add(run(r, data, runStart, pos, true, filled, false));
-            runStart = pos;
-          }
-          runZero = false;
-          pos = end;
-        }
+      for (int i = 0; i < runs.size(); i++) {
+        long[] run = runs.get(i);
+        chunks.add(run(r, data, run[0], run[1], run[2] == 1, filled, i == runs.size() - 1));
       }
-      if (chunks.isEmpty() && !runZero) {
-        // all data, the common case: one chunk, no list
-        if (!filled) {
-          device.read(r.offset(), data.nioBuffer(0, (int) r.length()));
-        }
-        return whole(r, data.retain());
-      }
-      chunks.add(run(r, data, runStart, end, runZero, filled, true));
       return new Chunks(chunks);
     } catch (BlockIOException | RuntimeException e) {
       chunks.forEach(ReferenceCountUtil::release);
       throw e;
     }
   }
+
+  private static void addRun(List<long[]> runs, long from, long to, boolean zero) {
+    long[] last = runs.isEmpty() ? null : runs.get(runs.size() - 1);
+    if (last != null && last[1] == from && (last[2] == 1) == zero) {
+      last[1] = to;
+    } else {
+      runs.add(new long[] {from, to, zero ? 1 : 0});
+    }
+  }
+
 
   /** One chunk of a sparse read: a hole, or the bytes of [from, to) in their slice of {@code data}. */
   private Object run(Request r, ByteBuf data, long from, long to, boolean zero, boolean filled, boolean done)
