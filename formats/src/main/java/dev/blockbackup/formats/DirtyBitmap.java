@@ -25,6 +25,9 @@ import java.util.concurrent.atomic.AtomicLong;
  * {@code count} or {@code next*} sees the bitmap between two calls and never half of one, and
  * {@link #merge} takes both bitmaps' monitors in one global order so two crossed merges cannot
  * deadlock. A result is of course only a snapshot: another thread may change the bits right after.
+ * The one exception to the monitor is a {@code set} whose granules are already all dirty (the common
+ * case of a guest write to a busy disk): it reads them without the monitor and returns, linearized
+ * at that read, so it is as atomic as the locked path and a reset that follows it is never undone.
  */
 public final class DirtyBitmap {
 
@@ -136,6 +139,9 @@ public final class DirtyBitmap {
     }
     long first = offset >>> shift;
     long last = (offset + length - 1) >>> shift;
+    if (bitmap.isSetLockFree(first, last + 1)) {
+      return; // already dirty: nothing to change, so no monitor (see the class comment)
+    }
     synchronized (lock) {
       bitmap.set(first, last + 1);
     }

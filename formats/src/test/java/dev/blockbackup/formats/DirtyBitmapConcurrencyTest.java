@@ -12,6 +12,7 @@ import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
+import java.util.concurrent.SynchronousQueue;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Test;
 
@@ -161,6 +162,55 @@ class DirtyBitmapConcurrencyTest {
       }
     }
     assertUnion(bitmap, model);
+  }
+
+  /**
+   * The lock-free path of set (granules already dirty return without the monitor) against the
+   * resets that make it wrong if it read stale bits: one thread makes a page full, or mixed, then
+   * resets one granule (by a partial reset, a whole-page reset or a clear) and hands it to another
+   * thread, which sets it and must find it dirty. The hand-off is the only ordering, as a drain is
+   * between a job's reset and the guest writes after it.
+   */
+  @Test
+  void aSetAfterAResetOfItsGranuleAlwaysMarksIt() throws Exception {
+    DirtyBitmap bitmap = new DirtyBitmap(SIZE, G);
+    SynchronousQueue<Long> handOff = new SynchronousQueue<>();
+    SynchronousQueue<Boolean> answer = new SynchronousQueue<>();
+    ExecutorService pool = Executors.newFixedThreadPool(1);
+    try {
+      Future<?> setter = pool.submit(() -> {
+        for (long g; (g = handOff.take()) >= 0; ) {
+          bitmap.set(g * G, G);
+          answer.put(bitmap.isDirty(g * G));
+        }
+        return null;
+      });
+      SplittableRandom r = new SplittableRandom(7);
+      long pageBytes = (long) DirtyBitmap.PAGE_BITS * G;
+      for (int round = 0; round < 20_000; round++) {
+        long page = r.nextInt(4);
+        long g = page * DirtyBitmap.PAGE_BITS + r.nextInt(DirtyBitmap.PAGE_BITS);
+        bitmap.set(page * pageBytes, pageBytes); // the page is FULL: the fast path's best case
+        switch (r.nextInt(4)) {
+          case 0 -> bitmap.reset(g * G, G); // FULL to mixed
+          case 1 -> bitmap.reset(page * pageBytes, pageBytes); // FULL to clean
+          case 2 -> bitmap.clear();
+          default -> {
+            bitmap.reset(page * pageBytes, pageBytes); // mixed words, then one bit cleared in place
+            bitmap.set(g / 64 * 64 * G, 64L * G);
+            bitmap.reset(g * G, G);
+          }
+        }
+        handOff.put(g);
+        if (!answer.take()) {
+          throw new AssertionError("round " + round + ": a set after the reset of granule " + g + " was lost");
+        }
+      }
+      handOff.put(-1L);
+      setter.get(1, TimeUnit.MINUTES);
+    } finally {
+      pool.shutdownNow();
+    }
   }
 
   /** Every granule, the count, and both searches agree with the model. */
