@@ -83,25 +83,18 @@ final class HBitmap {
    * dirty, and several bitmaps' monitors taken by every write from several threads were what a
    * write waited on. Only a range within one word is answered (a 4 MiB write at 64 KiB granules);
    * a longer one answers false and takes the locked path. The answer describes one moment within
-   * the call, so a set that finds its bits set is linearized there, before any later reset: the
-   * page slot is read with acquire, then its word; if the word's page was replaced in between, that
-   * array is never written again after its replacement, so its word still tells the moment just
-   * before it.
+   * the call, so a set that finds its bits set is linearized there, before any later reset:
+   * {@link #wordAt} reads the page slot with acquire, then its word; if the word's page was
+   * replaced in between, that array is never written again after its replacement, so its word
+   * still tells the moment just before it.
    */
   boolean isSetLockFree(long from, long to) {
     long w = from >>> 6;
     if (w != (to - 1) >>> 6) {
       return false;
     }
-    long[] page = (long[]) PAGE.getAcquire(pages, (int) (w >>> WORD_PAGE_SHIFT));
-    if (page == FULL) {
-      return true;
-    }
-    if (page == null) {
-      return false;
-    }
     long mask = wordMask(w, from, to);
-    return ((long) WORD.getAcquire(page, (int) (w & WORD_IN_PAGE_MASK)) & mask) == mask;
+    return (wordAt(w) & mask) == mask;
   }
 
   // ---- heap accounting ----
@@ -181,15 +174,19 @@ final class HBitmap {
 
   // ---- words, in qcow2's order (word w holds granules [64w, 64w+64), least significant first) ----
 
+  /**
+   * Word w. Its loads are acquire loads (plain loads on x86) so that {@link #isSetLockFree} can
+   * call it without the monitor; under the monitor they cost nothing more.
+   */
   long wordAt(long w) {
-    long[] page = pages[(int) (w >>> WORD_PAGE_SHIFT)];
+    long[] page = (long[]) PAGE.getAcquire(pages, (int) (w >>> WORD_PAGE_SHIFT));
     if (page == null) {
       return 0;
     }
     if (page == FULL) {
       return validMask(w);
     }
-    return page[(int) (w & WORD_IN_PAGE_MASK)];
+    return (long) WORD.getAcquire(page, (int) (w & WORD_IN_PAGE_MASK));
   }
 
   /** ORs {@code mask} into word w; the mask must lie within the valid bits. */
