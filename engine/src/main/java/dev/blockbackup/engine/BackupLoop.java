@@ -152,50 +152,20 @@ final class BackupLoop {
   }
 
   /**
-   * The background copy's first pass: what the source's block status reports as zero goes to the
-   * target as write-zeroes, a whole dirty run per request, before the chunk by chunk copy of the
-   * rest; so an empty disk costs its metadata, not a block status call and a copy per chunk (the
-   * chunk copy would zero the same clusters, a chunk at a time). Under a speed limit the pass stops:
-   * there, as in QEMU, zeroed bytes count against the limit chunk by chunk. A failed zeroing stops
-   * it too, and its clusters, dirty again, go to the chunk copy and its error policy.
+   * The background copier (backup_loop with block-copy's task loop): walks the copy bitmap in
+   * offset order, so a failed job leaves everything from the failed cluster on still to copy, as
+   * QEMU's does. Per dirty run, the source's block status picks how: a run that reads as zero goes
+   * to the target as write-zeroes, a whole dirty run per request, on this thread (zeroing costs the
+   * target its metadata, so an empty disk costs a few requests rather than a copy per chunk); data
+   * is claimed up to the end of its extent, at most a chunk, and copied on a worker. Either takes
+   * one of the job's worker slots, so with one worker nothing goes on past a copy that fails. Under
+   * a speed limit zero runs are claimed chunk by chunk too: there, as in QEMU, zeroed bytes count
+   * against the limit.
    */
-  private void copyZeroExtents() throws BlockIOException {
+  private void backgroundCopy() throws BlockIOException {
     long len = bcs.size();
     int c = bcs.clusterSize();
-    long pos = 0;
-    while (pos < len) {
-      checkSnapshot();
-      job.pausePoint();
-      applySpeed();
-      if (rateLimit.isLimited()) {
-        return;
-      }
-      List<Extent> extents = source.blockStatus(pos, len - pos);
-      if (extents.isEmpty()) {
-        return;
-      }
-      for (Extent e : extents) {
-        if (e.zero()) {
-          long s = (e.offset() + c - 1) / c * c;
-          long end = e.end() == len ? len : e.end() / c * c;
-          if (end > s) {
-            try {
-              bcs.copyZeroes(s, end);
-            } catch (BlockCopyException failed) {
-              return;
-            }
-            bcs.updateRemaining();
-          }
-        }
-        pos = e.end();
-      }
-    }
-  }
-
-  /** The background copier: claims dirty runs in order and copies them on the worker threads. */
-  private void backgroundCopy() throws BlockIOException {
-    copyZeroExtents();
-    long len = bcs.size();
+    StatusCursor status = new StatusCursor(source);
     long pos = 0;
     try {
       while (true) {
@@ -232,8 +202,8 @@ final class BackupLoop {
           }
           continue;
         }
-        BlockCopy.Task t = bcs.claim(pos, len);
-        if (t == null) {
+        long d = bcs.nextDirty(pos);
+        if (d < 0) {
           slots.release();
           if (pos > 0) {
             pos = 0; // failed copies may have left dirty clusters behind us
@@ -246,13 +216,44 @@ final class BackupLoop {
           }
           continue;
         }
+        Extent e = status.at(d);
+        long limit = len;
+        if (e != null) {
+          long whole = e.end() == len ? len - d : (e.end() - d) / c * c;
+          limit = d + Math.max(c, whole);
+          if (e.zero() && !e.data() && whole > 0 && !rateLimit.isLimited()) {
+            // at most one zero task per turn, so a pause or cancel is seen between them
+            limit = Math.min(limit, d + BlockCopy.MAX_ZERO_TASK);
+            long stop = -1;
+            try {
+              stop = bcs.copyZeroes(d, limit);
+            } catch (BlockCopyException failed) {
+              backgroundError.compareAndSet(null, failed); // handled at the top, like a worker's
+            } finally {
+              slots.release();
+            }
+            bcs.updateRemaining();
+            if (stop >= 0 && stop < limit) {
+              bcs.awaitIdle(stop, limit); // the tail of a copy still in flight: wait for that copy
+            }
+            pos = Math.max(stop, d);
+            continue;
+          }
+        }
+        BlockCopy.Task t = bcs.claim(d, limit);
+        if (t == null) {
+          // what is dirty here is the tail of a copy still in flight: wait for that copy
+          slots.release();
+          bcs.awaitIdle(d, limit);
+          continue;
+        }
         pos = t.end();
         rateLimit.account(t.length);
         workers.execute(() -> {
           try {
             bcs.run(t);
-          } catch (BlockCopyException e) {
-            backgroundError.compareAndSet(null, e);
+          } catch (BlockCopyException ex) {
+            backgroundError.compareAndSet(null, ex);
           } finally {
             slots.release();
             job.wake(); // after the release: a body waiting for a free worker must see it

@@ -21,9 +21,9 @@ import java.util.concurrent.locks.ReentrantLock;
  * background copy waits for it only.
  *
  * <p>Per copy, block status picks the method ({@link BlockCopyMethod}): an unallocated run in top
- * mode is skipped, a zero run is written as write-zeroes, data is read and written. The background copier
- * first zeroes what block status reports as zero through {@link #copyZeroes}, a whole dirty run per
- * request, so an empty disk costs its metadata rather than a copy per chunk.
+ * mode is skipped, a zero run is written as write-zeroes, data is read and written. The background copier,
+ * walking in order, zeroes a run that block status reports as zero through {@link #copyZeroes}, a
+ * whole dirty run per request, so an empty disk costs its metadata rather than a copy per chunk.
  */
 final class BlockCopy {
 
@@ -278,13 +278,15 @@ final class BlockCopy {
    * Copies the dirty clusters of [start, end) (cluster-aligned, or ending at the size), which the
    * caller found reading as zero in the source's block status, as write-zeroes on the target: one
    * claimed task and one request per dirty run of up to {@link #MAX_ZERO_TASK}, since zeroing costs
-   * the target its metadata, not its length. Trusting a status taken before the claim is sound: a cluster still
-   * dirty when claimed has not been written since the point in time, as every write to a dirty
-   * cluster goes through copy-before-write, which claims it first.
+   * the target its metadata, not its length. Trusting a status taken before the claim is sound: a
+   * cluster still dirty when claimed has not been written since the point in time, as every write
+   * to a dirty cluster goes through copy-before-write, which claims it first.
    *
+   * @return {@code end}, or the start of the first dirty run a copy in flight still holds (the tail
+   *     it gave back), where this call stopped
    * @throws BlockCopyException when the target fails; the run's clusters are dirty again
    */
-  void copyZeroes(long start, long end) throws BlockCopyException {
+  long copyZeroes(long start, long end) throws BlockCopyException {
     long from = start;
     while (from < end) {
       Task t;
@@ -292,13 +294,11 @@ final class BlockCopy {
       try {
         DirtyBitmap.Area a = copyBitmap.nextDirtyArea(from, end, MAX_ZERO_TASK);
         if (a == null) {
-          return;
+          return end;
         }
         RangeLock.Held held = tryHold(a.offset(), a.length());
         if (held == null) {
-          // a copy holds part of this run: it stays dirty for the normal copy, which waits for that copy
-          from = a.end();
-          continue;
+          return a.offset();
         }
         t = new Task(a.offset(), a.length(), held);
         copyBitmap.reset(t.offset, t.length);
@@ -318,6 +318,12 @@ final class BlockCopy {
       copiedAndFinished(t);
       from = t.end();
     }
+    return end;
+  }
+
+  /** The first dirty byte at or after {@code from} (a cluster start when from is one), or -1. */
+  long nextDirty(long from) {
+    return from >= len ? -1 : copyBitmap.nextDirty(from, len);
   }
 
   /** What a claim found: a task claimed, or else the first dirty run that a copy holds (or neither). */
